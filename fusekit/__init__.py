@@ -1,0 +1,71 @@
+"""fusekit: fuse language models (CALM, FuseLLM, block expansion, depth up-scaling).
+
+Importing this package is cheap: nothing here imports torch or transformers;
+the functions below import what they need when called.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "build",
+    "compare",
+    "evaluate",
+    "list_strategies",
+    "load_composed",
+    "load_recipe",
+    "run",
+]
+
+
+def load_recipe(path: Any, overrides: list[str] | None = None) -> Any:
+    """Read and validate a YAML recipe (``--set``-style overrides optional)."""
+    from fusekit.recipe import load_recipe as _load
+
+    return _load(path, overrides)
+
+
+def run(recipe: Any, **kwargs: Any) -> dict[str, Any]:
+    """Build, train, save and describe what a recipe (path, mapping or object) asks for."""
+    from fusekit.api import run as _run
+
+    return _run(recipe, **kwargs)
+
+
+def build(recipe: Any, **kwargs: Any) -> Any:
+    """Like ``run`` with ``train.steps = 0``: the untrained fusion, saved."""
+    from fusekit.api import build as _build
+
+    return _build(recipe, **kwargs)
+
+
+def evaluate(path_or_model: Any, data: Any, metric: str = "bpb", **kwargs: Any) -> dict[str, Any]:
+    """Score a model (folder, CALM composition, or in-memory) on data with one metric."""
+    from fusekit.api import evaluate as _evaluate
+
+    return _evaluate(path_or_model, data, metric, **kwargs)
+
+
+def compare(recipes: Any, **kwargs: Any) -> Any:
+    """Run several strategies on the same data and budget; returns a ``ComparisonTable``."""
+    from fusekit.compare import compare as _compare
+
+    return _compare(recipes, **kwargs)
+
+
+def load_composed(path: Any, **kwargs: Any) -> Any:
+    """Load a saved CALM composition (a module with ``forward`` and ``generate``)."""
+    from fusekit.api import load_composed as _load
+
+    return _load(path, **kwargs)
+
+
+def list_strategies() -> dict[str, str]:
+    """Strategy tag -> one-line description."""
+    from fusekit.registry import list_strategies as _list
+
+    return _list()

@@ -1,0 +1,30 @@
+"""``fusekit eval``: score any model folder or fusekit output on a data file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from fusekit.cli.app import app, user_errors
+
+
+@app.command("eval")
+@user_errors
+def eval_(
+    path: Path = typer.Argument(..., help="HF model folder or fusekit output"),
+    data: str = typer.Option(..., "--data", help="data file (.jsonl/.txt/.parquet) or task name"),
+    metric: str = typer.Option("bpb", "--metric", help="bpb | perplexity | exact_match | mc"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write the result as JSON"),
+) -> None:
+    """Evaluate one model on one data set and print the result."""
+    from fusekit.api import evaluate
+    from fusekit.evaluation.report import terminal_table
+
+    result = evaluate(path, data, metric, batch_size=batch_size)
+    typer.echo(terminal_table([result]))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2) + "\n")

@@ -1,0 +1,268 @@
+"""Recipe building blocks shared by every strategy: model references, data, training.
+
+Recipes are strict (``extra="forbid"``): a misspelt key is an error that names
+the field, never a silently ignored setting.  Relative paths are resolved
+against the current working directory, like every other command-line tool.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+
+class Strict(BaseModel):
+    """Base for every recipe model: unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# --------------------------------------------------------------------------- models
+
+
+class LocalModel(Strict):
+    """A Hugging Face model folder on local disk."""
+
+    path: str
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _check_folder(self) -> LocalModel:
+        # Imported here: the check reads file names only, and recipe loading must stay light.
+        from fusekit.io.folders import model_folder_problem
+
+        problem = model_folder_problem(Path(self.path), allow_pickle=self.allow_pickle)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+class ScratchSpec(Strict):
+    """A tiny model that fusekit trains (and caches) itself on a built-in task.
+
+    This is how quick-start recipes run anywhere without downloads: the "parent"
+    models of a fusion are themselves trained from a few lines of recipe.
+    """
+
+    task: str = Field(description="built-in task or corpus the model is trained on")
+    tasks: list[str] = Field(
+        default_factory=list, description="extra built-in tasks mixed into training"
+    )
+    arch: Literal["llama", "qwen3", "gpt2"] = "llama"
+    hidden_size: int = Field(128, ge=8)
+    layers: int = Field(4, ge=1)
+    heads: int = Field(4, ge=1)
+    kv_heads: int | None = Field(None, ge=1)
+    intermediate_size: int | None = Field(None, ge=8)
+    tokenizer: Literal["auto", "kv", "bpe", "metaspace"] = "auto"
+    vocab_size: int = Field(2048, ge=300, description="tokenizer size for text corpora")
+    max_chars: int | None = Field(None, ge=1000, description="text budget for corpora")
+    steps: int = Field(1000, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+    seq_len: int = Field(64, ge=8)
+    seed: int = 0
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        from fusekit.tasks import TASKS
+
+        if value not in TASKS:
+            raise ValueError(f"unknown task {value!r}; choose one of: {', '.join(TASKS)}")
+        return value
+
+
+class ScratchModel(Strict):
+    """``{from_scratch: {...}}`` in a recipe."""
+
+    from_scratch: ScratchSpec
+
+
+def _path_to_local(value: Any) -> Any:
+    if isinstance(value, (str, Path)):
+        return {"path": str(value)}
+    return value
+
+
+def _model_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "scratch-model" if "from_scratch" in value else "local-model"
+    return "scratch-model" if isinstance(value, ScratchModel) else "local-model"
+
+
+ModelRef = Annotated[
+    Annotated[LocalModel, Tag("local-model")] | Annotated[ScratchModel, Tag("scratch-model")],
+    Discriminator(_model_kind),
+    BeforeValidator(_path_to_local),
+]
+
+
+# --------------------------------------------------------------------------- data
+
+
+class TaskData(Strict):
+    """Examples generated from a built-in task or corpus (``fusekit.tasks``)."""
+
+    task: str
+    split: Literal["train", "heldout"] = "train"
+    keys: Literal["all", "held_in", "held_out"] = "all"
+    n: int | None = Field(None, ge=1, description="number of examples (tasks) to generate")
+    max_chars: int | None = Field(None, ge=100, description="text budget (corpora)")
+    seed: int = 0
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        from fusekit.tasks import TASKS
+
+        if value not in TASKS:
+            raise ValueError(f"unknown task {value!r}; choose one of: {', '.join(TASKS)}")
+        return value
+
+    def label(self) -> str:
+        parts = [self.task]
+        if self.keys != "all":
+            parts.append(self.keys)
+        if self.split != "train":
+            parts.append(self.split)
+        return "/".join(parts)
+
+
+_DATA_SUFFIXES = (".jsonl", ".json", ".txt", ".parquet")
+
+
+class FileData(Strict):
+    """A data file (``.jsonl``, ``.txt``, ``.parquet``) or a ``datasets`` folder."""
+
+    path: str
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, value: str) -> str:
+        p = Path(value)
+        if not p.exists():
+            raise ValueError(f"data file {value!r} does not exist")
+        if p.is_file() and not value.endswith(_DATA_SUFFIXES):
+            raise ValueError(
+                f"data file {value!r} has an unknown format; use one of {', '.join(_DATA_SUFFIXES)}"
+            )
+        return value
+
+    def label(self) -> str:
+        return Path(self.path).stem
+
+
+def _data_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "task-data" if "task" in value else "file-data"
+    return "task-data" if isinstance(value, TaskData) else "file-data"
+
+
+SingleData = Annotated[
+    Annotated[TaskData, Tag("task-data")] | Annotated[FileData, Tag("file-data")],
+    Discriminator(_data_kind),
+    BeforeValidator(_path_to_local),
+]
+# A list concatenates its parts (e.g. a task mixed with some plain examples).
+DataRef = SingleData | list[SingleData]
+
+
+def data_label(ref: Any) -> str:
+    """A short human name for a data reference, used as a column in reports."""
+    if isinstance(ref, list):
+        return "+".join(data_label(r) for r in ref)
+    return ref.label()
+
+
+class DataSpec(Strict):
+    """Training data and the evaluation sets every model in a run is scored on."""
+
+    train: DataRef | None = None
+    eval: list[DataRef] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- training
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?B)\s*$", re.IGNORECASE)
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+
+
+def parse_size(text: str | int) -> int:
+    """``"2GB"`` -> bytes. Decimal units, like ``save_pretrained(max_shard_size=...)``."""
+    if isinstance(text, int):
+        return text
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"size {text!r} is not like '500MB' or '2GB'")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+class TrainSpec(Strict):
+    """How to train, mapped onto ``transformers.TrainingArguments``.
+
+    ``steps: 0`` means "build, save, do not train" — never "train by epochs";
+    epochs are used only when ``steps`` is left out and ``epochs`` is given.
+    """
+
+    data: DataRef | None = None
+    steps: int | None = Field(None, ge=0)
+    epochs: float | None = Field(None, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    schedule: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    seq_len: int = Field(256, ge=8)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    seed: int = 0
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    log_steps: int = Field(10, ge=1)
+    save_steps: int | None = Field(None, ge=1)
+    save_total_limit: int = Field(2, ge=1)
+    resume: bool = False
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> TrainSpec:
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give either steps or epochs, not both")
+        if self.steps is None and self.epochs is None:
+            raise ValueError("give steps (or epochs); steps: 0 saves the untrained result")
+        return self
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+class BaseRecipe(Strict):
+    """Fields every recipe has."""
+
+    name: str | None = None
+    description: str | None = None
+    output: str | None = Field(None, description="output folder; `-o` overrides it")
+    overwrite: bool = False
+    data: DataSpec | None = None
+    train: TrainSpec | None = None
+
+    def train_data(self) -> Any:
+        """``train.data`` wins over ``data.train``; either may be used."""
+        if self.train is not None and self.train.data is not None:
+            return self.train.data
+        return self.data.train if self.data is not None else None
+
+    def eval_data(self) -> list[Any]:
+        return list(self.data.eval) if self.data is not None else []

@@ -1,0 +1,140 @@
+"""Reading recipes: YAML -> overrides -> pydantic validation -> one message per problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import TypeAdapter, ValidationError
+
+from fusekit.errors import RecipeError
+from fusekit.registry import canonical_tag
+
+_TAGS = {"local-model", "scratch-model", "task-data", "file-data", "function-after"}
+
+
+def _adapter() -> TypeAdapter[Any]:
+    from fusekit.recipe.strategies import Recipe
+
+    return TypeAdapter(Recipe)
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for i, item in enumerate(loc):
+        if i == 0 and isinstance(item, str) and item.replace("-", "_") in _strategy_tags():
+            continue  # the union's own tag, not a field the user wrote
+        if isinstance(item, str) and (item in _TAGS or item.startswith("function-")):
+            continue
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(top level)"
+
+
+def _strategy_tags() -> set[str]:
+    from fusekit.registry import list_strategies
+
+    return set(list_strategies())
+
+
+def format_validation_error(err: ValidationError, source: str) -> list[str]:
+    """One line per problem: ``FILE: field.path: what is wrong``."""
+    lines = []
+    for e in err.errors():
+        msg = e["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (misspelt? see docs/recipes.md for the fields)"
+        elif e["type"] == "literal_error" and "expected" in e.get("ctx", {}):
+            msg = f"{msg}, got {e['input']!r}"
+        lines.append(f"{source}: {_format_loc(tuple(e['loc']))}: {msg}")
+    # A discriminated union reports the same bad field once per branch: keep one copy.
+    return list(dict.fromkeys(lines))
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply ``a.b.0.c=value`` in place; the value is parsed as YAML (``1e-3``, ``[1, 2]``)."""
+    if "=" not in assignment:
+        raise RecipeError([f"--set {assignment!r}: write key.path=value"])
+    key, _, raw = assignment.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise RecipeError([f"--set {assignment!r}: the key is empty"])
+    node: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise RecipeError([f"--set {key}: {part!r} is not an index of the list there"])
+            if last:
+                node[int(part)] = _parse_scalar(raw)
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = _parse_scalar(raw)
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise RecipeError([f"--set {key}: {'.'.join(parts[:i])} is not a mapping"])
+
+
+def read_recipe_data(path: str | Path) -> dict[str, Any]:
+    """The raw mapping in a YAML recipe file."""
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError([f"{p}: recipe file does not exist"])
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise RecipeError([f"{p}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from None
+    if not isinstance(data, dict):
+        raise RecipeError([f"{p}: a recipe is a mapping with a 'strategy' key"])
+    return data
+
+
+def parse_recipe(
+    data: dict[str, Any], *, source: str = "<recipe>", overrides: list[str] | None = None
+) -> Any:
+    """Validate a recipe mapping (after ``--set`` overrides) into its strategy's model."""
+    data = dict(data)
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    if "strategy" not in data:
+        raise RecipeError([f"{source}: strategy: missing; choose one of {sorted(_strategy_tags())}"])
+    try:
+        data["strategy"] = canonical_tag(str(data["strategy"]))
+    except Exception as exc:
+        raise RecipeError([f"{source}: strategy: {exc}"]) from None
+    try:
+        return _adapter().validate_python(data)
+    except ValidationError as err:
+        raise RecipeError(format_validation_error(err, source)) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Any:
+    """Read, override and validate a YAML recipe; raises ``RecipeError`` listing every problem."""
+    return parse_recipe(read_recipe_data(path), source=str(path), overrides=overrides)
+
+
+def recipe_to_dict(recipe: Any) -> dict[str, Any]:
+    """The recipe as plain JSON-able data (for ``fusekit.json`` and cache keys)."""
+    return recipe.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON schema of every recipe, exported into docs/recipe.schema.json."""
+    return _adapter().json_schema(by_alias=True)

@@ -1,0 +1,158 @@
+"""Model sources: a recipe's model is a local folder or a from-scratch spec.
+
+A from-scratch spec (``{from_scratch: {task: ..., hidden_size: ..., steps: ...}}``)
+is trained once on a built-in task and cached, keyed by the spec, under
+``$FUSEKIT_CACHE`` (default ``~/.cache/fusekit``).  This is what lets the
+quick-start recipes fuse real, trained parents on any laptop with no downloads.
+The cached folder is an ordinary Hugging Face model folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from fusekit.errors import ModelIOError
+
+# Text corpora are big; a from-scratch parent needs only enough text for its steps.
+_KV_TASKS = {"kv_substitution", "numeric_arithmetic", "kv_arithmetic", "key_exposure"}
+
+
+def cache_root() -> Path:
+    """Where trained from-scratch models live; ``FUSEKIT_CACHE`` overrides the default."""
+    return Path(os.environ.get("FUSEKIT_CACHE", Path.home() / ".cache" / "fusekit"))
+
+
+def resolve_model(ref: Any) -> Path:
+    """A local folder for a model reference, training and caching from-scratch models first."""
+    from fusekit.recipe.common import LocalModel, ScratchModel
+
+    if isinstance(ref, (str, Path)):
+        ref = LocalModel(path=str(ref))
+    if isinstance(ref, LocalModel):
+        from fusekit.io.folders import model_folder_problem
+
+        problem = model_folder_problem(Path(ref.path), allow_pickle=ref.allow_pickle)
+        if problem:
+            raise ModelIOError(problem)
+        return Path(ref.path)
+    if isinstance(ref, ScratchModel):
+        return materialize(ref.from_scratch)
+    raise TypeError(f"not a model reference: {ref!r}")
+
+
+def scratch_key(spec: Any) -> str:
+    """A short content key of the spec (and the fusekit version that trains it)."""
+    from fusekit import __version__
+
+    payload = json.dumps({"v": __version__, "spec": spec.model_dump(mode="json")}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def scratch_folder(spec: Any) -> Path:
+    name = f"{spec.task}-{spec.arch}-d{spec.hidden_size}-l{spec.layers}-{scratch_key(spec)}"
+    return cache_root() / "models" / name
+
+
+def _tokenizer(spec: Any) -> Any:
+    from fusekit.tasks import task_tokenizer
+
+    kind = None if spec.tokenizer == "auto" else spec.tokenizer
+    return task_tokenizer(spec.task, vocab_size=spec.vocab_size, kind=kind)
+
+
+def _config(spec: Any, tokenizer: Any) -> Any:
+    from transformers import GPT2Config, LlamaConfig, Qwen3Config
+
+    vocab = len(tokenizer)
+    inter = spec.intermediate_size or 4 * spec.hidden_size
+    kv_heads = spec.kv_heads or spec.heads
+    special = dict(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if spec.arch == "gpt2":
+        return GPT2Config(
+            vocab_size=vocab, n_embd=spec.hidden_size, n_layer=spec.layers, n_head=spec.heads,
+            n_inner=inter, n_positions=max(512, spec.seq_len), **special,
+        )  # fmt: skip
+    cls = Qwen3Config if spec.arch == "qwen3" else LlamaConfig
+    extra = {"head_dim": spec.hidden_size // spec.heads} if spec.arch == "qwen3" else {}
+    return cls(
+        vocab_size=vocab, hidden_size=spec.hidden_size, intermediate_size=inter,
+        num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
+        num_key_value_heads=kv_heads, max_position_embeddings=max(512, spec.seq_len),
+        tie_word_embeddings=True, **extra, **special,
+    )  # fmt: skip
+
+
+def _training_data(spec: Any) -> list[Any]:
+    from fusekit.recipe.common import TaskData
+
+    tasks = [spec.task, *spec.tasks]
+    parts = []
+    for task in tasks:
+        if task in _KV_TASKS:
+            n = max(1000, spec.steps * spec.batch_size // len(tasks))
+            parts.append(TaskData(task=task, n=min(n, 200_000), seed=spec.seed))
+        else:
+            budget = spec.max_chars or spec.steps * spec.batch_size * spec.seq_len * 4
+            parts.append(TaskData(task=task, max_chars=budget, seed=spec.seed))
+    return parts
+
+
+def materialize(spec: Any) -> Path:
+    """Train the from-scratch model described by ``spec`` unless it is cached; return its folder."""
+    folder = scratch_folder(spec)
+    if (folder / "fusekit.json").is_file():
+        return folder
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from fusekit.io.output import atomic_output
+    from fusekit.io.provenance import write_provenance
+    from fusekit.recipe.common import TrainSpec
+    from fusekit.training.run import train_causal_lm
+
+    print(
+        f"fusekit: training from-scratch model on '{spec.task}' "
+        f"({spec.arch}, d={spec.hidden_size}, {spec.layers} layers, {spec.steps} steps) "
+        f"-> {folder}",
+        file=sys.stderr,
+    )
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(folder, overwrite=True) as tmp:
+        tokenizer = _tokenizer(spec)
+        torch.manual_seed(spec.seed)
+        model = AutoModelForCausalLM.from_config(_config(spec, tokenizer))
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        train = TrainSpec(
+            steps=spec.steps, lr=spec.lr, batch_size=spec.batch_size, seq_len=spec.seq_len,
+            seed=spec.seed, warmup_steps=max(1, spec.steps // 20), weight_decay=0.01,
+            log_steps=max(1, spec.steps // 20),
+        )  # fmt: skip
+        summary = train_causal_lm(
+            tmp, _training_data(spec), train, tmp, checkpoint_dir=tmp / ".checkpoints"
+        )
+        _remove_tree(tmp / ".checkpoints")
+        write_provenance(
+            tmp,
+            strategy="from_scratch",
+            recipe={"from_scratch": spec.model_dump(mode="json")},
+            plan={},
+            inputs={},
+            summary=summary,
+        )
+    return folder
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

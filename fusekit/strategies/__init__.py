@@ -1,0 +1,1 @@
+"""The four fusion strategies; each package registers itself in ``fusekit.registry``."""

@@ -1,0 +1,189 @@
+"""Training data: records from files or built-in tasks, tokenised into causal-LM examples.
+
+Two record shapes exist.  ``{"text": ...}`` records are packed into fixed-length
+blocks (no padding wasted, loss on every token).  ``{"prompt", "completion"}``
+records stay one example each, with the loss on the completion only, because
+that is what "learn to answer" means and packing would blur the answer boundary.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from fusekit.errors import DataError
+
+Record = dict[str, Any]
+
+
+def _read_jsonl(path: Path) -> list[Record]:
+    records = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: line {lineno} is not JSON ({exc.msg})") from None
+            if not isinstance(rec, dict):
+                raise DataError(f"{path}: line {lineno} is not a JSON object")
+            records.append(rec)
+    return records
+
+
+def _read_file(path: Path) -> list[Record]:
+    if path.is_dir():
+        try:
+            import datasets  # optional: only for folders saved with save_to_disk
+        except ImportError:
+            raise DataError(
+                f"{path}: a datasets folder needs the 'datasets' package (pip install datasets)"
+            ) from None
+        return [dict(r) for r in datasets.load_from_disk(str(path))]
+    if path.suffix == ".jsonl":
+        return _read_jsonl(path)
+    if path.suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, list):
+            raise DataError(f"{path}: a .json data file holds a list of records")
+        return data
+    if path.suffix == ".txt":
+        return [{"text": path.read_text(encoding="utf-8")}]
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise DataError(f"{path}: reading .parquet needs pyarrow (pip install pyarrow)") from None
+        return pq.read_table(path).to_pylist()
+    raise DataError(f"{path}: unknown data format; use .jsonl, .json, .txt or .parquet")
+
+
+def _check_shape(records: list[Record], where: str) -> list[Record]:
+    if not records:
+        raise DataError(f"{where}: no records")
+    for i, rec in enumerate(records):
+        if "text" in rec and isinstance(rec["text"], str):
+            continue
+        if isinstance(rec.get("prompt"), str) and isinstance(rec.get("completion"), str):
+            continue
+        if isinstance(rec.get("prompt"), str) and isinstance(rec.get("choices"), list):
+            continue
+        raise DataError(
+            f"{where}: record {i} has neither a 'text' string nor 'prompt' and 'completion' strings"
+        )
+    return records
+
+
+def load_records(ref: Any) -> list[Record]:
+    """Records for a data reference: a path, a ``FileData``/``TaskData`` or a list of them."""
+    if ref is None:
+        raise DataError("no data given")
+    if isinstance(ref, list) and ref and isinstance(ref[0], dict) and not hasattr(ref[0], "task"):
+        return _check_shape(list(ref), "<records>")
+    if isinstance(ref, list):
+        return [rec for part in ref for rec in load_records(part)]
+    if isinstance(ref, (str, Path)):
+        path = Path(ref)
+        if not path.exists():
+            raise DataError(f"{path}: data file does not exist")
+        return _check_shape(_read_file(path), str(path))
+    if hasattr(ref, "task"):
+        from fusekit.tasks import task_examples
+
+        recs = task_examples(
+            ref.task,
+            split=ref.split,
+            keys=ref.keys,
+            n=ref.n,
+            seed=ref.seed,
+            max_chars=ref.max_chars,
+        )
+        return _check_shape(recs, f"task {ref.task}")
+    if hasattr(ref, "path"):
+        return load_records(ref.path)
+    raise DataError(f"cannot read data from {ref!r}")
+
+
+def encode_prompt_completion(
+    tokenizer: Any, prompt: str, completion: str, seq_len: int
+) -> tuple[list[int], list[int]]:
+    """Token ids and labels with the loss on the completion (and EOS) only."""
+    p_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        c_ids = [*c_ids, tokenizer.eos_token_id]
+    ids = (p_ids + c_ids)[:seq_len]
+    labels = ([-100] * len(p_ids) + c_ids)[:seq_len]
+    return ids, labels
+
+
+def pack_texts(tokenizer: Any, texts: Iterable[str], seq_len: int) -> list[list[int]]:
+    """Concatenate documents (each with the tokenizer's specials, EOS between) into blocks."""
+    stream: list[int] = []
+    eos = tokenizer.eos_token_id
+    for text in texts:
+        stream.extend(tokenizer(text, add_special_tokens=True)["input_ids"])
+        if eos is not None and (not stream or stream[-1] != eos):
+            stream.append(eos)
+    blocks = [stream[i : i + seq_len] for i in range(0, len(stream) - seq_len + 1, seq_len)]
+    if not blocks and stream:
+        blocks = [stream]
+    return blocks
+
+
+class CausalLMDataset:
+    """A list of ``{"input_ids", "labels"}`` examples; a torch-compatible map dataset."""
+
+    def __init__(self, records: Sequence[Record], tokenizer: Any, seq_len: int) -> None:
+        self.examples: list[dict[str, list[int]]] = []
+        texts = [r["text"] for r in records if "text" in r]
+        for block in pack_texts(tokenizer, texts, seq_len) if texts else []:
+            self.examples.append({"input_ids": block, "labels": list(block)})
+        for r in records:
+            if "completion" in r and "text" not in r:
+                ids, labels = encode_prompt_completion(
+                    tokenizer, r["prompt"], r["completion"], seq_len
+                )
+                self.examples.append({"input_ids": ids, "labels": labels})
+        if not self.examples:
+            raise DataError("the training data produced no examples (texts too short?)")
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        return self.examples[i]
+
+
+class PadCollator:
+    """Right-pads a batch; padding is masked out of attention and loss."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(ex["input_ids"]) for ex in batch)
+        ids, labels, mask = [], [], []
+        for ex in batch:
+            pad = width - len(ex["input_ids"])
+            ids.append(ex["input_ids"] + [self.pad_token_id] * pad)
+            labels.append(ex["labels"] + [-100] * pad)
+            mask.append([1] * len(ex["input_ids"]) + [0] * pad)
+        return {
+            "input_ids": torch.tensor(ids),
+            "labels": torch.tensor(labels),
+            "attention_mask": torch.tensor(mask),
+        }
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The id to pad with: pad, else EOS, else 0 (padding is masked either way)."""
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    return 0
