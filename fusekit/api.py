@@ -126,9 +126,7 @@ def _card_body(recipe: Any, summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def evaluate(
-    path_or_model: Any, data: Any, metric: str = "bpb", **kwargs: Any
-) -> dict[str, Any]:
+def evaluate(path_or_model: Any, data: Any, metric: str = "bpb", **kwargs: Any) -> dict[str, Any]:
     """Score a model folder, a CALM composition folder or an in-memory model on data."""
     from fusekit.evaluation.harness import evaluate as _evaluate
 

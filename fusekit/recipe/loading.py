@@ -114,7 +114,9 @@ def parse_recipe(
     for assignment in overrides or []:
         apply_override(data, assignment)
     if "strategy" not in data:
-        raise RecipeError([f"{source}: strategy: missing; choose one of {sorted(_strategy_tags())}"])
+        raise RecipeError(
+            [f"{source}: strategy: missing; choose one of {sorted(_strategy_tags())}"]
+        )
     try:
         data["strategy"] = canonical_tag(str(data["strategy"]))
     except Exception as exc:

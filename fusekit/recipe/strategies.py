@@ -21,7 +21,9 @@ class SliceSource(Strict):
     def _ordered(cls, value: tuple[int, int]) -> tuple[int, int]:
         start, end = value
         if start < 0 or end <= start:
-            raise ValueError(f"layer_range {list(value)} must be [start, end) with 0 <= start < end")
+            raise ValueError(
+                f"layer_range {list(value)} must be [start, end) with 0 <= start < end"
+            )
         return value
 
 

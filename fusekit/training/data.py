@@ -56,7 +56,9 @@ def _read_file(path: Path) -> list[Record]:
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise DataError(f"{path}: reading .parquet needs pyarrow (pip install pyarrow)") from None
+            raise DataError(
+                f"{path}: reading .parquet needs pyarrow (pip install pyarrow)"
+            ) from None
         return pq.read_table(path).to_pylist()
     raise DataError(f"{path}: unknown data format; use .jsonl, .json, .txt or .parquet")
 

@@ -136,8 +136,10 @@ def _relaunch(
 ) -> dict[str, Any]:
     from pydantic import TypeAdapter
 
-    from fusekit.recipe.common import DataRef
+    from fusekit.recipe.common import DataRef, FileData
 
+    if isinstance(data, (str, Path)):
+        data = FileData(path=str(data))
     config = os.environ[ACCELERATE_ENV]
     if not Path(config).is_file():
         raise FusekitError(f"accelerate config '{config}' does not exist")

@@ -1,0 +1,102 @@
+"""The shared trainer: freeze masks, masking of prompts, steps: 0, resume, two ranks."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fusekit.recipe import TrainSpec
+from fusekit.training.data import CausalLMDataset, encode_prompt_completion, pack_texts
+from fusekit.training.run import ACCELERATE_ENV, train_causal_lm
+from tests.training.conftest import make_tokenizer
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "model.safetensors")
+
+
+def test_prompt_is_not_trained_on() -> None:
+    tok = make_tokenizer()
+    ids, labels = encode_prompt_completion(tok, "the cat", " sat on", seq_len=32)
+    assert ids == [1, tok.convert_tokens_to_ids("the"), tok.convert_tokens_to_ids("cat"),
+                   tok.convert_tokens_to_ids("sat"), tok.convert_tokens_to_ids("on"), 2]  # fmt: skip
+    assert labels[:3] == [-100, -100, -100] and labels[3:] == ids[3:]
+
+
+def test_packing_fills_blocks_and_separates_documents() -> None:
+    tok = make_tokenizer()
+    blocks = pack_texts(tok, ["the cat sat", "a dog ran to the house"], seq_len=4)
+    flat = [t for b in blocks for t in b]
+    assert all(len(b) == 4 for b in blocks)
+    assert flat[:5] == [1, *tok("the cat sat", add_special_tokens=False)["input_ids"], 2]
+    ds = CausalLMDataset(
+        [{"text": "the cat sat " * 10}, {"prompt": "a", "completion": " dog"}], tok, 8
+    )
+    assert ds[len(ds) - 1]["labels"][0] == -100
+
+
+def test_freeze_mask_trains_only_the_named_parameters(
+    tiny_llama: Path, corpus: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    before = _weights(tiny_llama)
+    spec = TrainSpec(steps=3, lr=1e-2, batch_size=4, seq_len=16, log_steps=1)
+    summary = train_causal_lm(
+        tiny_llama, str(corpus), spec, out, trainable=["re:^model\\.layers\\.1\\."]
+    )
+    after = _weights(out)
+    assert summary["steps"] == 3 and len(summary["loss_curve"]) == 3
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("model.layers.1.") for k in changed)
+    assert summary["trainable_parameters"] < summary["total_parameters"]
+    assert (out / "tokenizer.json").is_file()
+
+
+def test_steps_zero_trains_nothing(tiny_llama: Path, corpus: Path, tmp_path: Path) -> None:
+    summary = train_causal_lm(tiny_llama, str(corpus), TrainSpec(steps=0), tmp_path / "out")
+    assert summary == {"steps": 0, "trained": False}
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_continues_from_checkpoint(tiny_llama: Path, corpus: Path, tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt"
+    first = TrainSpec(steps=2, lr=1e-3, batch_size=4, seq_len=16, save_steps=2)
+    train_causal_lm(tiny_llama, str(corpus), first, tmp_path / "a", checkpoint_dir=ckpt)
+    assert (ckpt / "checkpoint-2").is_dir()
+    again = first.model_copy(update={"steps": 4, "resume": True})
+    summary = train_causal_lm(tiny_llama, str(corpus), again, tmp_path / "b", checkpoint_dir=ckpt)
+    assert summary["resumed"] and summary["steps"] == 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_cpu_processes_with_gloo(
+    tiny_llama: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if shutil.which("accelerate") is None:
+        pytest.skip("accelerate launcher not on PATH")
+    # accelerate's MULTI_CPU type launches through mpirun; its torchrun launcher (the
+    # MULTI_GPU type) starts CPU ranks that Trainer joins with gloo when no GPU exists.
+    config = tmp_path / "accelerate.yaml"
+    config.write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_processes: 2\n"
+        "num_machines: 1\nmachine_rank: 0\nmain_process_ip: 127.0.0.1\n"
+        f"main_process_port: {_free_port()}\nmixed_precision: 'no'\nuse_cpu: false\n"
+    )
+    monkeypatch.setenv(ACCELERATE_ENV, str(config))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    spec = TrainSpec(steps=2, lr=1e-2, batch_size=2, seq_len=16, log_steps=1)
+    out = tmp_path / "out"
+    summary = train_causal_lm(tiny_llama, str(corpus), spec, out, checkpoint_dir=tmp_path / "ck")
+    assert summary["world_size"] == 2 and summary["steps"] == 2
+    before, after = _weights(tiny_llama), _weights(out)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
