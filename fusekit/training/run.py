@@ -122,7 +122,8 @@ def _trainable_names(model_dir: Path, trainable: Any) -> list[str] | None:
         return None if trainable is None else list(trainable)
     from fusekit.io.lazy import LazyCheckpoint
 
-    return [name for name in LazyCheckpoint(model_dir).keys() if trainable(name)]
+    names = LazyCheckpoint(model_dir).keys()
+    return [name for name in names if trainable(name)]
 
 
 def _relaunch(

@@ -129,7 +129,7 @@ def test_overrides(tmp_path: Path, model: Path) -> None:
     assert r.groups == 4 and r.train.lr == pytest.approx(1e-3) and r.train.steps == 0
     with pytest.raises(RecipeError, match="not an index"):
         parse_recipe({"strategy": "calm", "augment": []}, overrides=["augment.3=x"])
-    with pytest.raises(RecipeError, match="key.path=value"):
+    with pytest.raises(RecipeError, match=r"key\.path=value"):
         load_recipe(path, ["groups"])
 
 
