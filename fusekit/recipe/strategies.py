@@ -73,8 +73,12 @@ class DepthUpscalingRecipe(_StructuralRecipe):
     model: ModelRef | None = None
     remove: int | None = Field(None, ge=1, description="SOLAR's m: layers dropped at the seam")
     slices: list[Annotated[Slice, BeforeValidator(_short_slice)]] | None = None
-    merge_method: Literal["passthrough"] | None = None
-    dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    merge_method: Literal["passthrough"] | None = Field(
+        None, description="accepted so mergekit passthrough configs load unchanged"
+    )
+    dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
+        None, description="cast the output's weights; default keeps the source dtype"
+    )
 
     @model_validator(mode="after")
     def _one_form(self) -> DepthUpscalingRecipe:
@@ -99,8 +103,14 @@ class BlockExpansionRecipe(_StructuralRecipe):
     positions: list[int] | None = Field(
         None, description="insert a copy after each of these original layers (0-based)"
     )
-    zero: Literal["auto", "output_proj", "post_norm"] = "auto"
-    trainable: Literal["new", "all"] = "new"
+    zero: Literal["auto", "output_proj", "post_norm"] = Field(
+        "auto",
+        description="how copies become identities: auto = post-norm gains on post-norm "
+        "architectures (Gemma 2/3, OLMo 2), output projections otherwise",
+    )
+    trainable: Literal["new", "all"] = Field(
+        "new", description="train only the inserted blocks (LLaMA Pro) or the whole model"
+    )
 
     @model_validator(mode="after")
     def _one_form(self) -> BlockExpansionRecipe:
@@ -122,11 +132,20 @@ class CalmRecipe(BaseRecipe):
     pairs: list[list[LayerPair]] | None = Field(
         None, description="per augment model, (augment_layer, anchor_layer) pairs"
     )
-    heads: int | None = Field(None, ge=1)
-    mask: Literal["causal", "diagonal"] = "causal"
-    augment_mode: Literal["iterative", "encoder"] = "iterative"
-    anchor_mix: float = Field(0.0, ge=0.0, lt=1.0)
-    baselines: list[Literal["lora", "random_augment", "encoder"]] = Field(default_factory=list)
+    heads: int | None = Field(None, ge=1, description="cross-attention heads; default: anchor's")
+    mask: Literal["causal", "diagonal"] = Field(
+        "causal",
+        description="causal: anchor t reads augment <= t; diagonal: only t (same tokenizer)",
+    )
+    augment_mode: Literal["iterative", "encoder"] = Field(
+        "iterative", description="encoder = augment run once on the prompt (paper's ablation)"
+    )
+    anchor_mix: float = Field(
+        0.0, ge=0.0, lt=1.0, description="share of anchor-task examples mixed into D_C"
+    )
+    baselines: list[Literal["lora", "random_augment", "encoder"]] = Field(
+        default_factory=list, description="extra models trained on the same D_C for comparison"
+    )
     data: DataSpec
     train: TrainSpec
 
@@ -153,13 +172,25 @@ class FuseLLMRecipe(BaseRecipe):
     strategy: Literal["fusellm"]
     target: ModelRef
     sources: list[ModelRef] = Field(min_length=1)
-    lam: float = Field(0.9, ge=0.0, le=1.0, alias="lambda")
-    top_k: int = Field(10, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    fusion: Literal["mince", "avgce"] = "mince"
-    align: Literal["mined", "em", "offsets"] = "offsets"
-    mode: Literal["online", "offline"] = "online"
-    reference_fallback: bool = False
+    lam: float = Field(
+        0.9, ge=0.0, le=1.0, alias="lambda", description="weight of the CLM loss (paper: 0.9)"
+    )
+    top_k: int = Field(10, ge=1, description="candidates kept per position per source")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature of the fused target")
+    fusion: Literal["mince", "avgce"] = Field(
+        "mince", description="pick the lowest-CE source, or CE-weighted average"
+    )
+    align: Literal["mined", "em", "offsets"] = Field(
+        "offsets",
+        description="offsets: exact alignment from character offsets; mined/em: the "
+        "reference's DTW with MinED or exact-match vocabulary mapping",
+    )
+    mode: Literal["online", "offline"] = Field(
+        "online", description="online: sources run inside training; offline: extract first"
+    )
+    reference_fallback: bool = Field(
+        False, description="reproduce the released code's one-hot on the current token"
+    )
     train: TrainSpec
 
     @model_validator(mode="after")
