@@ -18,9 +18,6 @@ from typing import Any
 
 from fusekit.errors import ModelIOError
 
-# Text corpora are big; a from-scratch parent needs only enough text for its steps.
-_KV_TASKS = {"kv_substitution", "numeric_arithmetic", "kv_arithmetic", "key_exposure"}
-
 
 def cache_root() -> Path:
     """Where trained from-scratch models live; ``FUSEKIT_CACHE`` overrides the default."""
@@ -59,8 +56,10 @@ def scratch_folder(spec: Any) -> Path:
 
 
 def _tokenizer(spec: Any) -> Any:
-    from fusekit.tasks import task_tokenizer
+    from fusekit.tasks import KV_TASKS, task_tokenizer
 
+    if spec.task in KV_TASKS:
+        return task_tokenizer(spec.task, kv=spec.kv)
     kind = None if spec.tokenizer == "auto" else spec.tokenizer
     return task_tokenizer(spec.task, vocab_size=spec.vocab_size, kind=kind)
 
@@ -93,14 +92,15 @@ def _config(spec: Any, tokenizer: Any) -> Any:
 
 def _training_data(spec: Any) -> list[Any]:
     from fusekit.recipe.common import TaskData
+    from fusekit.tasks import KV_TASKS
 
     tasks = [spec.task, *spec.tasks]
     parts = []
     for task in tasks:
-        if task in _KV_TASKS:
+        if task in KV_TASKS:
             n = max(1000, spec.steps * spec.batch_size // len(tasks))
-            parts.append(TaskData(task=task, n=min(n, 200_000), seed=spec.seed))
-        else:
+            parts.append(TaskData(task=task, n=min(n, 200_000), seed=spec.seed, kv=spec.kv))
+        else:  # a from-scratch parent needs only enough text for its steps
             budget = spec.max_chars or spec.steps * spec.batch_size * spec.seq_len * 4
             parts.append(TaskData(task=task, max_chars=budget, seed=spec.seed))
     return parts

@@ -75,6 +75,9 @@ class ScratchSpec(Strict):
     batch_size: int = Field(64, ge=1)
     seq_len: int = Field(64, ge=8)
     seed: int = 0
+    kv: dict[str, Any] | None = Field(
+        None, description="key-value task settings (num_keys, value_max, …; see fusekit.tasks.kv)"
+    )
 
     @field_validator("task")
     @classmethod
@@ -123,6 +126,9 @@ class TaskData(Strict):
     n: int | None = Field(None, ge=1, description="number of examples (tasks) to generate")
     max_chars: int | None = Field(None, ge=100, description="text budget (corpora)")
     seed: int = 0
+    kv: dict[str, Any] | None = Field(
+        None, description="key-value task settings (num_keys, value_max, …; see fusekit.tasks.kv)"
+    )
 
     @field_validator("task")
     @classmethod

@@ -102,6 +102,7 @@ def load_records(ref: Any) -> list[Record]:
             n=ref.n,
             seed=ref.seed,
             max_chars=ref.max_chars,
+            kv=ref.kv,
         )
         return _check_shape(recs, f"task {ref.task}")
     if hasattr(ref, "path"):

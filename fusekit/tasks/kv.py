@@ -1,0 +1,299 @@
+"""CALM's key-value arithmetic tasks, sized for a CPU (Bansal et al. 2024, §4.1).
+
+A fixed table maps *keys* (``k0`` … ``k299``, each a single vocabulary entry) to
+small integers. Four tasks are built on it:
+
+==================  ==========================  ==================
+task                prompt                      completion
+==================  ==========================  ==================
+kv_substitution     ``k17 + k203 - k5 =``       `` 7 + 3 - 5``
+numeric_arithmetic  ``7 + 3 - 5 =``             `` 5``
+kv_arithmetic       ``k17 + k203 - k5 =``       `` 5``
+key_exposure        ``""`` (empty)              ``k17 + k203 - k5``
+==================  ==========================  ==================
+
+The augmenting model learns substitution (it knows the table), the anchor learns
+numeric arithmetic (it never sees a value of a key), and the composition is
+trained on KV arithmetic over the *held-in* 20 % of the keys and evaluated on the
+held-out rest.
+
+**Text form.** Every token is separated from the next by exactly one space:
+keys, the operators ``+`` ``-`` ``=``, and every *digit* of a number (numbers
+are written digit by digit, most significant first; a negative result carries a
+separate ``-`` token). So with ``value_max=99`` a substitution reads
+``k1 + k2 = 1 0 + 2 2`` and a result of −12 reads ``- 1 2``. The completion is
+the text after the prompt and starts with a space, so ``prompt + completion``
+is the whole example; with the KV tokenizer the split falls on a token boundary
+(the tokenizer ignores whitespace), and an exact-match check compares
+``completion.strip()`` with the decoded, stripped generation (the tokenizer's
+``decode`` joins tokens with single spaces, i.e. yields exactly this form).
+An example ends where the answer ends: training code appends EOS after the
+completion and generation stops at EOS.
+
+**Operands.** 2–3 operands (``min_operands``/``max_operands``); the first has no
+sign, each further one is preceded by ``+`` or ``-`` with equal probability.
+Operand keys are drawn uniformly with replacement from the chosen key pool;
+numeric arithmetic draws values uniformly from ``0..value_max``.
+
+**key_exposure — why.** In the paper the keys are ordinary words the anchor
+already knows; only the key→value mapping is new. A from-scratch anchor trained
+on numbers alone has never seen a key token, so the keys' embedding rows stay
+at their random initialisation and the composition's queries become
+key-specific: it memorises held-in keys instead of learning to look the value
+up (observed: held-out accuracy peaks at ≈ 36 % and falls). ``key_exposure``
+shows the anchor every key in the same expression shapes, *without values and
+without* ``=``: the embeddings of all keys (held-out ones too) are trained to
+act as interchangeable operands, nothing about any value can be learnt, and the
+anchor's behaviour after ``=`` is still defined by numeric arithmetic alone.
+The whole example is the completion (empty prompt), so the loss covers every
+token. Mix it with ``numeric_arithmetic`` when pre-training the anchor.
+
+**Determinism.** Values and the key split depend only on ``KVConfig`` (its
+``seed``); the examples depend on the config, the task, the key pool and the
+``seed`` argument, through string-seeded ``random.Random`` (unaffected by
+``PYTHONHASHSEED``).
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+from fusekit.errors import DataError
+from fusekit.tasks.special import BOS, EOS, PAD, UNK
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
+
+KV_TASKS: tuple[str, ...] = (
+    "kv_substitution",
+    "numeric_arithmetic",
+    "kv_arithmetic",
+    "key_exposure",
+)
+KEY_POOLS: tuple[str, ...] = ("all", "held_in", "held_out")
+OPERATORS: tuple[str, ...] = ("+", "-")
+
+
+@dataclass(frozen=True)
+class KVConfig:
+    """The key table and expression shape shared by every KV task and its tokenizer.
+
+    ``value_max=9`` is the quick-start tier (one digit per value); ``99`` is the
+    harder tier. ``held_in_fraction`` of the keys (rounded) form the held-in pool.
+    """
+
+    num_keys: int = 300
+    value_max: int = 9
+    min_operands: int = 2
+    max_operands: int = 3
+    held_in_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            expected = float if f.name == "held_in_fraction" else int
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise DataError(f"kv.{f.name} must be a number, got {value!r}")
+            if expected is int and not isinstance(value, int):
+                raise DataError(f"kv.{f.name} must be an integer, got {value!r}")
+        if self.num_keys < 2:
+            raise DataError(f"kv.num_keys must be at least 2, got {self.num_keys}")
+        if self.value_max < 1:
+            raise DataError(f"kv.value_max must be at least 1, got {self.value_max}")
+        if not 1 <= self.min_operands <= self.max_operands:
+            raise DataError(
+                f"kv operands need 1 <= min_operands <= max_operands, "
+                f"got {self.min_operands} and {self.max_operands}"
+            )
+        held_in = round(self.num_keys * self.held_in_fraction)
+        if not 0 < held_in < self.num_keys:
+            raise DataError(
+                f"kv.held_in_fraction={self.held_in_fraction} leaves no held-in or no held-out "
+                f"keys among {self.num_keys}; use a fraction strictly between 0 and 1"
+            )
+
+    @classmethod
+    def from_value(cls, value: KVConfig | Mapping[str, Any] | None) -> KVConfig:
+        """Accept a config, a mapping of its fields (as in a recipe), or None (defaults)."""
+        if value is None:
+            return cls()
+        if isinstance(value, KVConfig):
+            return value
+        if isinstance(value, Mapping):
+            known = {f.name for f in fields(cls)}
+            unknown = sorted(set(value) - known)
+            if unknown:
+                raise DataError(
+                    f"unknown kv field(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
+                )
+            return cls(**value)
+        raise DataError(f"kv must be a KVConfig or a mapping of its fields, got {value!r}")
+
+
+def key_names(cfg: KVConfig) -> tuple[str, ...]:
+    """All keys, ``k0`` … ``k{num_keys-1}``, in index order."""
+    return tuple(f"k{i}" for i in range(cfg.num_keys))
+
+
+@functools.lru_cache(maxsize=64)
+def key_values(cfg: KVConfig) -> dict[str, int]:
+    """The fixed key → value table (uniform in ``0..value_max``, set by ``cfg.seed``)."""
+    rng = random.Random(f"kv-values|{cfg.seed}|{cfg.value_max}")
+    return {key: rng.randint(0, cfg.value_max) for key in key_names(cfg)}
+
+
+@functools.lru_cache(maxsize=64)
+def key_split(cfg: KVConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(held_in, held_out): a seeded, disjoint partition of the keys, each in index order."""
+    keys = key_names(cfg)
+    n_in = round(cfg.num_keys * cfg.held_in_fraction)
+    chosen = set(random.Random(f"kv-split|{cfg.seed}").sample(range(cfg.num_keys), n_in))
+    held_in = tuple(k for i, k in enumerate(keys) if i in chosen)
+    held_out = tuple(k for i, k in enumerate(keys) if i not in chosen)
+    return held_in, held_out
+
+
+def number_text(value: int) -> str:
+    """A signed integer written digit by digit: ``-12`` → ``"- 1 2"``, ``7`` → ``"7"``."""
+    digits = " ".join(str(abs(value)))
+    return f"- {digits}" if value < 0 else digits
+
+
+def _expression(terms: Iterable[str], signs: Iterable[str]) -> str:
+    parts: list[str] = []
+    for i, (term, sign) in enumerate(zip(terms, signs, strict=True)):
+        parts.append(term if i == 0 else f"{sign} {term}")
+    return " ".join(parts)
+
+
+def _signed_sum(values: list[int], signs: list[str]) -> int:
+    total = values[0]
+    for value, sign in zip(values[1:], signs[1:], strict=True):
+        total = total + value if sign == "+" else total - value
+    return total
+
+
+def _pool(cfg: KVConfig, keys: str) -> tuple[str, ...]:
+    if keys == "all":
+        return key_names(cfg)
+    if keys == "held_in":
+        return key_split(cfg)[0]
+    if keys == "held_out":
+        return key_split(cfg)[1]
+    raise DataError(f"unknown key pool {keys!r}; choose one of: {', '.join(KEY_POOLS)}")
+
+
+def kv_examples(
+    task: str,
+    n: int,
+    *,
+    cfg: KVConfig | None = None,
+    keys: str = "all",
+    seed: int = 0,
+) -> list[dict[str, str]]:
+    """``n`` examples ``{"prompt", "completion"}`` of one KV task (see the module doc).
+
+    ``keys`` chooses the pool operands are drawn from; ``numeric_arithmetic`` has no
+    keys and accepts only ``"all"``. Different ``seed`` values give independent
+    streams; the same arguments always give the same list.
+    """
+    return _examples(task, n, cfg=cfg or KVConfig(), keys=keys, stream=str(seed))
+
+
+def _examples(task: str, n: int, *, cfg: KVConfig, keys: str, stream: str) -> list[dict[str, str]]:
+    """``kv_examples`` with a free-form stream name (evaluation streams differ from seeds)."""
+    if task not in KV_TASKS:
+        raise DataError(f"unknown KV task {task!r}; choose one of: {', '.join(KV_TASKS)}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise DataError(f"n must be a non-negative integer, got {n!r}")
+    if task == "numeric_arithmetic" and keys != "all":
+        raise DataError(
+            f"numeric_arithmetic has no keys; drop keys={keys!r} (or use kv_arithmetic)"
+        )
+    pool = _pool(cfg, keys)
+    table = key_values(cfg)
+    rng = random.Random(f"kv-examples|{task}|{keys}|{stream}|{cfg}")
+    out: list[dict[str, str]] = []
+    for _ in range(n):
+        count = rng.randint(cfg.min_operands, cfg.max_operands)
+        signs = [""] + [rng.choice(OPERATORS) for _ in range(count - 1)]
+        if task == "numeric_arithmetic":
+            values = [rng.randint(0, cfg.value_max) for _ in range(count)]
+            prompt = _expression((number_text(v) for v in values), signs) + " ="
+            answer = number_text(_signed_sum(values, signs))
+            out.append({"prompt": prompt, "completion": " " + answer})
+            continue
+        operands = [rng.choice(pool) for _ in range(count)]
+        keyed = _expression(operands, signs)
+        values = [table[k] for k in operands]
+        if task == "key_exposure":
+            out.append({"prompt": "", "completion": keyed})
+        elif task == "kv_substitution":
+            substituted = _expression((number_text(v) for v in values), signs)
+            out.append({"prompt": keyed + " =", "completion": " " + substituted})
+        else:  # kv_arithmetic
+            answer = number_text(_signed_sum(values, signs))
+            out.append({"prompt": keyed + " =", "completion": " " + answer})
+    return out
+
+
+def majority_baseline(examples: Iterable[Mapping[str, str]]) -> float:
+    """Share of the most common completion: the accuracy of always answering it (chance level)."""
+    counts = Counter(ex["completion"].strip() for ex in examples)
+    if not counts:
+        raise DataError("majority_baseline needs at least one example, got none")
+    return counts.most_common(1)[0][1] / sum(counts.values())
+
+
+def kv_vocabulary(cfg: KVConfig) -> list[str]:
+    """Token strings by id: specials, ``=`` ``+`` ``-``, digits ``0``–``9``, then the keys."""
+    return [PAD, BOS, EOS, UNK, "=", *OPERATORS, *(str(d) for d in range(10)), *key_names(cfg)]
+
+
+@functools.lru_cache(maxsize=16)
+def _kv_tokenizer_json(cfg: KVConfig) -> str:
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {token: i for i, token in enumerate(kv_vocabulary(cfg))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    # Whitespace is only a separator; then every word is one token, every digit and
+    # every other symbol its own token — so "-12" and "- 1 2" encode the same way
+    # while a key such as "k17" stays whole.
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Split(
+                Regex(r"[A-Za-z_][A-Za-z_0-9]*|[0-9]|[^A-Za-z_0-9\s]"), behavior="isolated"
+            ),
+        ]
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B:1", special_tokens=[(BOS, vocab[BOS])]
+    )
+    tok.add_special_tokens([PAD, BOS, EOS, UNK])
+    return tok.to_str()
+
+
+def kv_tokenizer(cfg: KVConfig | None = None) -> PreTrainedTokenizerFast:
+    """The shared word-level tokenizer: one token per key, operator and digit.
+
+    Ids: ``<pad>`` 0, ``<bos>`` 1, ``<eos>`` 2, ``<unk>`` 3, ``=`` 4, ``+`` 5,
+    ``-`` 6, ``0``–``9`` 7–16, ``k0`` … from 17 (vocabulary size ``17 + num_keys``).
+    Every encoding starts with ``<bos>``; EOS is not added (append it yourself).
+    ``decode`` joins tokens with single spaces. A fresh wrapper is returned on
+    every call, so callers may change e.g. ``padding_side`` freely.
+    """
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    cfg = cfg or KVConfig()
+    backend = Tokenizer.from_str(_kv_tokenizer_json(cfg))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK
+    )
