@@ -29,7 +29,7 @@ def resolve_model(ref: Any) -> Path:
     from fusekit.recipe.common import LocalModel, ScratchModel
 
     if isinstance(ref, (str, Path)):
-        ref = LocalModel(path=str(ref))
+        ref = LocalModel.model_construct(path=str(ref), allow_pickle=False, trust_remote_code=False)
     if isinstance(ref, LocalModel):
         from fusekit.io.folders import model_folder_problem
 
