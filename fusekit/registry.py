@@ -16,6 +16,7 @@ _STRATEGIES: dict[str, str] = {
     "fusellm": "fusekit.strategies.fusellm.strategy:FuseLLMStrategy",
     "block_expansion": "fusekit.strategies.block_expansion.strategy:BlockExpansionStrategy",
     "depth_upscaling": "fusekit.strategies.depth_upscaling.strategy:DepthUpscalingStrategy",
+    "finetune": "fusekit.strategies.finetune.strategy:FinetuneStrategy",
 }
 
 _DESCRIPTIONS: dict[str, str] = {
@@ -23,6 +24,7 @@ _DESCRIPTIONS: dict[str, str] = {
     "fusellm": "FuseLLM: continually train a target on fused source distributions",
     "block_expansion": "LLaMA Pro: insert identity copies of blocks and train only those",
     "depth_upscaling": "SOLAR: splice two trimmed copies of a model into a deeper one",
+    "finetune": "baseline: plain continued training of one model (full or LoRA)",
 }
 
 

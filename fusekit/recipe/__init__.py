@@ -27,7 +27,9 @@ from fusekit.recipe.strategies import (
     BlockExpansionRecipe,
     CalmRecipe,
     DepthUpscalingRecipe,
+    FinetuneRecipe,
     FuseLLMRecipe,
+    LoraSpec,
     Recipe,
 )
 
@@ -38,8 +40,10 @@ __all__ = [
     "DataSpec",
     "DepthUpscalingRecipe",
     "FileData",
+    "FinetuneRecipe",
     "FuseLLMRecipe",
     "LocalModel",
+    "LoraSpec",
     "Recipe",
     "ScratchModel",
     "ScratchSpec",

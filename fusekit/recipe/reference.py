@@ -23,6 +23,8 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("strategy: block_expansion", strategies.BlockExpansionRecipe),
     ("strategy: calm", strategies.CalmRecipe),
     ("strategy: fusellm", strategies.FuseLLMRecipe),
+    ("strategy: finetune (baseline)", strategies.FinetuneRecipe),
+    ("lora (LoraSpec)", strategies.LoraSpec),
     ("train (TrainSpec)", common.TrainSpec),
     ("data (DataSpec)", common.DataSpec),
     ("a built-in task as data (TaskData)", common.TaskData),

@@ -50,11 +50,14 @@ def train_causal_lm(
     trainable: Any = None,
     checkpoint_dir: str | Path | None = None,
     log_path: str | Path | None = None,
+    lora: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train the model in ``model_dir`` on ``data`` and save it to ``out_dir``.
 
     ``trainable`` is ``None`` (everything), a name predicate, or a list of exact
-    parameter names / ``re:`` patterns.  ``spec.steps == 0`` trains nothing.
+    parameter names / ``re:`` patterns.  ``lora`` (``peft.LoraConfig`` fields) trains
+    adapters instead and merges them before saving, so the output is a plain model.
+    ``spec.steps == 0`` trains nothing.
     Returns a JSON-able summary (steps, losses, trainable-parameter report, speed).
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -62,6 +65,8 @@ def train_causal_lm(
         return {"steps": 0, "trained": False}
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else out_dir / ".checkpoints"
     if os.environ.get(ACCELERATE_ENV) and not os.environ.get(WORKER_ENV):
+        if lora is not None:
+            raise FusekitError("LoRA fine-tuning does not run under --accelerate-config yet")
         return _relaunch(model_dir, data, spec, out_dir, trainable, checkpoint_dir, log_path)
 
     from fusekit.training.args import to_training_arguments
@@ -71,6 +76,13 @@ def train_causal_lm(
     model, tokenizer = _load(model_dir)
     original_dtype = _config_dtype(model_dir)
     dataset = CausalLMDataset(load_records(data), tokenizer, spec.seq_len)
+    if lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
+        trainable = None  # peft has already frozen everything but the adapters
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
     log = LossLog(Path(log_path) if log_path else None)
     trainer = FusekitTrainer(
         model=model,
@@ -88,6 +100,8 @@ def train_causal_lm(
         out_dir.mkdir(parents=True, exist_ok=True)
         if out_dir == model_dir:
             _clear_weights(out_dir)
+        if lora is not None:
+            model = model.merge_and_unload()
         if original_dtype is not None:
             model.to(original_dtype)
         model.save_pretrained(out_dir, safe_serialization=True)

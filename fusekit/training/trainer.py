@@ -37,11 +37,12 @@ def trainable_predicate(trainable: Trainable) -> Callable[[str], bool]:
 
 
 def apply_freeze_mask(model: Any, trainable: Trainable) -> dict[str, Any]:
-    """Set ``requires_grad`` from the mask and report what trains."""
-    keep = trainable_predicate(trainable)
+    """Set ``requires_grad`` from the mask (``None`` leaves it as is) and report what trains."""
+    keep = None if trainable is None else trainable_predicate(trainable)
     total = n_train = 0
     for name, param in model.named_parameters():
-        param.requires_grad_(bool(keep(name)))
+        if keep is not None:
+            param.requires_grad_(bool(keep(name)))
         total += param.numel()
         n_train += param.numel() if param.requires_grad else 0
     if n_train == 0:

@@ -1,0 +1,270 @@
+"""``evaluate``: one call from a model (folder or object) and data (file or records) to a result.
+
+The result is a JSON-able dict every report and comparison reads::
+
+    {"metric": "bpb", "value": 1.23, "model": "out/deeper", "model_name": "deeper",
+     "data": "data/heldout.jsonl",
+     "counts": {"examples": 100, "tokens": 5120, "bytes": 20480},
+     "details": {"bpb": 1.23, "perplexity": 7.1, "nats": 17456.2},
+     "settings": {"batch_size": 8, "max_length": 2048, "stride": null}}
+
+Metrics: ``bpb`` (bits per byte), ``perplexity``, ``exact_match`` (greedy
+generation), ``multiple_choice`` (log-likelihood); aliases ``ppl``, ``em``,
+``mc``.  ``bpb``/``perplexity`` read ``{"text"}`` records or
+``{"prompt", "completion"}`` records (scoring the completion only);
+``exact_match`` reads prompt/completion records; ``multiple_choice`` reads
+``{"prompt", "choices", "answer"}`` records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+from fusekit.errors import DataError, FusekitError, ModelIOError
+
+METRICS = ("bpb", "perplexity", "exact_match", "multiple_choice")
+_ALIASES = {
+    "bits_per_byte": "bpb",
+    "ppl": "perplexity",
+    "em": "exact_match",
+    "exact-match": "exact_match",
+    "mc": "multiple_choice",
+    "multiple-choice": "multiple_choice",
+}
+
+
+def canonical_metric(name: str) -> str:
+    """The metric's canonical name; ``DataError`` naming the choices for an unknown one."""
+    key = str(name).strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in METRICS:
+        raise DataError(f"unknown metric {name!r}; choose one of {', '.join(METRICS)}")
+    return key
+
+
+def load_model(path: str | Path, *, tokenizer: Any = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` from a local folder: a CALM output or a Hugging Face model.
+
+    A folder with ``composition.json`` is a CALM composition, re-attached to its
+    base models by ``fusekit.strategies.calm.io.load_composed``; any other
+    folder must hold a causal LM and its tokenizer.  Nothing is downloaded.
+    """
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise ModelIOError(f"{folder}: no such model folder")
+    if (folder / "composition.json").is_file():
+        try:
+            from fusekit.strategies.calm.io import load_composed
+        except ImportError as exc:
+            raise ModelIOError(
+                f"{folder}: is a CALM composition, but this fusekit cannot load compositions "
+                f"(fusekit.strategies.calm.io: {exc})"
+            ) from exc
+        model = load_composed(folder)
+        if tokenizer is None:
+            tokenizer = getattr(model, "tokenizer", None)
+        if tokenizer is None:
+            tokenizer = getattr(model, "anchor_tokenizer", None)
+        return model, tokenizer
+    if not (folder / "config.json").is_file():
+        raise ModelIOError(
+            f"{folder}: not a model folder (no config.json, and no composition.json)"
+        )
+    try:
+        from fusekit.io.loading import load_causal_lm, load_tokenizer
+    except ImportError:
+        return _load_with_transformers(folder, tokenizer)
+    model = load_causal_lm(folder)
+    return model, tokenizer if tokenizer is not None else load_tokenizer(folder)
+
+
+def _load_with_transformers(folder: Path, tokenizer: Any) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelIOError(f"{folder}: cannot load the model ({first})") from exc
+    model.eval()
+    return model, tokenizer
+
+
+def _model_name(model: Any) -> str:
+    for owner in (model, getattr(model, "config", None)):
+        for attr in ("name_or_path", "_name_or_path"):
+            value = getattr(owner, attr, None)
+            if isinstance(value, str) and value:
+                return Path(value).name or value
+    return type(model).__name__
+
+
+def _records(located: Iterator[tuple[str, Any]], convert: Any) -> Iterator[Any]:
+    for where, record in located:
+        yield convert(where, record)
+
+
+def _open_data(data: Any, label: str) -> Iterator[tuple[str, Any]]:
+    """The data's located records; a missing, unreadable or empty source fails here, early."""
+    from fusekit.evaluation.data import iter_records
+
+    located = iter_records(data)
+    first = next(located, None)
+    if first is None:
+        raise DataError(f"{label}: no records to evaluate")
+    return chain([first], located)
+
+
+def _text_result(
+    model: Any,
+    located: Iterator[Any],
+    label: str,
+    metric: str,
+    settings: dict[str, Any],
+    progress: bool,
+) -> dict[str, Any]:
+    from fusekit.evaluation.data import as_text_item
+    from fusekit.evaluation.text_scoring import score_texts
+
+    score = score_texts(
+        model,
+        _records(located, as_text_item),
+        max_length=settings["max_length"],
+        stride=settings["stride"],
+        batch_size=settings["batch_size"],
+        progress=progress,
+    )
+    settings["max_length"] = score.max_length
+    if score.bytes == 0 or score.tokens == 0:
+        raise DataError(f"{label}: the records hold no text to score")
+    details = {"bpb": score.bpb, "perplexity": score.perplexity, "nats": score.nats}
+    return {
+        "value": details[metric],
+        "counts": {"examples": score.documents, "tokens": score.tokens, "bytes": score.bytes},
+        "details": details,
+    }
+
+
+def _exact_match_result(
+    model: Any,
+    located: Iterator[Any],
+    settings: dict[str, Any],
+    progress: bool,
+    stop: Sequence[str],
+) -> dict[str, Any]:
+    from fusekit.evaluation.data import as_pair
+    from fusekit.evaluation.generation import exact_match
+
+    pairs = list(_records(located, as_pair))
+    result = exact_match(
+        model,
+        pairs,
+        batch_size=settings["batch_size"],
+        max_new_tokens=settings["max_new_tokens"],
+        stop=stop,
+        progress=progress,
+    )
+    settings["max_new_tokens"] = result.max_new_tokens
+    return {
+        "value": result.accuracy,
+        "counts": {
+            "examples": result.total,
+            "correct": result.correct,
+            "tokens": result.generated_tokens,
+        },
+        "details": {"accuracy": result.accuracy},
+    }
+
+
+def _choice_result(
+    model: Any, located: Iterator[Any], settings: dict[str, Any], progress: bool
+) -> dict[str, Any]:
+    from fusekit.evaluation.choice import multiple_choice
+    from fusekit.evaluation.data import as_choice
+
+    items = list(_records(located, as_choice))
+    result = multiple_choice(
+        model,
+        items,
+        max_length=settings["max_length"],
+        batch_size=settings["batch_size"],
+        progress=progress,
+    )
+    return {
+        "value": result.accuracy,
+        "counts": {
+            "examples": result.total,
+            "correct": result.correct,
+            "correct_norm": result.correct_norm,
+        },
+        "details": {"accuracy": result.accuracy, "accuracy_norm": result.accuracy_norm},
+    }
+
+
+def evaluate(
+    path_or_model: Any,
+    data: Any,
+    metric: str = "bpb",
+    *,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    stride: int | None = None,
+    tokenizer: Any = None,
+    progress: bool = True,
+    max_new_tokens: int | None = None,
+    stop: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Evaluate a model on data with one metric; returns the JSON-able result described above.
+
+    ``path_or_model``: a local Hugging Face model folder, a CALM output folder
+    (``composition.json``), a ``transformers`` model, a composed model object,
+    or anything implementing ``ScorableModel``.  ``data``: a path or a list of
+    records (see ``fusekit.evaluation.data``).  ``max_length``/``stride``: the
+    scoring window (default: the model's context, capped at 4096, and disjoint
+    windows).  ``max_new_tokens``/``stop``: exact-match generation overrides.
+    Wrong input raises ``DataError`` (data, metric) or ``ModelIOError`` (model).
+    """
+    from fusekit.evaluation.adapters import as_scorable
+    from fusekit.evaluation.data import data_label
+
+    name = canonical_metric(metric)
+    if batch_size < 1:
+        raise DataError(f"batch_size must be at least 1, got {batch_size}")
+    label = data_label(data)
+    located = _open_data(data, label)  # bad or empty data fails before any model loads
+    if isinstance(path_or_model, (str, Path)):
+        model, tokenizer = load_model(path_or_model, tokenizer=tokenizer)
+        model_path: str | None = str(path_or_model)
+        model_name = Path(path_or_model).expanduser().resolve().name
+    else:
+        model, model_path, model_name = path_or_model, None, _model_name(path_or_model)
+    scorable = as_scorable(model, tokenizer)
+    settings: dict[str, Any] = {"batch_size": batch_size, "max_length": max_length}
+    try:
+        if name in ("bpb", "perplexity"):
+            settings["stride"] = stride
+            body = _text_result(scorable, located, label, name, settings, progress)
+        elif name == "exact_match":
+            settings = {"batch_size": batch_size, "max_new_tokens": max_new_tokens}
+            body = _exact_match_result(scorable, located, settings, progress, stop)
+        else:
+            body = _choice_result(scorable, located, settings, progress)
+    except FusekitError:
+        raise
+    except ValueError as exc:
+        raise DataError(f"{label}: {exc}") from exc
+    return {
+        "metric": name,
+        "value": body["value"],
+        "model": model_path,
+        "model_name": model_name,
+        "data": label,
+        "counts": body["counts"],
+        "details": body["details"],
+        "settings": settings,
+    }

@@ -1,0 +1,1 @@
+"""Plain fine-tuning (full or LoRA): the baseline every fusion is compared against."""
