@@ -7,6 +7,7 @@ the model card — so that a strategy only builds and trains.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -79,10 +80,13 @@ def run(
     if accelerate_config:
         os.environ["FUSEKIT_ACCELERATE_CONFIG"] = str(Path(accelerate_config).resolve())
     strategy = strategy_class(recipe.strategy)(recipe)
+    strategy.checkpoint_dir = out.parent / f".{out.name}.checkpoints"
     start = time.perf_counter()
     overwrite = recipe.overwrite if overwrite is None else overwrite
     with atomic_output(out, overwrite=overwrite, inputs=local_model_paths(recipe)) as tmp:
         summary = strategy.run(Path(tmp))
+        if recipe.eval_data() and "evaluation" not in summary:
+            summary["evaluation"] = evaluate_sets(Path(tmp), recipe.eval_data())
         inputs = {k: Path(v) for k, v in summary.pop("inputs", {}).items()}
         the_plan = summary.pop("plan", None) or strategy.plan()
         summary["seconds"] = round(time.perf_counter() - start, 2)
@@ -100,8 +104,28 @@ def run(
             body=_card_body(recipe, summary),
             base_models=[str(p) for p in inputs.values()],
         )
+    shutil.rmtree(strategy.checkpoint_dir, ignore_errors=True)
     print(f"fusekit: wrote {out}", file=sys.stderr)
     return {"output": str(out), "strategy": recipe.strategy, **summary}
+
+
+def default_metric(records: list[dict[str, Any]]) -> str:
+    """Exact match for prompt/completion data, bits per byte for text."""
+    return "exact_match" if records and "completion" in records[0] else "bpb"
+
+
+def evaluate_sets(model: Any, eval_refs: list[Any]) -> list[dict[str, Any]]:
+    """Score one model on each evaluation set of a recipe, with each set's natural metric."""
+    from fusekit.recipe.common import data_label
+    from fusekit.training.data import load_records
+
+    results = []
+    for ref in eval_refs:
+        records = load_records(ref)
+        result = evaluate(model, records, default_metric(records), progress=False)
+        result["data"] = data_label(ref)
+        results.append(result)
+    return results
 
 
 def build(recipe: Any, *, output: str | Path | None = None, overwrite: bool | None = None) -> Any:

@@ -27,16 +27,21 @@ def validate(
     set_: list[str] = typer.Option([], "--set", help="override: key.path=value"),
 ) -> None:
     """Check recipes without running them: one line per problem, exit 2 if any."""
+    from fusekit.compare_recipe import is_compare_file, load_compare
     from fusekit.recipe import load_recipe
 
     problems: list[str] = []
     for path in recipes:
         try:
-            recipe = load_recipe(path, set_)
+            if is_compare_file(path):
+                spec = load_compare(path, set_)
+                kind = f"compare: {len(spec.runs)} runs, {len(spec.parents)} parents"
+            else:
+                kind = load_recipe(path, set_).strategy
         except FusekitError as exc:
             problems.extend(exc.lines())
         else:
-            typer.echo(f"ok: {path} ({recipe.strategy})")
+            typer.echo(f"ok: {path} ({kind})")
     if problems:
         raise fail(problems)
 
@@ -80,3 +85,7 @@ def print_summary(summary: dict) -> None:
     tables = summary.get("tables")
     if isinstance(tables, str):
         sys.stdout.write(tables + "\n")
+    if summary.get("evaluation"):
+        from fusekit.evaluation.report import terminal_table
+
+        typer.echo(terminal_table(summary["evaluation"]))

@@ -26,6 +26,13 @@ class Strategy(ABC):
 
     def __init__(self, recipe: Any) -> None:
         self.recipe = recipe
+        # Set by ``fusekit.api.run`` to a folder beside the output that survives a crash,
+        # so ``--resume`` finds the checkpoints; removed once the output is complete.
+        self.checkpoint_dir: Path | None = None
+
+    def checkpoints(self, workdir: Path) -> Path:
+        """Where training checkpoints go: the stable folder, else inside ``workdir``."""
+        return self.checkpoint_dir or Path(workdir) / ".checkpoints"
 
     @abstractmethod
     def plan(self) -> dict[str, Any]:

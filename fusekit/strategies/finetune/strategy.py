@@ -36,7 +36,7 @@ class FinetuneStrategy(Strategy):
             r.train_data(),
             r.train,
             workdir,
-            checkpoint_dir=workdir.parent / f".{workdir.name}.checkpoints",
+            checkpoint_dir=self.checkpoints(workdir),
             lora=r.lora.peft_kwargs() if r.lora is not None else None,
         )
         if not summary.get("trained"):  # steps: 0 -> the output is the input, copied

@@ -1,0 +1,139 @@
+"""Side-by-side comparison: run what is not cached, score everything on the same sets.
+
+Each run's output folder is keyed by a hash of its full recipe, so a second
+``fusekit compare`` reuses finished runs and cached scores and takes seconds; a
+changed knob re-runs only that run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fusekit.compare_recipe import CompareSpec, deep_merge, load_compare
+
+LOWER_IS_BETTER = {"bpb", "perplexity"}
+
+
+@dataclass
+class ComparisonTable:
+    """Scores per model per evaluation set, plus what produced them."""
+
+    name: str
+    results: list[dict[str, Any]]
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def models(self) -> list[str]:
+        return list(dict.fromkeys(r["model_name"] for r in self.results))
+
+    def value(self, model: str, data: str) -> float | None:
+        for r in self.results:
+            if r["model_name"] == model and r["data"] == data:
+                return float(r["value"])
+        return None
+
+    def to_markdown(self) -> str:
+        from fusekit.evaluation.report import markdown_table
+
+        return markdown_table(self.results, layout="wide")
+
+    def to_json(self) -> str:
+        payload = {
+            "name": self.name,
+            "versions": _versions(),
+            "results": self.results,
+            "runs": self.runs,
+        }
+        return json.dumps(payload, indent=2, default=str)
+
+    def best(self, metric: str, data: str | None = None) -> str:
+        """Name of the best model on ``metric`` (averaged over sets unless ``data`` is given)."""
+        scores: dict[str, list[float]] = {}
+        for r in self.results:
+            if r["metric"] == metric and (data is None or r["data"] == data):
+                scores.setdefault(r["model_name"], []).append(float(r["value"]))
+        if not scores:
+            raise KeyError(f"no results for metric {metric!r}")
+        mean = {m: sum(v) / len(v) for m, v in scores.items()}
+        pick = min if metric in LOWER_IS_BETTER else max
+        return pick(mean, key=mean.__getitem__)
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for dist in ("fusekit", "torch", "transformers", "peft", "accelerate"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def _key(recipe: dict[str, Any]) -> str:
+    from fusekit import __version__
+
+    text = json.dumps({"v": __version__, "recipe": recipe}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _scores(model_dir: Path, name: str, spec: CompareSpec) -> list[dict[str, Any]]:
+    """Evaluate (or read cached scores of) one model on every eval set."""
+    from pydantic import TypeAdapter
+
+    from fusekit.api import evaluate_sets
+    from fusekit.recipe.common import DataRef
+
+    eval_json = TypeAdapter(list[DataRef]).dump_python(spec.eval, mode="json")
+    cache = model_dir / f"scores-{_key({'eval': eval_json})}.json"
+    if cache.is_file():
+        results = json.loads(cache.read_text())
+    else:
+        print(f"fusekit: evaluating {name}", file=sys.stderr)
+        results = evaluate_sets(model_dir, list(spec.eval))
+        cache.write_text(json.dumps(results, indent=2, default=str))
+    for r in results:
+        r["model_name"] = name
+    return results
+
+
+def compare(spec: Any, *, overrides: list[str] | None = None) -> ComparisonTable:
+    """Run a compare file (path or ``CompareSpec``); write table, JSON and chart; return the table."""
+    from fusekit import api
+    from fusekit.sources import resolve_model
+
+    if not isinstance(spec, CompareSpec):
+        spec = load_compare(spec, overrides)
+    root = Path(spec.output)
+    (root / "runs").mkdir(parents=True, exist_ok=True)
+    results: list[dict[str, Any]] = []
+    runs: dict[str, dict[str, Any]] = {}
+    for parent in spec.parents:
+        folder = resolve_model(parent.model)
+        runs[parent.name] = {"kind": "parent", "path": str(folder)}
+        results += _scores(folder, parent.name, spec)
+    for run in spec.runs:
+        recipe = deep_merge(spec.base, run.recipe)
+        out = root / "runs" / f"{run.name}-{_key(recipe)}"
+        if not (out / "fusekit.json").is_file():
+            print(f"fusekit: running {run.name}", file=sys.stderr)
+            api.run(recipe, output=out, overwrite=True)
+        meta = json.loads((out / "fusekit.json").read_text())
+        runs[run.name] = {"kind": "run", "path": str(out), "strategy": recipe["strategy"],
+                          "summary": meta.get("summary", {})}  # fmt: skip
+        results += _scores(out, run.name, spec)
+    table = ComparisonTable(spec.name, results, runs)
+    (root / "results.md").write_text(table.to_markdown() + "\n")
+    (root / "results.json").write_text(table.to_json() + "\n")
+    try:
+        from fusekit.compare_plot import plot
+
+        plot(table, spec, root / "results.png")
+    except ImportError:
+        print("fusekit: install matplotlib (fusekit[plot]) for the chart", file=sys.stderr)
+    return table

@@ -1,0 +1,75 @@
+"""The comparison chart: scores per eval set, training-loss curves, and an optional trade-off.
+
+matplotlib is an optional extra (``fusekit[plot]``); importing this module without it
+raises ImportError, which ``compare`` reports as one line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def _bars(ax: Any, table: Any) -> None:
+    sets = list(dict.fromkeys(r["data"] for r in table.results))
+    models = table.models()
+    width = 0.8 / max(1, len(models))
+    for i, model in enumerate(models):
+        values = [table.value(model, d) or 0.0 for d in sets]
+        xs = [j + i * width for j in range(len(sets))]
+        ax.bar(xs, values, width, label=model)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(sets))])
+    metrics = {r["data"]: r["metric"] for r in table.results}
+    ax.set_xticklabels([f"{d}\n({metrics[d]})" for d in sets], fontsize=8)
+    ax.set_title("score per evaluation set")
+    ax.legend(fontsize=7)
+
+
+def _losses(ax: Any, table: Any) -> None:
+    drawn = False
+    for name, run in table.runs.items():
+        training = run.get("summary", {}).get("training") or {}
+        curve = training.get("loss_curve") or []
+        if curve:
+            ax.plot([p[0] for p in curve], [p[1] for p in curve], label=name)
+            drawn = True
+    ax.set_title("training loss")
+    ax.set_xlabel("step")
+    if drawn:
+        ax.legend(fontsize=7)
+
+
+def _tradeoff(ax: Any, table: Any, spec: Any) -> None:
+    t = spec.tradeoff
+    rx, ry = table.value(t.reference, t.x), table.value(t.reference, t.y)
+    for model in table.models():
+        vx, vy = table.value(model, t.x), table.value(model, t.y)
+        if model == t.reference or None in (vx, vy, rx, ry):
+            continue
+        dx, dy = vx - rx, ry - vy  # x: how much worse on x (forgetting); y: gain on y
+        ax.scatter([dx], [dy])
+        ax.annotate(model, (dx, dy), fontsize=7)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.axvline(0, color="grey", lw=0.5)
+    ax.set_xlabel(f"forgetting on {t.x} (metric increase)")
+    ax.set_ylabel(f"gain on {t.y} (metric decrease)")
+    ax.set_title(f"trade-off vs {t.reference} (up and left is better)")
+
+
+def plot(table: Any, spec: Any, path: Path) -> Path:
+    panels = 3 if spec.tradeoff is not None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5))
+    _bars(axes[0], table)
+    _losses(axes[1], table)
+    if spec.tradeoff is not None:
+        _tradeoff(axes[2], table, spec)
+    fig.suptitle(table.name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
