@@ -1,0 +1,24 @@
+"""Every recipe and compare file shipped in recipes/ validates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fusekit.compare_recipe import is_compare_file, load_compare
+from fusekit.recipe import load_recipe
+
+RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").rglob("*.yaml"))
+
+
+def test_there_are_recipes() -> None:
+    assert len(RECIPES) >= 3
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_recipe_validates(path: Path) -> None:
+    if is_compare_file(path):
+        assert load_compare(path).runs or load_compare(path).parents
+    else:
+        assert load_recipe(path).strategy
