@@ -1,0 +1,130 @@
+"""Atomic output folders.
+
+Everything fusekit writes goes into a hidden temporary sibling of the output
+(``.OUT.tmp-<pid>-<random>``) and is renamed into place only when complete, so a
+crash, Ctrl-C or ``kill -9`` never leaves a half-written model where a user (or a
+later ``from_pretrained``) would take it for a real one.  A rename within one
+directory is atomic on POSIX filesystems; the directory is fsynced after it so the
+rename itself survives a power cut.
+
+Guards: an existing output is refused unless ``overwrite``; an output equal to,
+inside, or containing an input folder is always refused (inputs are never written
+to).  With ``overwrite``, the old folder is moved aside only after the new one is
+complete, then deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from fusekit.errors import OutputExistsError
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def check_output(out: Path, *, overwrite: bool = False, inputs: Sequence[Path] = ()) -> None:
+    """Raise ``OutputExistsError`` if writing ``out`` is not allowed; writes nothing."""
+    real_out = _real(out)
+    for given in inputs:
+        real_in = _real(Path(given))
+        if real_out == real_in:
+            raise OutputExistsError(f"output {out} is the input folder {given}; choose another -o")
+        if real_in in real_out.parents:
+            raise OutputExistsError(
+                f"output {out} is inside the input folder {given}; choose a folder outside it"
+            )
+        if real_out in real_in.parents:
+            raise OutputExistsError(
+                f"output {out} contains the input folder {given}; replacing it would delete "
+                "an input, choose another -o"
+            )
+    if out.exists() or out.is_symlink():
+        if not out.is_dir() or out.is_symlink():
+            raise OutputExistsError(f"output {out} exists and is not a folder; remove it first")
+        if not overwrite:
+            raise OutputExistsError(
+                f"output folder {out} already exists; use --overwrite to replace it"
+            )
+
+
+def _fsync_path(path: Path) -> None:
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and folder under ``root`` (writers that already did are cheap)."""
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            _fsync_path(Path(dirpath) / name)
+        _fsync_path(Path(dirpath))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale(parent: Path, name: str) -> None:
+    """Delete temporary folders for ``name`` left by fusekit processes that died."""
+    pattern = re.compile(rf"^\.{re.escape(name)}\.(tmp|old)-(\d+)-")
+    for entry in parent.iterdir():
+        m = pattern.match(entry.name)
+        if (
+            m
+            and entry.is_dir()
+            and int(m.group(2)) != os.getpid()
+            and not _pid_alive(int(m.group(2)))
+        ):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_output(
+    out: str | Path, *, overwrite: bool = False, inputs: Sequence[str | Path] = ()
+) -> Iterator[Path]:
+    """Yield a temporary folder; on success it becomes ``out``, on error it disappears."""
+    out = Path(out).expanduser().absolute()
+    check_output(out, overwrite=overwrite, inputs=[Path(p) for p in inputs])
+    parent = out.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(parent, out.name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=parent))
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        # Re-check: another process may have created OUT while we worked.
+        check_output(out, overwrite=overwrite)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=parent))
+            os.rename(out, old / out.name)
+            try:
+                os.rename(tmp, out)
+            except BaseException:
+                os.rename(old / out.name, out)  # put the previous output back
+                raise
+            _fsync_path(parent)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+            _fsync_path(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,1 @@
+"""LLaMA Pro block expansion: plan, streamed surgery, freeze mask, strategy."""

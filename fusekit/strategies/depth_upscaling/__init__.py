@@ -1,0 +1,1 @@
+"""SOLAR depth up-scaling: slice plans, streamed splice, strategy."""

@@ -1,0 +1,132 @@
+"""SOLAR depth up-scaling as a fusekit strategy: splice, then (optionally) train everything."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, ClassVar
+
+from fusekit.errors import DataError, FusekitError
+from fusekit.io.arch import arch_facts
+from fusekit.io.config import load_config
+from fusekit.io.refs import local_settings, peek_model, resolve_model
+from fusekit.io.writer import DEFAULT_SHARD_BYTES
+from fusekit.strategies.base import Strategy
+from fusekit.strategies.depth_upscaling.plan import LayerSource, slices_plan, solar_plan
+from fusekit.strategies.depth_upscaling.splice import load_configs, splice, splice_plan
+
+
+class DepthUpscalingStrategy(Strategy):
+    """``remove: m`` (SOLAR) or mergekit-style ``slices``; non-layer tensors come from
+    ``model`` when given, else from the first slice's model."""
+
+    tag: ClassVar[str] = "depth_upscaling"
+
+    def _layout(
+        self, *, materialize: bool
+    ) -> tuple[list[LayerSource], dict[str, Path], str, dict[str, Any]] | None:
+        """(plan, key -> folder, base key, key -> config); None if a model is untrained."""
+        r = self.recipe
+        resolve = resolve_model if materialize else peek_model
+        folders: dict[str, Path] = {}
+        refs: dict[str, Any] = {}
+        missing: list[Any] = []
+
+        def key(ref: Any) -> str:
+            folder = resolve(ref)
+            if folder is None:
+                missing.append(ref)
+                return repr(ref)
+            folders.setdefault(str(folder), folder)
+            refs.setdefault(str(folder), ref)
+            return str(folder)
+
+        if r.remove is not None:
+            base = key(r.model)
+            if missing:
+                return None
+            cfg = load_config(folders[base], **_remote(r.model))
+            layers = solar_plan(arch_facts(cfg).num_layers(cfg), r.remove, base)
+        else:
+            layers = slices_plan(r.slices, r.model, key=key)
+            base = key(r.model) if r.model is not None else layers[0].model
+        if missing:
+            return None
+        trust = any(_remote(ref)["trust_remote_code"] for ref in refs.values())
+        return layers, folders, base, load_configs(folders, trust_remote_code=trust)
+
+    def _shard_size(self) -> int | str:
+        return getattr(self.recipe, "shard_size", None) or DEFAULT_SHARD_BYTES
+
+    def plan(self) -> dict[str, Any]:
+        layout = self._layout(materialize=False)
+        if layout is None:
+            return {"note": "a from-scratch model is trained on the first run; sizes follow then"}
+        layers, folders, base, configs = layout
+        return splice_plan(
+            folders,
+            layers,
+            base=base,
+            dtype=getattr(self.recipe, "dtype", None),
+            max_shard_bytes=self._shard_size(),
+            configs=configs,
+        )
+
+    def input_paths(self) -> list[Path]:
+        layout = self._layout(materialize=False)
+        return list(layout[1].values()) if layout else []
+
+    def run(self, workdir: Path) -> dict[str, Any]:
+        layout = self._layout(materialize=True)
+        assert layout is not None
+        layers, folders, base, configs = layout
+        summary = splice(
+            folders,
+            layers,
+            Path(workdir),
+            base=base,
+            dtype=getattr(self.recipe, "dtype", None),
+            max_shard_bytes=self._shard_size(),
+            configs=configs,
+        )
+        plan = {k: v for k, v in summary.items() if k != "shards"}
+        training = train_after_surgery(
+            self.recipe, Path(workdir), trainable=None, checkpoints=self.checkpoints(Path(workdir))
+        )
+        result: dict[str, Any] = {
+            "layers_before": summary["layers_before"],
+            "layers_after": summary["layers_after"],
+            "layer_map": summary["layer_map"],
+            "parameters_after": summary["parameters_after"],
+            "inputs": {("model" if k == base else k): v for k, v in folders.items()},
+            "plan": plan,
+        }
+        if training is not None:
+            result["training"] = training
+        return result
+
+
+def _remote(ref: Any) -> dict[str, bool]:
+    return {"trust_remote_code": local_settings(ref)["trust_remote_code"]}
+
+
+def train_after_surgery(
+    recipe: Any, workdir: Path, trainable: Any, checkpoints: Path | None = None
+) -> dict[str, Any] | None:
+    """Train the surgery output in place when the recipe asks for it."""
+    spec = getattr(recipe, "train", None)
+    if spec is None or getattr(spec, "steps", None) == 0:
+        return None
+    data = recipe.train_data() if hasattr(recipe, "train_data") else getattr(recipe, "data", None)
+    if data is None:
+        raise DataError("train needs data: set train.data (or data.train) in the recipe")
+    try:
+        from fusekit.training import train_causal_lm
+    except ImportError as exc:  # pragma: no cover - training ships with fusekit
+        raise FusekitError(f"training is not available in this install ({exc})") from None
+    checkpoints = checkpoints or workdir / ".checkpoints"
+    summary = train_causal_lm(
+        workdir, data, spec, workdir, trainable=trainable, checkpoint_dir=checkpoints
+    )
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return summary

@@ -1,0 +1,43 @@
+"""Forward/decoding helpers shared by the structural tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def token_ids(batch: int = 2, length: int = 12, seed: int = 0) -> torch.Tensor:
+    """Random ids above the special tokens; longer than the tiny models' sliding window."""
+    return torch.randint(4, 300, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def uncached_logits(model: Any, ids: torch.Tensor) -> torch.Tensor:
+    return model(ids, use_cache=False).logits
+
+
+@torch.no_grad()
+def cached_logits(model: Any, ids: torch.Tensor, prefill: int = 5) -> torch.Tensor:
+    """Prefill ``prefill`` tokens, then feed the rest one at a time through the KV cache."""
+    out = model(ids[:, :prefill], use_cache=True)
+    logits, past = [out.logits], out.past_key_values
+    for t in range(prefill, ids.shape[1]):
+        out = model(ids[:, t : t + 1], past_key_values=past, use_cache=True)
+        logits.append(out.logits)
+        past = out.past_key_values
+    return torch.cat(logits, dim=1)
+
+
+@torch.no_grad()
+def greedy(model: Any, ids: torch.Tensor, *, use_cache: bool = True, new: int = 6) -> Any:
+    return model.generate(
+        ids,
+        max_new_tokens=new,
+        min_new_tokens=new,
+        do_sample=False,
+        use_cache=use_cache,
+        pad_token_id=0,
+        return_dict_in_generate=True,
+        output_logits=True,
+    )
