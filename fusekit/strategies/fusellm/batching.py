@@ -1,0 +1,126 @@
+"""Training examples and batches: the target's tokens plus, per source, what fusion needs.
+
+An example is one text chunk.  For every source it carries the alignment
+(source position per target position, ``-1`` for none) and either the
+source's stored top-k rows (offline) or the source's own token ids, which the
+trainer runs through the in-memory source model (online).  The collator pads
+everything; the fused target itself is built in the training step, on the
+training device, by the same ``fusion.fuse`` in both modes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fusekit.strategies.fusellm.data import Encoding
+
+
+@dataclass
+class SourceExamples:
+    """Everything about one source that examples need."""
+
+    encodings: list[Encoding]  # the source's tokenisation of every chunk
+    align: list[np.ndarray]  # per chunk: source position per target position, -1 = none
+    store: Any = None  # a StoreReader (offline) or None (online)
+    pad_id: int = 0
+
+
+class FusionDataset:
+    """A torch-compatible map dataset over text chunks."""
+
+    def __init__(self, target: list[Encoding], sources: Sequence[SourceExamples]) -> None:
+        for s in sources:
+            if len(s.encodings) != len(target) or len(s.align) != len(target):
+                raise ValueError("every source needs an encoding and an alignment per chunk")
+        self.target = target
+        self.sources = list(sources)
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        enc = self.target[i]
+        item: dict[str, Any] = {
+            "input_ids": enc.ids,
+            "n_bytes": enc.n_bytes,
+            "sources": [],
+        }
+        for s in self.sources:
+            entry: dict[str, Any] = {"align": s.align[i]}
+            if s.store is not None:
+                entry.update(s.store.row(i))
+            else:
+                entry["input_ids"] = s.encodings[i].ids
+                entry["n_bytes"] = s.encodings[i].n_bytes
+            item["sources"].append(entry)
+        return item
+
+
+def _pad2(rows: Sequence[np.ndarray], value: int, width: int | None = None) -> np.ndarray:
+    width = width if width is not None else max(len(r) for r in rows)
+    out = np.full((len(rows), width), value, dtype=np.int64)
+    for k, r in enumerate(rows):
+        out[k, : len(r)] = r[:width]
+    return out
+
+
+def _pad3(rows: Sequence[np.ndarray], dtype: Any) -> np.ndarray:
+    width = max(len(r) for r in rows)
+    k = rows[0].shape[-1]
+    out = np.zeros((len(rows), max(width, 1), k), dtype=dtype)
+    for j, r in enumerate(rows):
+        out[j, : len(r)] = r
+    return out
+
+
+class FusionCollator:
+    """Pads a list of ``FusionDataset`` items into tensors (right padding, masked)."""
+
+    def __init__(self, pad_id: int, source_pad_ids: Sequence[int]) -> None:
+        self.pad_id = pad_id
+        self.source_pad_ids = list(source_pad_ids)
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        ids = [it["input_ids"] for it in items]
+        width = max(len(r) for r in ids)
+        input_ids = _pad2(ids, self.pad_id, width)
+        mask = _pad2([np.ones(len(r), dtype=np.int64) for r in ids], 0, width)
+        labels = np.where(mask > 0, input_ids, -100)
+        n_pred = np.array([max(len(r) - 1, 1) for r in ids], dtype=np.float64)
+        batch: dict[str, Any] = {
+            "input_ids": torch.from_numpy(input_ids),
+            "attention_mask": torch.from_numpy(mask),
+            "labels": torch.from_numpy(labels),
+            "bytes_per_token": torch.tensor([it["n_bytes"] for it in items], dtype=torch.float32)
+            / torch.from_numpy(n_pred).float(),
+            "sources": [],
+        }
+        for s, pad in enumerate(self.source_pad_ids):
+            entries = [it["sources"][s] for it in items]
+            out: dict[str, Any] = {
+                "align": torch.from_numpy(_pad2([e["align"] for e in entries], -1, width)),
+                "n_bytes": torch.tensor([e["n_bytes"] for e in entries], dtype=torch.long),
+            }
+            if "topk_ids" in entries[0]:
+                out["topk_ids"] = torch.from_numpy(
+                    _pad3([e["topk_ids"] for e in entries], np.int64)
+                )
+                out["topk_logits"] = torch.from_numpy(
+                    _pad3([e["topk_logits"] for e in entries], np.float32)
+                )
+                out["nats"] = torch.tensor([e["nats"] for e in entries], dtype=torch.float32)
+                out["n_pred"] = torch.tensor([e["n_pred"] for e in entries], dtype=torch.long)
+            else:
+                src = [e["input_ids"] for e in entries]
+                out["input_ids"] = torch.from_numpy(_pad2(src, pad))
+                out["attention_mask"] = torch.from_numpy(
+                    _pad2([np.ones(len(r), dtype=np.int64) for r in src], 0)
+                )
+            batch["sources"].append(out)
+        return batch

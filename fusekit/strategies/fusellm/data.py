@@ -1,0 +1,139 @@
+"""Text chunks that every tokenizer reads identically, and their per-tokenizer encodings.
+
+FuseLLM compares models token by token on *the same text*, so the unit of data
+is a piece of text, not a block of token ids: documents are joined into one
+stream, cut at the target tokenizer's token boundaries into pieces of about
+``seq_len`` target tokens, and each model then tokenises each piece itself.
+
+Every encoding also carries byte spans: where in the piece's UTF-8 bytes each
+token lies.  They come from the bytes each token stands for (see ``vocab``),
+which is exact for lossless tokenizers and needs none of the offset quirks of
+``return_offsets_mapping`` (trimmed leading spaces, zero-width pieces of split
+characters); special tokens get a zero-width span where they sit.  When the
+tokens do not reproduce the text (normalisers, unknown tokens) the spans fall
+back to the tokenizer's own offsets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fusekit.strategies.fusellm.vocab import token_table
+
+
+@dataclass
+class Encoding:
+    """One model's tokenisation of one chunk."""
+
+    ids: np.ndarray  # [L] int64
+    spans: np.ndarray  # [L, 2] int64 byte offsets into the chunk's UTF-8 text
+    n_bytes: int  # bytes covered by predicted tokens (positions 1..L-1): the per-byte CE unit
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def chunk_texts(
+    texts: Iterable[str], tokenizer: Any, seq_len: int, separator: str = "\n\n"
+) -> list[str]:
+    """Join documents with ``separator`` and cut the stream into pieces of ~``seq_len`` tokens.
+
+    Cuts fall on the target tokenizer's token starts, so no text is lost or
+    duplicated; a trailing piece shorter than a quarter block is dropped unless
+    it is the only one.
+    """
+    content = max(1, seq_len - tokenizer.num_special_tokens_to_add(pair=False))
+    stream: list[str] = []
+    starts: list[int] = []
+    base = 0
+    docs = [t for t in texts if t]
+    for k, doc in enumerate(docs):
+        piece = doc + (separator if k < len(docs) - 1 else "")
+        enc = tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
+        starts.extend(base + a for a, _ in enc["offset_mapping"])
+        stream.append(piece)
+        base += len(piece)
+    text = "".join(stream)
+    cuts = starts[::content]
+    if cuts:
+        cuts[0] = 0  # whatever precedes the first token (e.g. trimmed spaces) stays in
+    chunks = []
+    for k, a in enumerate(cuts):
+        b = cuts[k + 1] if k + 1 < len(cuts) else len(text)
+        n_tokens = min(content, len(starts) - k * content)
+        if k > 0 and k == len(cuts) - 1 and n_tokens < content // 4:
+            chunks[-1] += text[a:b]  # a short tail joins the previous piece (truncated later)
+            continue
+        chunks.append(text[a:b])
+    return [c for c in chunks if c.strip()]
+
+
+def _char_to_byte(text: str) -> np.ndarray:
+    """``table[c]`` = byte offset of character ``c`` (length ``len(text) + 1``)."""
+    widths = np.fromiter((len(ch.encode("utf-8")) for ch in text), dtype=np.int64, count=len(text))
+    return np.concatenate([[0], np.cumsum(widths)])
+
+
+def byte_spans(
+    tokenizer: Any, text: str, ids: Sequence[int], offsets: Sequence[Sequence[int]]
+) -> np.ndarray:
+    """Byte span of every token; see the module docstring for the rules."""
+    table = token_table(tokenizer)
+    data = text.encode("utf-8")
+    lengths = np.zeros(len(ids), dtype=np.int64)
+    pieces = []
+    for k, i in enumerate(ids):
+        c = table.canon[int(i)] if 0 <= int(i) < len(table) else None
+        if c is not None:
+            lengths[k] = len(c)
+            pieces.append(c)
+    joined = "".join(pieces).encode("latin-1")
+    if data.startswith(joined):  # equal, or a prefix when truncated
+        shift = 0
+    elif joined[:1] == b" " and data.startswith(joined[1:]):
+        shift = 1  # SentencePiece's dummy prefix: a space that is not in the text
+    else:
+        return _spans_from_offsets(text, ids, offsets, table.special)
+    ends = np.cumsum(lengths) - shift
+    starts = np.maximum(ends - lengths, 0)
+    return np.stack([starts, np.maximum(ends, 0)], axis=1)
+
+
+def _spans_from_offsets(
+    text: str, ids: Sequence[int], offsets: Sequence[Sequence[int]], special: np.ndarray
+) -> np.ndarray:
+    to_byte = _char_to_byte(text)
+    spans = np.zeros((len(ids), 2), dtype=np.int64)
+    last = 0
+    for k, (i, (a, b)) in enumerate(zip(ids, offsets, strict=True)):
+        if 0 <= int(i) < len(special) and special[int(i)]:
+            spans[k] = (last, last)
+            continue
+        spans[k] = (to_byte[a], to_byte[b])
+        last = int(to_byte[b])
+    return spans
+
+
+def encode_chunks(
+    tokenizer: Any, chunks: Sequence[str], max_len: int, batch: int = 256
+) -> list[Encoding]:
+    """Tokenise every chunk (with the tokenizer's specials), truncated to ``max_len`` tokens."""
+    out: list[Encoding] = []
+    for start in range(0, len(chunks), batch):
+        part = list(chunks[start : start + batch])
+        enc = tokenizer(
+            part,
+            add_special_tokens=True,
+            truncation=True,
+            max_length=max_len,
+            return_offsets_mapping=True,
+        )
+        for text, ids, offsets in zip(part, enc["input_ids"], enc["offset_mapping"], strict=True):
+            spans = byte_spans(tokenizer, text, ids, offsets)
+            covered = int((spans[1:, 1] - spans[1:, 0]).clip(min=0).sum()) if len(ids) > 1 else 0
+            out.append(Encoding(np.asarray(ids, dtype=np.int64), spans, max(covered, 1)))
+    return out

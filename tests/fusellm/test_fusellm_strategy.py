@@ -1,0 +1,101 @@
+"""End to end: three sources with three tokenizers train a target that saves and loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from fusekit.recipe import FuseLLMRecipe
+from fusekit.strategies.fusellm.strategy import FuseLLMStrategy
+from tests.fusellm.conftest import CORPUS
+
+
+def _recipe(model_dirs: dict, data: Path, **fields: Any) -> Any:
+    train = {
+        "data": str(data),
+        "steps": 3,
+        "lr": 1e-3,
+        "batch_size": 4,
+        "seq_len": 32,
+        "log_steps": 1,
+    }
+    train.update(fields.pop("train", {}))
+    return FuseLLMRecipe(
+        strategy="fusellm",
+        target=str(model_dirs["target"]),
+        sources=[str(model_dirs[k]) for k in ("bpe", "sp", "wp")],
+        train=train,
+        **fields,
+    )
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS[:8] * 2))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mode", "align", "fusion"), [("online", "offsets", "mince"), ("offline", "mined", "avgce")]
+)
+def test_three_tokenizers_train_and_save(
+    model_dirs: dict, data: Path, tmp_path: Path, mode: str, align: str, fusion: str
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    recipe = _recipe(model_dirs, data, mode=mode, align=align, fusion=fusion, lam=0.5)
+    before = {
+        k: v.clone()
+        for k, v in AutoModelForCausalLM.from_pretrained(model_dirs["target"]).state_dict().items()
+    }
+    out = tmp_path / "out"
+    out.mkdir()
+    summary = FuseLLMStrategy(recipe).run(out)
+    assert summary["steps"] == 3 and summary["trained"]
+    assert len(summary["sources"]) == 3
+    assert all(0.0 < s["aligned_positions"] <= 1.0 for s in summary["sources"])
+    assert summary["fusion"]["batches"] == 3
+    model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    assert model.config.vocab_size == len(tok) + 7  # the padded vocabulary survived
+    changed = any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert changed
+    assert not (out / ".checkpoints").exists()
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert any("fusion" in r and "clm" in r for r in log)
+
+
+def test_target_as_source_goes_first(model_dirs: dict, data: Path, tmp_path: Path) -> None:
+    recipe = FuseLLMRecipe(
+        strategy="fusellm",
+        target=str(model_dirs["target"]),
+        sources=[str(model_dirs["sp"]), str(model_dirs["target"])],
+        train={"data": str(data), "steps": 2, "batch_size": 4, "seq_len": 32},
+        lam=0.5,
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    summary = FuseLLMStrategy(recipe).run(out)
+    first = summary["sources"][0]
+    assert first["is_target"] and first["aligned_positions"] == 1.0
+    # Only candidates in the padded rows past the tokenizer (ids >= len(tokenizer)) are dropped.
+    assert summary["fusion"]["kept"][0] > 0.9
+
+
+def test_plan_reads_no_weights(model_dirs: dict, data: Path) -> None:
+    plan = FuseLLMStrategy(_recipe(model_dirs, data)).plan()
+    assert plan["top_k"] == 10 and len(plan["sources"]) == 3 and plan["lambda"] == 0.9
+    assert len(FuseLLMStrategy(_recipe(model_dirs, data)).input_paths()) == 4
+
+
+def test_steps_zero_saves_the_target(model_dirs: dict, data: Path, tmp_path: Path) -> None:
+    recipe = _recipe(model_dirs, data, train={"steps": 0})
+    out = tmp_path / "out"
+    out.mkdir()
+    assert FuseLLMStrategy(recipe).run(out) == {"trained": False, "steps": 0}
+    assert (out / "config.json").is_file()
