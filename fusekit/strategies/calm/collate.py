@@ -1,0 +1,189 @@
+"""Training examples for a composed model, and the collator that pads them.
+
+With a shared tokenizer the examples are the ordinary causal-LM ones of
+``fusekit.training.data`` (prompt/completion → loss on the completion and EOS;
+text → packed blocks, loss everywhere): the augment reads the anchor's ids.
+
+With a different-tokenizer augment every model tokenises the *same text*
+itself; each token gets a character key (``masks.offset_keys``).  A token
+belongs to the completion when its text ends after the prompt.  Texts are not
+packed in this mode (packing would splice unrelated texts inside one augment
+token); each text is one example, truncated to ``seq_len`` anchor tokens, and the
+augment keeps the tokens that end within the anchor's truncated text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from fusekit.errors import DataError
+from fusekit.strategies.calm.masks import offset_keys
+from fusekit.strategies.calm.tokens import encode_text
+
+Example = dict[str, Any]
+
+
+def encode_offsets_example(
+    record: dict[str, Any],
+    anchor_tokenizer: Any,
+    augment_tokenizers: Sequence[Any],
+    shared: Sequence[bool],
+    seq_len: int,
+) -> Example:
+    """One text tokenised by every model, with labels, character keys and validity."""
+    if "text" in record:
+        prompt, text = "", record["text"]
+    else:
+        prompt, text = record["prompt"], record["prompt"] + record["completion"]
+    anchor = encode_text(anchor_tokenizer, text)
+    ids, ends = list(anchor.ids), list(anchor.ends)
+    if anchor_tokenizer.eos_token_id is not None:
+        ids.append(anchor_tokenizer.eos_token_id)
+        ends.append(len(text))
+    labels = [
+        i if (e > len(prompt) or not prompt) else -100 for i, e in zip(ids, ends, strict=True)
+    ]
+    for t in range(anchor.n_prefix):  # leading specials are never targets
+        labels[t] = -100
+    ids, ends, labels = ids[:seq_len], ends[:seq_len], labels[:seq_len]
+    keys, _ = offset_keys(ends, is_augment=False)
+    limit = keys[-1] if keys else 0
+    augments: list[dict[str, list[Any]]] = []
+    for tok, same in zip(augment_tokenizers, shared, strict=True):
+        if same:
+            a_ids, a_ends = ids, ends
+        else:
+            enc = encode_text(tok, text)
+            a_ids, a_ends = enc.ids, enc.ends
+        a_keys, a_valid = offset_keys(a_ends, is_augment=True)
+        n = sum(1 for k in a_keys if k <= limit)
+        augments.append({"input_ids": list(a_ids[:n]), "keys": a_keys[:n], "valid": a_valid[:n]})
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "anchor_keys": keys,
+        "augments": augments,
+        "prompt_chars": len(prompt),
+    }
+
+
+class OffsetsDataset:
+    """Examples for a composition with at least one different-tokenizer augment."""
+
+    def __init__(
+        self,
+        records: Sequence[dict[str, Any]],
+        anchor_tokenizer: Any,
+        augment_tokenizers: Sequence[Any],
+        shared: Sequence[bool],
+        seq_len: int,
+    ) -> None:
+        self.examples = []
+        for i, rec in enumerate(records):
+            if "text" not in rec and "completion" not in rec:
+                raise DataError(f"record {i} has neither 'text' nor 'prompt'/'completion'")
+            self.examples.append(
+                encode_offsets_example(rec, anchor_tokenizer, augment_tokenizers, shared, seq_len)
+            )
+        if not self.examples:
+            raise DataError("the training data produced no examples")
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> Example:
+        return self.examples[i]
+
+
+def _pad(rows: Sequence[Sequence[Any]], value: Any) -> torch.Tensor:
+    width = max((len(r) for r in rows), default=0)
+    return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows])
+
+
+class CalmCollator:
+    """Right-pads anchor ids, labels and (if present) each augment's own inputs."""
+
+    def __init__(self, pad_token_id: int, augment_pad_ids: Sequence[int] | None = None) -> None:
+        self.pad_token_id = pad_token_id
+        self.augment_pad_ids = list(augment_pad_ids or [])
+
+    def __call__(self, batch: list[Example]) -> dict[str, Any]:
+        ids = [ex["input_ids"] for ex in batch]
+        out: dict[str, Any] = {
+            "input_ids": _pad(ids, self.pad_token_id),
+            "labels": _pad([ex["labels"] for ex in batch], -100),
+            "attention_mask": _pad([[1] * len(r) for r in ids], 0),
+        }
+        if "augments" not in batch[0]:
+            return out
+        out["anchor_keys"] = _pad([ex["anchor_keys"] for ex in batch], 0)
+        out["prompt_chars"] = torch.tensor([ex["prompt_chars"] for ex in batch])
+        augment_inputs = []
+        for k in range(len(batch[0]["augments"])):
+            parts = [ex["augments"][k] for ex in batch]
+            pad = self.augment_pad_ids[k] if k < len(self.augment_pad_ids) else 0
+            a_ids = [p["input_ids"] for p in parts]
+            augment_inputs.append(
+                {
+                    "input_ids": _pad(a_ids, pad),
+                    "attention_mask": _pad([[1] * len(r) for r in a_ids], 0),
+                    "keys": _pad([p["keys"] for p in parts], 0),
+                    "valid": _pad([p["valid"] for p in parts], False),
+                }
+            )
+        out["augment_inputs"] = augment_inputs
+        return out
+
+
+def offsets_inputs_from_ids(
+    anchor_tokenizer: Any,
+    augment_tokenizers: Sequence[Any],
+    shared: Sequence[bool],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    """Anchor keys and augment inputs for a batch given as anchor ids only.
+
+    For callers that know nothing of tokenizers (scoring harnesses): each row's
+    text is what its anchor ids decode to, and the anchor tokens' keys are the
+    decoded lengths (as in generation).  Padding may be on either side.
+    """
+    from fusekit.strategies.calm.tokens import decoded_ends
+
+    batch, width = input_ids.shape
+    anchor_keys = torch.zeros(batch, width, dtype=torch.long)
+    parts: list[list[dict[str, list[Any]]]] = [[] for _ in augment_tokenizers]
+    for b in range(batch):
+        where = attention_mask[b].bool()
+        ids = input_ids[b][where].tolist()
+        ends = decoded_ends(anchor_tokenizer, ids)
+        keys, _ = offset_keys(ends, is_augment=False)
+        anchor_keys[b, where] = torch.tensor(keys, dtype=torch.long)
+        text = anchor_tokenizer.decode(ids, skip_special_tokens=True)
+        for k, (tok, same) in enumerate(zip(augment_tokenizers, shared, strict=True)):
+            if same:
+                a_ids, a_ends = ids, ends
+            else:
+                enc = encode_text(tok, text)
+                a_ids, a_ends = enc.ids, enc.ends
+            a_keys, a_valid = offset_keys(a_ends, is_augment=True)
+            parts[k].append({"input_ids": a_ids, "keys": a_keys, "valid": a_valid})
+    augment_inputs = []
+    for k, rows in enumerate(parts):
+        pad = 0
+        tok = augment_tokenizers[k]
+        if tok is not None and tok.pad_token_id is not None:
+            pad = tok.pad_token_id
+        a_ids = [r["input_ids"] for r in rows]
+        augment_inputs.append(
+            {
+                "input_ids": _pad(a_ids, pad),
+                "attention_mask": _pad([[1] * len(r) for r in a_ids], 0),
+                "keys": _pad([r["keys"] for r in rows], 0),
+                "valid": _pad([r["valid"] for r in rows], False),
+            }
+        )
+    return anchor_keys, augment_inputs

@@ -1,0 +1,135 @@
+"""Θ_C: the trainable modules of a composition, and the cross-attention memory.
+
+Per layer pair (augment layer i → anchor layer j)::
+
+    mem  = proj(H_A,i)                       # Linear D_A -> D_B
+    H_B,j ← H_B,j + o(attn(q(norm(H_B,j)), k(mem), v(mem), mask))
+
+``o`` starts at zero, so at initialisation the composed model *is* the anchor
+(max |Δlogits| == 0), and training starts from the anchor's own behaviour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fusekit.strategies.calm.config import CompositionConfig
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm computed in float32 (as Llama does)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.weight.float()).to(x.dtype)
+
+
+class CrossBlock(nn.Module):
+    """One layer pair: projection, query pre-norm, multi-head cross-attention, zero-init output."""
+
+    def __init__(
+        self, d_augment: int, d_anchor: int, heads: int, *, kv_norm: bool = False, eps: float = 1e-6
+    ) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = d_anchor // heads
+        self.kv_norm: nn.Module = RMSNorm(d_augment, eps) if kv_norm else nn.Identity()
+        self.proj = nn.Linear(d_augment, d_anchor, bias=False)
+        self.norm = RMSNorm(d_anchor, eps)
+        self.q_proj = nn.Linear(d_anchor, d_anchor, bias=False)
+        self.k_proj = nn.Linear(d_anchor, d_anchor, bias=False)
+        self.v_proj = nn.Linear(d_anchor, d_anchor, bias=False)
+        self.o_proj = nn.Linear(d_anchor, d_anchor, bias=False)
+        nn.init.zeros_(self.o_proj.weight)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.heads, self.head_dim).transpose(1, 2)
+
+    def memory(self, h_augment: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values ``[B, heads, S, head_dim]`` from augment states ``[B, S, D_A]``."""
+        dtype = self.proj.weight.dtype
+        mem = self.proj(self.kv_norm(h_augment.to(dtype)))
+        return self._split(self.k_proj(mem)), self._split(self.v_proj(mem))
+
+    def forward(
+        self, h: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor
+    ) -> torch.Tensor:
+        """The residual update for anchor states ``h`` ``[B, T, D_B]``; ``visible`` is ``[B, T, S]``."""
+        dtype = self.q_proj.weight.dtype
+        q = self._split(self.q_proj(self.norm(h.to(dtype))))
+        bias = torch.zeros(visible.shape, dtype=dtype, device=h.device)
+        bias = bias.masked_fill(~visible, torch.finfo(dtype).min)[:, None]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        # rows that may read nothing (padding, BOS before any augment text) add nothing
+        out = out * visible.any(-1)[:, None, :, None].to(dtype)
+        out = out.transpose(1, 2).reshape(h.shape[0], h.shape[1], -1)
+        return self.o_proj(out).to(h.dtype)
+
+
+class Composition(nn.Module):
+    """Θ_C: ``blocks[k][p]`` is the cross block of augment k's p-th layer pair."""
+
+    def __init__(self, config: CompositionConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.blocks = nn.ModuleList(
+            nn.ModuleList(
+                CrossBlock(
+                    a.hidden_size,
+                    config.anchor_hidden_size,
+                    config.heads,
+                    kv_norm=config.kv_norm,
+                    eps=config.eps,
+                )
+                for _ in a.pairs
+            )
+            for a in config.augments
+        )
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+@dataclass
+class Memory:
+    """One augment model's cross-attention memory: per-pair K/V plus keys and validity.
+
+    Grows by the new augment positions at every decoding step; ``crop`` drops a
+    suffix when a different-tokenizer augment re-tokenises its tail.
+    """
+
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    keys: torch.Tensor  # [B, S] long
+    valid: torch.Tensor  # [B, S] bool
+
+    def append(self, other: Memory) -> Memory:
+        return Memory(
+            kv=[
+                (torch.cat([k, k2], 2), torch.cat([v, v2], 2))
+                for (k, v), (k2, v2) in zip(self.kv, other.kv, strict=True)
+            ],
+            keys=torch.cat([self.keys, other.keys], 1),
+            valid=torch.cat([self.valid, other.valid], 1),
+        )
+
+    def crop(self, length: int) -> Memory:
+        return Memory(
+            kv=[(k[:, :, :length], v[:, :, :length]) for k, v in self.kv],
+            keys=self.keys[:, :length],
+            valid=self.valid[:, :length],
+        )
+
+    @property
+    def length(self) -> int:
+        return int(self.keys.shape[1])

@@ -1,0 +1,98 @@
+"""Which augment layers hold what the composition needs — read off with linear probes.
+
+CALM can only pass on what the augment's chosen layers hold *at the positions
+the anchor may read*.  For KV arithmetic that is each key's value at the key's
+own position.  A ridge-regression probe per layer, fitted on the held-in keys'
+positions and scored on the held-out keys', says whether that layer stores the
+value in a form that generalises across keys — exactly what a composition
+trained on held-in keys must exploit on held-out ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+
+@torch.no_grad()
+def layer_states(model: Any, input_ids: torch.Tensor, batch_size: int = 256) -> list[torch.Tensor]:
+    """``[embed, block 0, …, block N-1]`` residual streams, each ``[n, T, D]`` (pre final norm)."""
+    from fusekit.strategies.calm.layers import decoder_layers
+
+    blocks = decoder_layers(model)
+    chunks: list[list[torch.Tensor]] = [[] for _ in range(len(blocks) + 1)]
+    handles = []
+    current: dict[int, torch.Tensor] = {}
+
+    def pre(module: Any, args: Any, kwargs: Any) -> None:
+        current[0] = args[0] if args else kwargs["hidden_states"]
+
+    def make(i: int) -> Any:
+        def hook(module: Any, args: Any, output: Any) -> None:
+            current[i + 1] = output[0] if isinstance(output, tuple) else output
+
+        return hook
+
+    handles.append(blocks[0].register_forward_pre_hook(pre, with_kwargs=True))
+    handles += [b.register_forward_hook(make(i)) for i, b in enumerate(blocks)]
+    try:
+        for start in range(0, input_ids.shape[0], batch_size):
+            model(input_ids=input_ids[start : start + batch_size], use_cache=False)
+            for i in range(len(chunks)):
+                chunks[i].append(current[i].float())
+    finally:
+        for h in handles:
+            h.remove()
+    return [torch.cat(c) for c in chunks]
+
+
+def ridge_probe(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    classes: int,
+    l2: float = 1e-2,
+) -> tuple[float, float]:
+    """Train and test accuracy of a one-hot ridge regression (a linear classifier)."""
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    xs = torch.cat([(train_x - mean) / std, torch.ones(len(train_x), 1)], 1)
+    xt = torch.cat([(test_x - mean) / std, torch.ones(len(test_x), 1)], 1)
+    target = torch.nn.functional.one_hot(train_y, classes).float()
+    eye = torch.eye(xs.shape[1]) * l2 * len(xs)
+    w = torch.linalg.solve(xs.T @ xs + eye, xs.T @ target)
+    train_acc = float(((xs @ w).argmax(1) == train_y).float().mean())
+    test_acc = float(((xt @ w).argmax(1) == test_y).float().mean())
+    return train_acc, test_acc
+
+
+def probe_key_values(
+    model: Any,
+    input_ids: torch.Tensor,
+    key_positions: torch.Tensor,
+    key_values: torch.Tensor,
+    held_in: torch.Tensor,
+    classes: int,
+    layers: Sequence[int] | None = None,
+) -> list[dict[str, Any]]:
+    """Per layer (-1 = embedding output): probe accuracy on held-in and on held-out keys.
+
+    ``key_positions`` ``[n, 2]`` are (row, position) of key tokens, ``key_values``
+    their values and ``held_in`` whether each key is a held-in key.
+    """
+    states = layer_states(model, input_ids)
+    rows = []
+    for index, h in enumerate(states):
+        layer = index - 1
+        if layers is not None and layer not in layers:
+            continue
+        feats = h[key_positions[:, 0], key_positions[:, 1]]
+        train_acc, test_acc = ridge_probe(
+            feats[held_in], key_values[held_in], feats[~held_in], key_values[~held_in], classes
+        )
+        rows.append(
+            {"layer": layer, "held_in": round(train_acc, 4), "held_out": round(test_acc, 4)}
+        )
+    return rows

@@ -1,0 +1,114 @@
+"""Training Θ_C with ``transformers.Trainer``: the bases stay frozen and in eval mode.
+
+The shared ``FusekitTrainer`` builds optimizer state only for parameters that
+require gradients — here the composition's.  This subclass computes the loss
+itself (the composed forward returns next-token loss on the supervised tokens)
+and saves checkpoints as Θ_C alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fusekit.training.trainer import FusekitTrainer, LossLog
+
+
+def is_composition_parameter(name: str) -> bool:
+    return name.startswith("composition.")
+
+
+class CalmTrainer(FusekitTrainer):
+    """``Trainer`` for a ``ComposedModel``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("trainable", is_composition_parameter)
+        super().__init__(*args, **kwargs)
+        # the composed forward does not take num_items_in_batch: let Trainer scale the loss
+        self.model_accepts_loss_kwargs = False
+
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        outputs = model(**inputs)
+        loss = outputs["loss"]
+        return (loss, outputs) if return_outputs else loss
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        from safetensors.torch import save_file
+
+        from fusekit.strategies.calm.io import WEIGHTS_NAME
+
+        out = Path(output_dir or self.args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        model = self.accelerator.unwrap_model(self.model)
+        state = {
+            k: v.detach().contiguous().cpu() for k, v in model.composition.state_dict().items()
+        }
+        save_file(state, str(out / WEIGHTS_NAME))
+
+
+def composition_dataset(model: Any, records: Sequence[dict[str, Any]], seq_len: int) -> Any:
+    """Training examples in the form the composed model needs (see ``collate``)."""
+    if all(model.shared_tokenizer):
+        from fusekit.training.data import CausalLMDataset
+
+        return CausalLMDataset(records, model.anchor_tokenizer, seq_len)
+    from fusekit.strategies.calm.collate import OffsetsDataset
+
+    return OffsetsDataset(
+        records, model.anchor_tokenizer, model.augment_tokenizers, model.shared_tokenizer, seq_len
+    )
+
+
+def composition_collator(model: Any) -> Any:
+    from fusekit.strategies.calm.collate import CalmCollator
+    from fusekit.training.data import pad_id
+
+    aug_pads = [pad_id(t) if t is not None else 0 for t in model.augment_tokenizers]
+    return CalmCollator(pad_id(model.anchor_tokenizer), aug_pads)
+
+
+def train_composition(
+    model: Any,
+    records: Sequence[dict[str, Any]],
+    spec: Any,
+    checkpoint_dir: str | Path,
+    *,
+    log_path: str | Path | None = None,
+) -> dict[str, Any]:
+    """Train Θ_C of ``model`` in place on ``records``; a JSON-able summary comes back."""
+    from fusekit.training.args import to_training_arguments
+
+    if not spec.steps:
+        return {"steps": 0, "trained": False}
+    dataset = composition_dataset(model, records, spec.seq_len)
+    log = LossLog(Path(log_path) if log_path else None)
+    trainer = CalmTrainer(
+        model=model,
+        args=to_training_arguments(spec, Path(checkpoint_dir)),
+        train_dataset=dataset,
+        data_collator=composition_collator(model),
+        callbacks=[log],
+    )
+    start = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - start
+    model.eval()
+    losses = [r["loss"] for r in log.history if "loss" in r]
+    return {
+        "trained": True,
+        "steps": int(result.global_step),
+        "final_loss": losses[-1] if losses else float(result.training_loss),
+        "mean_loss": float(result.training_loss),
+        "loss_curve": [[r["step"], r["loss"]] for r in log.history if "loss" in r],
+        "seconds": round(seconds, 2),
+        "examples": len(dataset),
+        **trainer.trainable_report,
+    }

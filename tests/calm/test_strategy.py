@@ -1,0 +1,70 @@
+"""The ``calm`` strategy end to end through ``fusekit.api.run``, on tiny bases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fusekit.strategies.calm.io import load_composed
+from tests.calm.conftest import TEXTS
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> tuple[Path, Path]:
+    train = tmp_path / "train.jsonl"
+    evals = tmp_path / "eval.jsonl"
+    rows = [{"prompt": t[:10], "completion": t[10:16]} for t in TEXTS]
+    train.write_text("\n".join(json.dumps(r) for r in rows * 4))
+    evals.write_text("\n".join(json.dumps(r) for r in rows[:3]))
+    return train, evals
+
+
+def _recipe(bases: dict[str, Path], data: tuple[Path, Path], **extra) -> dict:
+    train, evals = data
+    return {
+        "strategy": "calm",
+        "anchor": str(bases["anchor"]),
+        "augment": [str(bases["augment"])],
+        "every": 4,
+        "data": {"train": str(train), "eval": [str(evals)]},
+        "train": {"steps": 2, "lr": 1e-2, "batch_size": 4, "seq_len": 32, "log_steps": 1},
+        **extra,
+    }
+
+
+def test_run_trains_saves_and_scores(bases: dict[str, Path], data, tmp_path: Path) -> None:
+    from fusekit.api import run
+
+    out = tmp_path / "out"
+    summary = run(_recipe(bases, data, baselines=["lora", "encoder", "random_augment"]),
+                  output=out)
+    assert (out / "composition.safetensors").is_file() and (out / "composition.json").is_file()
+    assert not any(p.name.endswith(".safetensors") and p.name != "composition.safetensors"
+                   for p in out.iterdir())  # no copy of a base
+    table = summary["eval"]["eval"]
+    assert set(table) >= {"calm", "anchor", "augment_0", "lora", "encoder", "random_augment"}
+    assert all(0.0 <= v <= 1.0 for v in table.values())
+    lora = summary["baselines"]["lora"]
+    assert abs(lora["lora_parameters"] - lora["budget"]) / lora["budget"] < 0.05
+    assert summary["train"]["steps"] == 2
+    assert load_composed(out) is not None
+
+
+def test_steps_zero_builds_the_untrained_composition(bases, data, tmp_path: Path) -> None:
+    from fusekit.api import run
+
+    recipe = _recipe(bases, data)
+    recipe["train"]["steps"] = 0
+    run(recipe, output=tmp_path / "out")
+    model = load_composed(tmp_path / "out")
+    assert all(float(b.o_proj.weight.detach().abs().max()) == 0.0 for bl in model.composition.blocks
+               for b in bl)
+
+
+def test_plan_without_weights(bases, data) -> None:
+    from fusekit.api import plan
+
+    p = plan(_recipe(bases, data))
+    assert p["pairs"] == [[[3, 0], [7, 2]]] and p["composition_parameters"] > 0

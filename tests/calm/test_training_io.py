@@ -1,0 +1,158 @@
+"""Training Θ_C with the Trainer, saving and re-attaching, baselines."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from fusekit.errors import ModelIOError
+from fusekit.recipe.common import TrainSpec
+from fusekit.strategies.calm.baselines import lora_model, lora_parameters_per_rank, random_like
+from fusekit.strategies.calm.build import compose_from_paths, plan_composition
+from fusekit.strategies.calm.io import load_composed, save_composition
+from fusekit.strategies.calm.trainer import (
+    CalmTrainer,
+    composition_collator,
+    composition_dataset,
+    train_composition,
+)
+from fusekit.training.args import to_training_arguments
+from tests.calm.conftest import TEXTS, random_ids
+
+RECORDS = [{"prompt": t[:10], "completion": t[10:]} for t in TEXTS] * 4
+
+
+def _spec(**kw) -> TrainSpec:
+    base = dict(steps=4, lr=1e-2, batch_size=4, seq_len=48, log_steps=1, schedule="constant")
+    return TrainSpec(**{**base, **kw})
+
+
+def test_trainer_changes_only_the_composition(bases: dict[str, Path], tmp_path: Path) -> None:
+    model = compose_from_paths(bases["anchor"], [bases["augment"]])
+    frozen = {
+        n: p.detach().clone()
+        for n, p in model.named_parameters()
+        if not n.startswith("composition.")
+    }
+    theta = {n: p.detach().clone() for n, p in model.composition.named_parameters()}
+    trainer = CalmTrainer(
+        model=model,
+        args=to_training_arguments(_spec(), tmp_path / "ckpt"),
+        train_dataset=composition_dataset(model, RECORDS, 48),
+        data_collator=composition_collator(model),
+    )
+    trainer.train()
+    for n, p in model.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n
+    assert all(not torch.equal(p, theta[n]) for n, p in model.composition.named_parameters())
+    in_optimizer = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert in_optimizer == {id(p) for p in model.composition.parameters()}
+    assert not model.anchor.training and not model.augments[0].training
+
+
+def test_answer_only_loss(bases: dict[str, Path]) -> None:
+    model = compose_from_paths(bases["anchor"], [bases["augment"]])
+    batch = composition_collator(model)([composition_dataset(model, RECORDS, 48)[0]])
+    prompt_len = len(model.anchor_tokenizer(RECORDS[0]["prompt"])["input_ids"])
+    assert (batch["labels"][0, :prompt_len] == -100).all()
+    assert (batch["labels"][0, prompt_len:] != -100).all()
+    assert batch["labels"][0, -1] == model.anchor_tokenizer.eos_token_id
+
+
+@pytest.fixture(scope="module")
+def saved(bases: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("calm_saved")
+    for name in ("anchor", "augment", "meta"):  # private copies: one test edits a base
+        shutil.copytree(bases[name], root / name)
+    model = compose_from_paths(
+        root / "anchor", [root / "augment", root / "meta"], every=4, mask="causal"
+    )
+    summary = train_composition(model, RECORDS, _spec(steps=3), root / "ckpt")
+    assert summary["steps"] == 3
+    save_composition(model, root / "out")
+    return model, root
+
+
+def test_save_load_identical_logits(saved) -> None:
+    model, root = saved
+    doc = json.loads((root / "out" / "composition.json").read_text())
+    assert doc["anchor"]["hash"].startswith("sha256:") and len(doc["augments"]) == 2
+    assert doc["augments"][1]["tokenizer"]["shared_with_anchor"] is False
+    assert doc["heads"] == 4 and doc["mask"] == "causal"
+    from safetensors.torch import load_file
+
+    stored = load_file(str(root / "out" / "composition.safetensors"))
+    assert set(stored) == set(model.composition.state_dict())  # Θ_C only
+    loaded = load_composed(root / "out")
+    ids = random_ids(2, 10, seed=7)
+    with torch.no_grad():
+        assert (model(ids)["logits"] - loaded(ids)["logits"]).abs().max().item() == 0.0
+    kw = dict(max_new_tokens=6, eos_token_id=None)
+    assert model.generate(ids, **kw).tolist() == loaded.generate(ids, **kw).tolist()
+
+
+def test_changed_base_is_refused(saved) -> None:
+    _, root = saved
+    copy = root / "anchor_edited"
+    shutil.copytree(root / "anchor", copy)
+    cfg = json.loads((copy / "config.json").read_text())
+    cfg["rms_norm_eps"] = 1e-5 if cfg.get("rms_norm_eps") != 1e-5 else 1e-6
+    (copy / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelIOError, match="check_hashes=False") as info:
+        load_composed(root / "out", anchor=copy)
+    assert "\n" not in str(info.value)
+    assert load_composed(root / "out", anchor=copy, check_hashes=False) is not None
+
+
+def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelIOError, match=r"composition\.json"):
+        load_composed(tmp_path)
+
+
+def test_steps_zero_saves_the_identity(bases: dict[str, Path], tmp_path: Path) -> None:
+    model = compose_from_paths(bases["anchor"], [bases["augment"]])
+    assert train_composition(model, RECORDS, _spec(steps=0), tmp_path / "c")["steps"] == 0
+    save_composition(model, tmp_path / "out")
+    loaded = load_composed(tmp_path / "out")
+    ids = random_ids(1, 8, seed=8)
+    with torch.no_grad():
+        assert (loaded(ids)["logits"] - loaded.anchor(ids).logits).abs().max().item() == 0.0
+
+
+def test_plan_reads_no_weights(bases: dict[str, Path]) -> None:
+    plan = plan_composition(bases["anchor"], [bases["augment"]], every=4)
+    model = compose_from_paths(bases["anchor"], [bases["augment"]], every=4)
+    assert plan["pairs"] == [[[3, 0], [7, 2]]]
+    assert plan["composition_parameters"] == model.composition.num_parameters()
+    assert plan["anchor_parameters"] == model.parameter_report()["anchor_parameters"]
+
+
+@pytest.mark.parametrize("anchor", ["anchor", "gpt2"])
+def test_lora_baseline_matches_the_budget(bases: dict[str, Path], anchor: str) -> None:
+    model = compose_from_paths(bases[anchor], [bases["augment"]], every=2)
+    budget = model.composition.num_parameters()
+    peft_model, info = lora_model(model.anchor, budget)
+    assert info["lora_parameters"] == info["rank"] * lora_parameters_per_rank(model.anchor)
+    assert abs(info["lora_parameters"] - budget) / budget < 0.05
+    # the composed anchor itself is untouched, and its hooks did not follow the copy
+    assert not any("lora" in n for n, _ in model.anchor.named_parameters())
+    ids = random_ids(1, 6, seed=9)
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(ids).logits, model.anchor(ids).logits)
+
+
+def test_random_augment_has_the_same_shape(bases: dict[str, Path]) -> None:
+    model = compose_from_paths(bases["anchor"], [bases["augment"]])
+    fresh = random_like(model.augments[0], seed=1)
+    assert [p.shape for p in fresh.parameters()] == [
+        p.shape for p in model.augments[0].parameters()
+    ]
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(fresh.parameters(), model.augments[0].parameters(), strict=False)
+    )
