@@ -82,23 +82,31 @@ def _key(recipe: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def _scores(model_dir: Path, name: str, spec: CompareSpec) -> list[dict[str, Any]]:
-    """Evaluate (or read cached scores of) one model on every eval set."""
+def _scores(root: Path, model_dir: Path, name: str, spec: CompareSpec) -> list[dict[str, Any]]:
+    """Evaluate (or read cached scores of) one model on every eval set.
+
+    Scores are cached in the compare output folder, keyed by the model's content hash
+    and the eval sets, never inside the model folder: inputs are not written to.
+    """
     from pydantic import TypeAdapter
 
     from fusekit.api import evaluate_sets
-    from fusekit.recipe.common import DataRef
+    from fusekit.io.hashing import folder_hash
+    from fusekit.recipe.common import DataRef, data_label
 
     eval_json = TypeAdapter(list[DataRef]).dump_python(spec.eval, mode="json")
-    cache = model_dir / f"scores-{_key({'eval': eval_json})}.json"
+    key = _key({"eval": eval_json, "model": folder_hash(model_dir)})
+    cache = root / "scores" / f"{key}.json"
     if cache.is_file():
         results = json.loads(cache.read_text())
     else:
         print(f"fusekit: evaluating {name}", file=sys.stderr)
         results = evaluate_sets(model_dir, list(spec.eval))
+        cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(results, indent=2, default=str))
-    for r in results:
-        r["model_name"] = name
+    for result, ref in zip(results, spec.eval, strict=True):
+        result["model_name"] = name
+        result["data"] = data_label(ref)
     return results
 
 
@@ -116,7 +124,7 @@ def compare(spec: Any, *, overrides: list[str] | None = None) -> ComparisonTable
     for parent in spec.parents:
         folder = resolve_model(parent.model)
         runs[parent.name] = {"kind": "parent", "path": str(folder)}
-        results += _scores(folder, parent.name, spec)
+        results += _scores(root, folder, parent.name, spec)
     for run in spec.runs:
         recipe = deep_merge(spec.base, run.recipe)
         out = root / "runs" / f"{run.name}-{_key(recipe)}"
@@ -126,7 +134,7 @@ def compare(spec: Any, *, overrides: list[str] | None = None) -> ComparisonTable
         meta = json.loads((out / "fusekit.json").read_text())
         runs[run.name] = {"kind": "run", "path": str(out), "strategy": recipe["strategy"],
                           "summary": meta.get("summary", {})}  # fmt: skip
-        results += _scores(out, run.name, spec)
+        results += _scores(root, out, run.name, spec)
     table = ComparisonTable(spec.name, results, runs)
     (root / "results.md").write_text(table.to_markdown() + "\n")
     (root / "results.json").write_text(table.to_json() + "\n")

@@ -64,10 +64,16 @@ class CompareSpec(Strict):
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` wins; nested mappings merge, everything else is replaced."""
+    """``over`` wins; nested mappings merge, everything else is replaced.
+
+    A ``null`` in ``over`` removes the key, so a run can drop a base field that its
+    strategy does not take (``target: null`` for a finetune run over a FuseLLM base).
+    """
     out = copy.deepcopy(base)
     for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)

@@ -145,7 +145,7 @@ class TaskData(Strict):
             parts.append(self.keys)
         if self.split != "train":
             parts.append(self.split)
-        return "/".join(parts)
+        return ":".join(parts)  # not "/": reports shorten path-like labels to their last part
 
 
 _DATA_SUFFIXES = (".jsonl", ".json", ".txt", ".parquet")

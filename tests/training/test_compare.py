@@ -32,7 +32,9 @@ def test_compare_writes_table_and_reuses_runs(
     tiny_llama: Path, corpus: Path, tmp_path: Path
 ) -> None:
     path = _spec(tmp_path, tiny_llama, corpus)
+    parent_files = sorted(p.name for p in tiny_llama.iterdir())
     table = compare(path)
+    assert sorted(p.name for p in tiny_llama.iterdir()) == parent_files, "inputs are never written"
     assert table.models() == ["base", "ft"]
     assert table.value("ft", "corpus") != table.value("base", "corpus")
     assert table.best("bpb") in ("base", "ft")
