@@ -23,6 +23,15 @@ from pydantic import (
 )
 
 
+def known_task(value: str) -> str:
+    """A built-in task name, or a message listing them."""
+    from fusekit.tasks import TASKS
+
+    if value not in TASKS:
+        raise ValueError(f"unknown task {value!r}; choose one of: {', '.join(TASKS)}")
+    return value
+
+
 class Strict(BaseModel):
     """Base for every recipe model: unknown keys are refused."""
 
@@ -79,14 +88,7 @@ class ScratchSpec(Strict):
         None, description="key-value task settings (num_keys, value_max, …; see fusekit.tasks.kv)"
     )
 
-    @field_validator("task")
-    @classmethod
-    def _known_task(cls, value: str) -> str:
-        from fusekit.tasks import TASKS
-
-        if value not in TASKS:
-            raise ValueError(f"unknown task {value!r}; choose one of: {', '.join(TASKS)}")
-        return value
+    _known_task = field_validator("task")(classmethod(lambda cls, v: known_task(v)))
 
 
 class ScratchModel(Strict):
@@ -130,14 +132,7 @@ class TaskData(Strict):
         None, description="key-value task settings (num_keys, value_max, …; see fusekit.tasks.kv)"
     )
 
-    @field_validator("task")
-    @classmethod
-    def _known_task(cls, value: str) -> str:
-        from fusekit.tasks import TASKS
-
-        if value not in TASKS:
-            raise ValueError(f"unknown task {value!r}; choose one of: {', '.join(TASKS)}")
-        return value
+    _known_task = field_validator("task")(classmethod(lambda cls, v: known_task(v)))
 
     def label(self) -> str:
         parts = [self.task]

@@ -11,6 +11,7 @@ from pydantic import TypeAdapter, ValidationError
 from fusekit.errors import RecipeError
 from fusekit.registry import canonical_tag
 
+_MAPPING_TYPES = {"model_type", "dict_type", "model_attributes_type", "union_tag_invalid"}
 _TAGS = {"local-model", "scratch-model", "task-data", "file-data", "function-after"}
 
 
@@ -25,13 +26,18 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     for i, item in enumerate(loc):
         if i == 0 and isinstance(item, str) and item.replace("-", "_") in _strategy_tags():
             continue  # the union's own tag, not a field the user wrote
-        if isinstance(item, str) and (item in _TAGS or item.startswith("function-")):
+        if isinstance(item, str) and (item in _TAGS or _is_branch(item)):
             continue
         if isinstance(item, int):
             parts.append(f"[{item}]")
         else:
             parts.append(("." if parts else "") + str(item))
     return "".join(parts) or "(top level)"
+
+
+def _is_branch(item: str) -> bool:
+    """A union-branch marker pydantic puts in ``loc`` (``list[...]``, ``function-before[...]``)."""
+    return item.startswith(("function-", "tagged-union[", "list[", "union[")) or item in ("str", "int")
 
 
 def _strategy_tags() -> set[str]:
@@ -44,6 +50,11 @@ def format_validation_error(err: ValidationError, source: str) -> list[str]:
     """One line per problem: ``FILE: field.path: what is wrong``."""
     lines = []
     for e in err.errors():
+        branch = [x for x in e["loc"] if isinstance(x, str) and x.startswith("list[")]
+        if branch and e["type"] == "list_type":
+            continue  # the value is a single item; the "or a list" branch is not the problem
+        if isinstance(e.get("input"), list) and e["type"] in _MAPPING_TYPES:
+            continue  # the value is a list; the "single item" branch is not the problem
         msg = e["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]

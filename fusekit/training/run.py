@@ -71,7 +71,7 @@ def train_causal_lm(
 
     from fusekit.training.args import to_training_arguments
     from fusekit.training.data import CausalLMDataset, PadCollator, load_records, pad_id
-    from fusekit.training.trainer import FusekitTrainer, LossLog
+    from fusekit.training.trainer import FusekitTrainer, LossLog, training_summary
 
     model, tokenizer = _load(model_dir)
     original_dtype = _config_dtype(model_dir)
@@ -106,18 +106,7 @@ def train_causal_lm(
             model.to(original_dtype)
         model.save_pretrained(out_dir, safe_serialization=True)
         tokenizer.save_pretrained(out_dir)
-    losses = [r["loss"] for r in log.history if "loss" in r]
-    return {
-        "trained": True,
-        "steps": int(result.global_step),
-        "final_loss": losses[-1] if losses else float(result.training_loss),
-        "mean_loss": float(result.training_loss),
-        "loss_curve": [[r["step"], r["loss"]] for r in log.history if "loss" in r],
-        "seconds": round(seconds, 2),
-        "examples": len(dataset),
-        "resumed": bool(resume),
-        **trainer.trainable_report,
-    }
+    return {**training_summary(trainer, result, log, seconds), "resumed": bool(resume)}
 
 
 def _config_dtype(model_dir: Path) -> Any:

@@ -83,3 +83,18 @@ class FusekitTrainer(Trainer):
         model = kwargs.get("model") if "model" in kwargs else args[0]
         self.trainable_report = apply_freeze_mask(model, trainable)
         super().__init__(*args, **kwargs)
+
+
+def training_summary(trainer: Trainer, result: Any, log: LossLog, seconds: float) -> dict[str, Any]:
+    """The JSON-able record of a finished run that every strategy puts in ``fusekit.json``."""
+    losses = [r["loss"] for r in log.history if "loss" in r]
+    return {
+        "trained": True,
+        "steps": int(result.global_step),
+        "final_loss": losses[-1] if losses else float(result.training_loss),
+        "mean_loss": float(result.training_loss),
+        "loss_curve": [[r["step"], r["loss"]] for r in log.history if "loss" in r],
+        "seconds": round(seconds, 2),
+        "examples": len(trainer.train_dataset),
+        **getattr(trainer, "trainable_report", {}),
+    }

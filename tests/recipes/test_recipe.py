@@ -174,3 +174,19 @@ def test_fusellm_lambda_alias(model: Path) -> None:
         }
     )
     assert r.lam == 0.5
+
+
+def test_union_noise_is_not_reported(model: Path) -> None:
+    """A bad item in a data list is named once, without the 'single item' branch's complaint."""
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(
+            {
+                "strategy": "finetune",
+                "model": str(model),
+                "train": {"steps": 1, "data": [{"task": "zzz"}, {"task": "code", "bad": 1}]},
+            }
+        )
+    lines = info.value.lines()
+    assert len(lines) == 2, lines
+    assert "train.data[0].task: unknown task 'zzz'" in lines[0]
+    assert "train.data[1].bad: unknown key" in lines[1]
