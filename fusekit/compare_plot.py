@@ -15,6 +15,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 
+def _colour(table: Any, name: str) -> Any:
+    """One colour per model, the same in every panel."""
+    return plt.get_cmap("tab10")(table.models().index(name) % 10)
+
+
 def _bars(ax: Any, table: Any) -> None:
     sets = list(dict.fromkeys(r["data"] for r in table.results))
     models = table.models()
@@ -22,7 +27,7 @@ def _bars(ax: Any, table: Any) -> None:
     for i, model in enumerate(models):
         values = [table.value(model, d) or 0.0 for d in sets]
         xs = [j + i * width for j in range(len(sets))]
-        ax.bar(xs, values, width, label=model)
+        ax.bar(xs, values, width, label=model, color=_colour(table, model))
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(sets))])
     metrics = {r["data"]: r["metric"] for r in table.results}
     ax.set_xticklabels([f"{d}\n({metrics[d]})" for d in sets], fontsize=8)
@@ -36,7 +41,9 @@ def _losses(ax: Any, table: Any) -> None:
         training = run.get("summary", {}).get("training") or {}
         curve = training.get("loss_curve") or []
         if curve:
-            ax.plot([p[0] for p in curve], [p[1] for p in curve], label=name)
+            ax.plot(
+                [p[0] for p in curve], [p[1] for p in curve], label=name, color=_colour(table, name)
+            )
             drawn = True
     ax.set_title("training loss")
     ax.set_xlabel("step")
@@ -52,7 +59,7 @@ def _tradeoff(ax: Any, table: Any, spec: Any) -> None:
         if model == t.reference or None in (vx, vy, rx, ry):
             continue
         dx, dy = vx - rx, ry - vy  # x: how much worse on x (forgetting); y: gain on y
-        ax.scatter([dx], [dy])
+        ax.scatter([dx], [dy], color=_colour(table, model))
         ax.annotate(model, (dx, dy), fontsize=7)
     ax.axhline(0, color="grey", lw=0.5)
     ax.axvline(0, color="grey", lw=0.5)
