@@ -37,6 +37,55 @@ def test_identity_at_init_exact(bases: dict[str, Path], anchor: str, augment: st
     assert (composed - plain).abs().max().item() == 0.0
 
 
+@pytest.mark.parametrize("mask", ["causal", "diagonal"])
+def test_identity_at_init_with_every_option(bases: dict[str, Path], mask: str) -> None:
+    model = compose_from_paths(
+        bases["anchor"],
+        [bases["augment"]],
+        kv_norm=True,
+        mask=mask,
+        scale_output=True,
+        null_key=True,
+        pairs=[[(-1, -1), (2, 1), (7, 3)]],
+    )
+    ids = random_ids(2, 9, seed=11)
+    with torch.no_grad():
+        assert (model(ids)["logits"] - model.anchor(ids).logits).abs().max().item() == 0.0
+    cfg = model.composition_config
+    assert model.composition.num_parameters() == cfg.parameter_count()
+
+
+def test_scaled_output_is_relative_to_the_anchor_stream() -> None:
+    from fusekit.strategies.calm.composition import CrossBlock
+
+    torch.manual_seed(0)
+    block = CrossBlock(8, 16, 2, scale_output=True)
+    torch.nn.init.normal_(block.o_proj.weight)
+    h, mem = torch.randn(1, 3, 16), torch.randn(1, 4, 8)
+    k, v = block.memory(mem)
+    visible = torch.ones(1, 3, 4, dtype=torch.bool)
+    # the query is RMS-normalised, so scaling the stream scales the update by the same factor
+    torch.testing.assert_close(block(10 * h, k, v, visible), 10 * block(h, k, v, visible))
+
+
+def test_null_key_gates_a_single_visible_position() -> None:
+    from fusekit.strategies.calm.composition import CrossBlock
+
+    torch.manual_seed(0)
+    block = CrossBlock(8, 16, 2, null_key=True)
+    torch.nn.init.normal_(block.o_proj.weight)
+    h, mem = torch.randn(1, 1, 16), torch.randn(1, 1, 8)
+    k, v = block.memory(mem)
+    one = torch.ones(1, 1, 1, dtype=torch.bool)
+    open_ = block(h, k, v, one)
+    with torch.no_grad():  # point the null key along the query: it wins the softmax
+        q = block._split(block.q_proj(block.norm(h)))[0, :, 0]
+        block.null_key.copy_(1e3 * q)
+    assert block(h, k, v, one).abs().max() < 1e-3 * open_.abs().max()
+    # nothing visible: exactly zero, null key or not
+    assert block(h, k, v, ~one).abs().max().item() == 0.0
+
+
 def test_identity_at_init_through_the_kv_cache(bases: dict[str, Path]) -> None:
     model = compose_from_paths(bases["anchor"], [bases["augment"]], pairs=[[("embed", -1), (7, 2)]])
     ids = random_ids(2, 10, seed=1)

@@ -38,11 +38,12 @@ def test_run_trains_saves_and_scores(bases: dict[str, Path], data, tmp_path: Pat
     from fusekit.api import run
 
     out = tmp_path / "out"
-    summary = run(_recipe(bases, data, baselines=["lora", "encoder", "random_augment"]),
-                  output=out)
+    summary = run(_recipe(bases, data, baselines=["lora", "encoder", "random_augment"]), output=out)
     assert (out / "composition.safetensors").is_file() and (out / "composition.json").is_file()
-    assert not any(p.name.endswith(".safetensors") and p.name != "composition.safetensors"
-                   for p in out.iterdir())  # no copy of a base
+    assert not any(
+        p.name.endswith(".safetensors") and p.name != "composition.safetensors"
+        for p in out.iterdir()
+    )  # no copy of a base
     table = summary["eval"]["eval"]
     assert set(table) >= {"calm", "anchor", "augment_0", "lora", "encoder", "random_augment"}
     assert all(0.0 <= v <= 1.0 for v in table.values())
@@ -59,8 +60,11 @@ def test_steps_zero_builds_the_untrained_composition(bases, data, tmp_path: Path
     recipe["train"]["steps"] = 0
     run(recipe, output=tmp_path / "out")
     model = load_composed(tmp_path / "out")
-    assert all(float(b.o_proj.weight.detach().abs().max()) == 0.0 for bl in model.composition.blocks
-               for b in bl)
+    assert all(
+        float(b.o_proj.weight.detach().abs().max()) == 0.0
+        for bl in model.composition.blocks
+        for b in bl
+    )
 
 
 def test_plan_without_weights(bases, data) -> None:

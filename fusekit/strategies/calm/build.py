@@ -34,6 +34,8 @@ def composition_config(
     mask: str = "causal",
     augment_mode: str = "iterative",
     kv_norm: bool = False,
+    scale_output: bool = False,
+    null_key: bool = False,
 ) -> CompositionConfig:
     """The composition's shape from the bases' configs (objects or ``config.json`` dicts)."""
     anchor = config_facts(anchor_config)
@@ -57,6 +59,8 @@ def composition_config(
         mask=mask,
         augment_mode=augment_mode,
         kv_norm=kv_norm,
+        scale_output=scale_output,
+        null_key=null_key,
     )
 
 

@@ -38,10 +38,20 @@ class CrossBlock(nn.Module):
     """One layer pair: projection, query pre-norm, multi-head cross-attention, zero-init output."""
 
     def __init__(
-        self, d_augment: int, d_anchor: int, heads: int, *, kv_norm: bool = False, eps: float = 1e-6
+        self,
+        d_augment: int,
+        d_anchor: int,
+        heads: int,
+        *,
+        kv_norm: bool = False,
+        scale_output: bool = False,
+        null_key: bool = False,
+        eps: float = 1e-6,
     ) -> None:
         super().__init__()
         self.heads = heads
+        self.scale_output = scale_output
+        self.eps = eps
         self.head_dim = d_anchor // heads
         self.kv_norm: nn.Module = RMSNorm(d_augment, eps) if kv_norm else nn.Identity()
         self.proj = nn.Linear(d_augment, d_anchor, bias=False)
@@ -51,6 +61,10 @@ class CrossBlock(nn.Module):
         self.v_proj = nn.Linear(d_anchor, d_anchor, bias=False)
         self.o_proj = nn.Linear(d_anchor, d_anchor, bias=False)
         nn.init.zeros_(self.o_proj.weight)
+        # A learnable key whose value is zero: attending to it means "add nothing here".
+        # With a diagonal mask (one visible position) it is the only way for the block to
+        # gate by token type — without it the update is linear in the augment's state.
+        self.null_key = nn.Parameter(torch.zeros(heads, self.head_dim)) if null_key else None
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
@@ -70,11 +84,20 @@ class CrossBlock(nn.Module):
         q = self._split(self.q_proj(self.norm(h.to(dtype))))
         bias = torch.zeros(visible.shape, dtype=dtype, device=h.device)
         bias = bias.masked_fill(~visible, torch.finfo(dtype).min)[:, None]
+        if self.null_key is not None:
+            b = k.shape[0]
+            k = torch.cat([self.null_key[None, :, None].expand(b, -1, 1, -1), k], 2)
+            v = torch.cat([v.new_zeros(b, v.shape[1], 1, v.shape[3]), v], 2)
+            bias = torch.cat([bias.new_zeros(*bias.shape[:3], 1).expand(b, -1, -1, -1), bias], -1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         # rows that may read nothing (padding, BOS before any augment text) add nothing
         out = out * visible.any(-1)[:, None, :, None].to(dtype)
-        out = out.transpose(1, 2).reshape(h.shape[0], h.shape[1], -1)
-        return self.o_proj(out).to(h.dtype)
+        out = self.o_proj(out.transpose(1, 2).reshape(h.shape[0], h.shape[1], -1))
+        if self.scale_output:
+            # Relative update: the anchor's stream is ~1 at the embeddings and ~100s deep
+            # inside; scaling by its RMS gives every pair the same effective step size.
+            out = out * h.detach().float().pow(2).mean(-1, keepdim=True).add(self.eps).sqrt()
+        return out.to(h.dtype)
 
 
 class Composition(nn.Module):
@@ -90,6 +113,8 @@ class Composition(nn.Module):
                     config.anchor_hidden_size,
                     config.heads,
                     kv_norm=config.kv_norm,
+                    scale_output=config.scale_output,
+                    null_key=config.null_key,
                     eps=config.eps,
                 )
                 for _ in a.pairs

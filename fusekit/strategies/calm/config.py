@@ -29,6 +29,8 @@ class CompositionConfig:
     mask: str = "causal"
     augment_mode: str = "iterative"
     kv_norm: bool = False
+    scale_output: bool = False
+    null_key: bool = False
     eps: float = 1e-6
 
     def __post_init__(self) -> None:
@@ -66,6 +68,7 @@ class CompositionConfig:
         d_b = self.anchor_hidden_size
         total = 0
         for a in self.augments:
-            per = a.hidden_size * d_b + 4 * d_b * d_b + d_b + (a.hidden_size if self.kv_norm else 0)
+            per = a.hidden_size * d_b + 4 * d_b * d_b + d_b
+            per += (a.hidden_size if self.kv_norm else 0) + (d_b if self.null_key else 0)
             total += per * len(a.pairs)
         return total

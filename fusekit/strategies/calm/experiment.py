@@ -57,15 +57,18 @@ class KVExperiment:
     augment_steps: int = 600
     anchor_steps: int = 1500
     base_lr: float = 3e-3
-    key_exposure: float = 0.25
+    augment_weight_decay: float = 0.0
+    key_exposure: float = 0.0
     calm_steps: int = 1500
     calm_lr: float = 2e-3
     batch_size: int = 64
     mask: str = "diagonal"
     pairs: list[list[int]] | None = field(default_factory=lambda: [[0, -1], [1, 0], [3, 1], [7, 2]])
     every: int = 4
-    calm_heads: int | None = None
-    kv_norm: bool = False
+    calm_heads: int | None = 128
+    kv_norm: bool = True
+    scale_output: bool = True
+    null_key: bool = True
     anchor_mix: float = 0.2
     lora: bool = True
     lora_lr: float | None = None
@@ -103,6 +106,8 @@ class KVExperiment:
             if role == "augment"
             else ["anchor_layers", "anchor_steps", "key_exposure"]
         )
+        if role == "augment" and self.augment_weight_decay:
+            own.append("augment_weight_decay")  # (absent when 0: older caches stay valid)
         payload = json.dumps({k: getattr(self, k) for k in shared + own}, sort_keys=True)
         return f"{role}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
 
@@ -185,6 +190,7 @@ def train_base(exp: KVExperiment, role: str, cache: Path) -> tuple[Path, dict[st
         exp.batch_size,
         exp.seed,
         f"m_{role}",
+        weight_decay=exp.augment_weight_decay if role == "augment" else 0.0,
     )
     info = {
         "role": role,
@@ -294,6 +300,8 @@ def train_calm(
         pairs=[exp.pairs] if exp.pairs else None,
         heads=exp.calm_heads,
         kv_norm=exp.kv_norm,
+        scale_output=exp.scale_output,
+        null_key=exp.null_key,
     )
     start = time.perf_counter()
     history = train_loop(

@@ -119,13 +119,17 @@ def decoder_layers(model: Any) -> Any:
     the longest ModuleList of identical blocks — which covers every HF decoder
     without an architecture table.
     """
-    try:  # the shared per-architecture facts, when present
-        from fusekit.io.layers import decoder_layers as io_decoder_layers  # type: ignore
-
-        return io_decoder_layers(model)
-    except (ImportError, AttributeError):
-        pass
     import torch.nn as nn
+
+    try:  # the shared per-architecture facts know the checkpoint's layer prefix
+        from fusekit.errors import UnsupportedArchitectureError
+        from fusekit.io.arch import arch_facts
+
+        found = model.get_submodule(arch_facts(model.config).layer_prefix)
+        if isinstance(found, nn.ModuleList) and len(found) > 0:
+            return found
+    except (ImportError, AttributeError, UnsupportedArchitectureError):
+        pass
 
     for path in (
         "model.layers",

@@ -60,11 +60,12 @@ def train_loop(
     seed: int,
     label: str,
     log_every: int = 100,
+    weight_decay: float = 0.0,
 ) -> list[list[float]]:
     """AdamW with warm-up and cosine decay; returns ``[step, loss]`` every ``log_every`` steps."""
     from fusekit.strategies.calm.modeling import causal_lm_loss
 
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     warmup = max(1, steps // 20)
     history: list[list[float]] = []
@@ -81,7 +82,7 @@ def train_loop(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        running += float(loss)
+        running += loss.item()
         if (step + 1) % log_every == 0 or step + 1 == steps:
             n = (step % log_every) + 1
             history.append([step + 1, round(running / n, 4)])

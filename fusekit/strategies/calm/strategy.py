@@ -96,6 +96,10 @@ class CalmStrategy(Strategy):
             "heads": getattr(r, "heads", None),
             "mask": getattr(r, "mask", "causal"),
             "augment_mode": getattr(r, "augment_mode", "iterative"),
+            # beyond the paper (see composition.CrossBlock); recipes may not have them yet
+            "kv_norm": bool(getattr(r, "kv_norm", False)),
+            "scale_output": bool(getattr(r, "scale_output", False)),
+            "null_key": bool(getattr(r, "null_key", False)),
         }
 
     def plan(self) -> dict[str, Any]:

@@ -239,6 +239,7 @@ def continual(
 
 def alignment_report(cfg: Config, folders: dict[str, Path]) -> dict[str, Any]:
     """Per source and method: positions aligned, top-k kept; MinCE's in-domain picks."""
+    import numpy as np
     import torch
 
     from fusekit.io.loading import load_causal_lm, load_tokenizer
@@ -282,7 +283,11 @@ def alignment_report(cfg: Config, folders: dict[str, Path]) -> dict[str, Any]:
                         float(o["nats"][0]) / e.n_bytes
                         for o, e in zip(outs, prep.encodings, strict=True)
                     ]
-                kept = total = 0
+                kept = total = paired = exact = 0
+                for a, se, te in zip(prep.align, prep.encodings, tgt_encs, strict=True):
+                    hit = np.flatnonzero(a >= 0)
+                    paired += len(hit)
+                    exact += int((se.spans[a[hit]] == te.spans[hit]).all(axis=1).sum())
                 for o, a in zip(outs, prep.align, strict=True):
                     align = torch.from_numpy(a)[None]
                     *_, n_kept = aligned_candidates(
@@ -298,6 +303,8 @@ def alignment_report(cfg: Config, folders: dict[str, Path]) -> dict[str, Any]:
                     "aligned": round(prep.stats["aligned_positions"], 4),
                     "kept": round(kept / max(total, 1), 4),
                     "vocab_exact": round(prep.stats["vocab"]["exact"], 4),
+                    # share of pairs whose two tokens cover the same bytes (1.0 for offsets)
+                    "same_span": round(exact / max(paired, 1), 4),
                 }
     picks = {}
     for domain, own in (("code", "code_source"), ("english", "english_source")):
@@ -327,7 +334,10 @@ def run(cfg: Config) -> dict[str, Any]:
     )
     runs = [("clm", 1.0, {}), (f"fusellm-lam{cfg.lam}-{cfg.align}", cfg.lam, {})]
     for spec in cfg.extra:  # e.g. "lam=0.9", "align=mined,variant=reference"
-        over = dict(kv.split("=") for kv in spec.split(","))
+        over: dict[str, Any] = dict(kv.split("=") for kv in spec.split(","))
+        for key, value in over.items():
+            if value.lower() in ("true", "false"):
+                over[key] = value.lower() == "true"
         lam = float(over.pop("lam", cfg.lam))
         runs.append((f"fusellm-{spec.replace('=', '').replace(',', '-')}", lam, over))
     log["runs"] = {}
@@ -357,7 +367,11 @@ def markdown(log: dict[str, Any]) -> str:
         lines.append(f"| {name} | {scores['code']:.4f} | {scores['english']:.4f} |")
     for name, rec in log["runs"].items():
         lines.append(f"| {name} | {rec['bpb']['code']:.4f} | {rec['bpb']['english']:.4f} |")
-    lines += ["", "| source | domain | method | aligned | top-k kept |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| source | domain | method | aligned | top-k kept | same span |",
+        "|---|---|---|---|---|---|",
+    ]
     for src, per in log["alignment"].items():
         if src == "mince_in_domain_share":
             continue

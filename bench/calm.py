@@ -1,0 +1,134 @@
+"""CALM speed, as ratios measured in one run on this machine.
+
+Decoding (256 new tokens, greedy, batch 1 and 8):
+  * composed with per-model KV caches vs composed recomputing the whole prefix each step;
+  * composed (cached) vs anchor alone + augment alone (each HF ``generate`` with its cache).
+Training (batch 64 x 16 tokens):
+  * one composition step (augment forward, anchor forward+backward through Θ_C, optimizer)
+    vs anchor forward+backward + augment forward (what the composition cannot avoid).
+
+Run: ``python bench/calm.py [--new-tokens 256] [--threads 1]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def _llama(layers: int, d: int = 128, vocab: int = 317) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(layers)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=d,
+        intermediate_size=2 * d,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _time(fn: Callable[[], object], repeat: int = 3) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench_decoding(model: object, new_tokens: int, batch: int) -> dict[str, float]:
+    anchor, augment = model.anchor, model.augments[0]
+    ids = torch.randint(3, 317, (batch, 16))
+    common = dict(max_new_tokens=new_tokens, eos_token_id=None)
+    cached = _time(lambda: model.generate(ids, **common), repeat=2)
+    full = _time(lambda: model.generate(ids, use_cache=False, **common), repeat=1)
+    hf = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    alone = _time(lambda: anchor.generate(ids, **hf), repeat=2) + _time(
+        lambda: augment.generate(ids, **hf), repeat=2
+    )
+    tokens = batch * new_tokens
+    return {
+        "cached_tok_s": tokens / cached,
+        "recompute_tok_s": tokens / full,
+        "alone_tok_s": tokens / alone,
+        "cache_speedup": full / cached,
+        "composed_over_alone": cached / alone,
+    }
+
+
+def bench_training(model: object, steps: int = 10) -> dict[str, float]:
+    from fusekit.strategies.calm.modeling import causal_lm_loss
+
+    ids = torch.randint(3, 317, (64, 16))
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3)
+
+    def composed_step() -> None:
+        for _ in range(steps):
+            loss = model(ids, labels=ids)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    anchor, augment = model.anchor, model.augments[0]
+    anchor.requires_grad_(True)  # a plain fine-tuning step of the anchor, for reference
+
+    def plain_step() -> None:
+        for _ in range(steps):
+            with torch.no_grad():
+                augment(ids)
+            loss = causal_lm_loss(anchor(ids).logits, ids)
+            loss.backward()
+            anchor.zero_grad()
+
+    composed = _time(composed_step, repeat=2) / steps
+    plain = _time(plain_step, repeat=2) / steps
+    anchor.requires_grad_(False)
+    return {
+        "composed_step_ms": 1000 * composed,
+        "anchor_fb_plus_augment_f_ms": 1000 * plain,
+        "ratio": composed / plain,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from fusekit.strategies.calm.build import compose
+
+    model = compose(_llama(4), [_llama(8)], pairs=[[(0, -1), (1, 0), (3, 1), (7, 2)]])
+    for block in (b for bl in model.composition.blocks for b in bl):  # not the identity
+        torch.nn.init.normal_(block.o_proj.weight, std=0.02)
+    print(f"anchor 4 x d128, augment 8 x d128, 4 layer pairs, {args.threads} thread(s)")
+    for batch in (1, 8):
+        r = bench_decoding(model, args.new_tokens, batch)
+        print(
+            f"decode batch {batch}: cached {r['cached_tok_s']:.0f} tok/s, recompute "
+            f"{r['recompute_tok_s']:.0f} tok/s -> cache speed-up x{r['cache_speedup']:.1f}; "
+            f"anchor+augment alone {r['alone_tok_s']:.0f} tok/s -> composed/alone time "
+            f"x{r['composed_over_alone']:.2f}"
+        )
+    r = bench_training(model)
+    print(
+        f"train step: composed {r['composed_step_ms']:.0f} ms vs anchor f+b + augment f "
+        f"{r['anchor_fb_plus_augment_f_ms']:.0f} ms -> ratio x{r['ratio']:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
