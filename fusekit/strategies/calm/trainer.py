@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fusekit.training.trainer import FusekitTrainer, LossLog
+from fusekit.training.trainer import FusekitTrainer, LossLog, training_summary
 
 
 def is_composition_parameter(name: str) -> bool:
@@ -101,14 +101,4 @@ def train_composition(
     result = trainer.train()
     seconds = time.perf_counter() - start
     model.eval()
-    losses = [r["loss"] for r in log.history if "loss" in r]
-    return {
-        "trained": True,
-        "steps": int(result.global_step),
-        "final_loss": losses[-1] if losses else float(result.training_loss),
-        "mean_loss": float(result.training_loss),
-        "loss_curve": [[r["step"], r["loss"]] for r in log.history if "loss" in r],
-        "seconds": round(seconds, 2),
-        "examples": len(dataset),
-        **trainer.trainable_report,
-    }
+    return training_summary(trainer, result, log, seconds)
