@@ -103,6 +103,17 @@ def _pad(rows: Sequence[Sequence[Any]], value: Any) -> torch.Tensor:
     return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows])
 
 
+def _augment_batch(rows: list[dict[str, Any]], pad: int) -> dict[str, Any]:
+    """One augment model's padded batch: ids, attention mask, cross-mask keys, validity."""
+    ids = [r["input_ids"] for r in rows]
+    return {
+        "input_ids": _pad(ids, pad),
+        "attention_mask": _pad([[1] * len(r) for r in ids], 0),
+        "keys": _pad([r["keys"] for r in rows], 0),
+        "valid": _pad([r["valid"] for r in rows], False),
+    }
+
+
 class CalmCollator:
     """Right-pads anchor ids, labels and (if present) each augment's own inputs."""
 
@@ -123,17 +134,8 @@ class CalmCollator:
         out["prompt_chars"] = torch.tensor([ex["prompt_chars"] for ex in batch])
         augment_inputs = []
         for k in range(len(batch[0]["augments"])):
-            parts = [ex["augments"][k] for ex in batch]
             pad = self.augment_pad_ids[k] if k < len(self.augment_pad_ids) else 0
-            a_ids = [p["input_ids"] for p in parts]
-            augment_inputs.append(
-                {
-                    "input_ids": _pad(a_ids, pad),
-                    "attention_mask": _pad([[1] * len(r) for r in a_ids], 0),
-                    "keys": _pad([p["keys"] for p in parts], 0),
-                    "valid": _pad([p["valid"] for p in parts], False),
-                }
-            )
+            augment_inputs.append(_augment_batch([ex["augments"][k] for ex in batch], pad))
         out["augment_inputs"] = augment_inputs
         return out
 
@@ -173,17 +175,7 @@ def offsets_inputs_from_ids(
             parts[k].append({"input_ids": a_ids, "keys": a_keys, "valid": a_valid})
     augment_inputs = []
     for k, rows in enumerate(parts):
-        pad = 0
         tok = augment_tokenizers[k]
-        if tok is not None and tok.pad_token_id is not None:
-            pad = tok.pad_token_id
-        a_ids = [r["input_ids"] for r in rows]
-        augment_inputs.append(
-            {
-                "input_ids": _pad(a_ids, pad),
-                "attention_mask": _pad([[1] * len(r) for r in a_ids], 0),
-                "keys": _pad([r["keys"] for r in rows], 0),
-                "valid": _pad([r["valid"] for r in rows], False),
-            }
-        )
+        pad = tok.pad_token_id if tok is not None and tok.pad_token_id is not None else 0
+        augment_inputs.append(_augment_batch(rows, pad))
     return anchor_keys, augment_inputs
