@@ -96,3 +96,27 @@ def test_prompt_mask_from_labels() -> None:
     labels = torch.tensor([[-100, -100, 7, 8, -100]])
     mask = torch.tensor([[1, 1, 1, 1, 0]])
     assert prompt_mask_from_labels(labels, mask).int().tolist() == [[1, 1, 0, 0, 0]]
+
+
+@pytest.mark.parametrize("null_key", [True, False])
+def test_diagonal_fast_path_equals_full_attention(null_key: bool) -> None:
+    """The one-visible-position shortcut computes what masked attention computes."""
+    from fusekit.strategies.calm.composition import CrossBlock
+
+    torch.manual_seed(0)
+    fast = CrossBlock(24, 32, 8, kv_norm=True, null_key=null_key, diagonal=True)
+    torch.nn.init.normal_(fast.o_proj.weight)
+    if null_key:
+        torch.nn.init.normal_(fast.null_key)
+    full = CrossBlock(24, 32, 8, kv_norm=True, null_key=null_key, diagonal=False)
+    full.load_state_dict(fast.state_dict())
+    h, h_aug = torch.randn(3, 6, 32), torch.randn(3, 7, 24)
+    visible = torch.zeros(3, 6, 7, dtype=torch.bool)
+    visible[:, torch.arange(6), torch.arange(6) + 1] = True  # anchor t reads augment t+1
+    visible[0, :2] = False  # rows that read nothing add nothing
+    k, v = fast.memory(h_aug)
+    torch.testing.assert_close(fast(h, k, v, visible), full(h, k, v, visible))
+    assert fast(h, k, v, visible)[0, :2].abs().max() == 0
+    # a row with two visible positions is not diagonal: the block falls back to attention
+    visible[1, 3, 2] = True
+    torch.testing.assert_close(fast(h, k, v, visible), full(h, k, v, visible))
