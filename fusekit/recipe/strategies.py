@@ -143,6 +143,13 @@ class CalmRecipe(BaseRecipe):
     anchor_mix: float = Field(
         0.0, ge=0.0, lt=1.0, description="share of anchor-task examples mixed into D_C"
     )
+    kv_norm: bool = Field(False, description="RMSNorm the augment states before the projection")
+    scale_output: bool = Field(
+        False, description="scale each pair's update by the RMS of the anchor stream it joins"
+    )
+    null_key: bool = Field(
+        False, description="a learnt key with a zero value, so a pair can add nothing"
+    )
     baselines: list[Literal["lora", "random_augment", "encoder"]] = Field(
         default_factory=list, description="extra models trained on the same D_C for comparison"
     )

@@ -77,12 +77,41 @@ def _metric_for(records: list[dict[str, Any]]) -> str:
 
 def score(model: Any, records: list[dict[str, Any]], tokenizer: Any = None) -> float:
     """Exact match (prompt/completion records) or bits per byte (text) of one model."""
+    return float(evaluate_one(model, records, tokenizer)["value"])
+
+
+def evaluate_one(model: Any, records: list[dict[str, Any]], tokenizer: Any = None) -> dict:
+    """The harness's full result (metric, value, counts) for one model on one set."""
     from fusekit.evaluation.harness import evaluate
 
-    result = evaluate(
-        model, records, _metric_for(records), tokenizer=tokenizer, progress=False, batch_size=32
+    return evaluate(
+        model, records, _metric_for(records), tokenizer=tokenizer, progress=False, batch_size=64
     )
-    return float(result["value"])
+
+
+def chance_level(records: list[dict[str, Any]]) -> float | None:
+    """Exact match of always giving the most common answer (None for plain text)."""
+    if _metric_for(records) != "exact_match":
+        return None
+    from fusekit.tasks.kv import majority_baseline
+
+    return majority_baseline(records)
+
+
+def table_one(table: dict[str, dict[str, float]]) -> str:
+    """The paper's Table 1 layout: evaluation sets as rows, models as columns."""
+    models: list[str] = []
+    for row in table.values():
+        models += [m for m in row if m not in models]
+    lines = ["| data | " + " | ".join(models) + " |", "|---" + "|---:" * len(models) + "|"]
+    for label, row in table.items():
+        cells = [_percent(row[m]) if m in row else "–" for m in models]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}" if 0.0 <= value <= 1.0 else f"{value:.4f}"
 
 
 class CalmStrategy(Strategy):
@@ -96,7 +125,7 @@ class CalmStrategy(Strategy):
             "heads": getattr(r, "heads", None),
             "mask": getattr(r, "mask", "causal"),
             "augment_mode": getattr(r, "augment_mode", "iterative"),
-            # beyond the paper (see composition.CrossBlock); recipes may not have them yet
+            # beyond the paper (see composition.CrossBlock)
             "kv_norm": bool(getattr(r, "kv_norm", False)),
             "scale_output": bool(getattr(r, "scale_output", False)),
             "null_key": bool(getattr(r, "null_key", False)),
@@ -154,18 +183,27 @@ class CalmStrategy(Strategy):
 
         evals = {data_label(ref): load_records(ref) for ref in recipe.eval_data()}
         table: dict[str, dict[str, float]] = {label: {} for label in evals}
+        evaluation = []
         for label, recs in evals.items():
-            table[label]["calm"] = score(model, recs)
             table[label]["anchor"] = score(model.anchor, recs, model.anchor_tokenizer)
             for k, aug in enumerate(model.augments):
                 if model.augment_tokenizers[k] is not None:
                     table[label][f"augment_{k}"] = score(aug, recs, model.augment_tokenizers[k])
+            result = evaluate_one(model, recs)
+            evaluation.append({**result, "data": label})
+            table[label]["calm"] = float(result["value"])
         baselines = {
             name: self._baseline(name, model, records, workdir, evals, table)
             for name in getattr(recipe, "baselines", [])
         }
+        for label, recs in evals.items():
+            chance = chance_level(recs)
+            if chance is not None:
+                table[label]["chance"] = chance
         inputs = {"anchor": anchor_path, **{f"augment_{k}": p for k, p in enumerate(augment_paths)}}
         return {
+            "tables": table_one(table) if table else "",
+            "evaluation": evaluation,
             "inputs": inputs,
             "parameters": model.parameter_report(),
             "pairs": [[list(p) for p in a.pairs] for a in model.composition_config.augments],
