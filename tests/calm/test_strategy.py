@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from fusekit.errors import PlanError
 from fusekit.strategies.calm.io import load_composed
 from tests.calm.conftest import TEXTS
 
@@ -82,3 +83,22 @@ def test_plan_without_weights(bases, data) -> None:
 
     p = plan(_recipe(bases, data))
     assert p["pairs"] == [[[3, 0], [7, 2]]] and p["composition_parameters"] > 0
+
+
+def test_anchor_mix_adds_the_anchor_task_with_its_own_table() -> None:
+    from types import SimpleNamespace
+
+    from fusekit.recipe.common import ScratchSpec
+    from fusekit.strategies.calm.strategy import mix_anchor_task
+
+    spec = ScratchSpec(task="numeric_arithmetic", tokenizer="kv", kv={"value_max": 3})
+    recipe = SimpleNamespace(anchor_mix=0.25, anchor=SimpleNamespace(from_scratch=spec))
+    records = [{"prompt": f"k{i} =", "completion": " 1"} for i in range(30)]
+    mixed = mix_anchor_task(recipe, records, seed=0)
+    extra = [r for r in mixed if r not in records]
+    assert len(mixed) == 40 and len(extra) == 10  # 25 % of the result
+    operands = [t for r in extra for t in r["prompt"].split() if t.isdigit()]
+    assert operands and max(int(t) for t in operands) <= 3  # the anchor's value range
+    recipe.anchor = SimpleNamespace(path="/somewhere")
+    with pytest.raises(PlanError, match="anchor_mix needs"):
+        mix_anchor_task(recipe, records, seed=0)

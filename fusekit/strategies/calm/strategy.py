@@ -63,7 +63,7 @@ def mix_anchor_task(recipe: Any, records: list[dict[str, Any]], seed: int) -> li
     from fusekit.tasks import task_examples
 
     n = max(1, round(len(records) * mix / (1.0 - mix)))
-    extra = task_examples(spec.task, n=n, seed=seed + 7919)
+    extra = task_examples(spec.task, n=n, seed=seed + 7919, kv=spec.kv)
     import random
 
     mixed = list(records) + list(extra)
