@@ -61,6 +61,8 @@ def _type_name(annotation: object) -> str:
     for prefix in ("typing.", "fusekit.recipe.common.", "fusekit.recipe.strategies.", "pathlib."):
         text = text.replace(prefix, "")
     text = text.replace("Annotated[", "").replace("NoneType", "None")
+    if "_embed_is_minus_one" in text:
+        return "list (per augment) of [augment_layer, anchor_layer] pairs; -1 or 'embed' = embeddings \\| None"
     if "Slice," in text:
         return "list of slices (mergekit form, or '0:24' strings) \\| None"
     text = re.sub(r"Optional\[(.*)\]$", r"\1 | None", text)

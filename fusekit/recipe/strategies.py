@@ -119,7 +119,15 @@ class BlockExpansionRecipe(_StructuralRecipe):
         return self
 
 
-LayerPair = tuple[int, int]
+def _embed_is_minus_one(value: Any) -> Any:
+    """``embed`` names the embedding output, which the library numbers -1."""
+    if isinstance(value, str) and value.strip().lower() in {"embed", "embedding", "embeddings"}:
+        return -1
+    return value
+
+
+Layer = Annotated[int, BeforeValidator(_embed_is_minus_one), Field(ge=-1)]
+LayerPair = tuple[Layer, Layer]
 
 
 class CalmRecipe(BaseRecipe):

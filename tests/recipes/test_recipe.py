@@ -163,6 +163,22 @@ def test_calm_pairs_must_match_augments(tmp_path: Path, model: Path) -> None:
         )
 
 
+def test_calm_pairs_accept_embed_for_the_embedding_output(model: Path) -> None:
+    base = {
+        "strategy": "calm",
+        "anchor": str(model),
+        "augment": [str(model)],
+        "data": {"train": {"task": "kv_arithmetic"}},
+        "train": {"steps": 1},
+    }
+    r = parse_recipe({**base, "pairs": [[[0, "embed"], [1, 0]]]})
+    assert r.pairs == [[(0, -1), (1, 0)]]
+    with pytest.raises(RecipeError, match=r"pairs\[0\]\[0\]\[1\]"):
+        parse_recipe({**base, "pairs": [[[0, "top"]]]})
+    with pytest.raises(RecipeError, match="greater than or equal to -1"):
+        parse_recipe({**base, "pairs": [[[0, -2]]]})
+
+
 def test_fusellm_lambda_alias(model: Path) -> None:
     r = parse_recipe(
         {
