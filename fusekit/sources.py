@@ -46,7 +46,10 @@ def scratch_key(spec: Any) -> str:
     """A short content key of the spec (and the fusekit version that trains it)."""
     from fusekit import __version__
 
-    payload = json.dumps({"v": __version__, "spec": spec.model_dump(mode="json")}, sort_keys=True)
+    dump = spec.model_dump(mode="json")
+    if dump.get("weight_decay") is None:  # unset: the key of specs written before the field
+        dump.pop("weight_decay", None)
+    payload = json.dumps({"v": __version__, "spec": dump}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -134,7 +137,8 @@ def materialize(spec: Any) -> Path:
         tokenizer.save_pretrained(tmp)
         train = TrainSpec(
             steps=spec.steps, lr=spec.lr, batch_size=spec.batch_size, seq_len=spec.seq_len,
-            seed=spec.seed, warmup_steps=max(1, spec.steps // 20), weight_decay=0.01,
+            seed=spec.seed, warmup_steps=max(1, spec.steps // 20),
+            weight_decay=0.01 if spec.weight_decay is None else spec.weight_decay,
             log_steps=max(1, spec.steps // 20),
         )  # fmt: skip
         summary = train_causal_lm(

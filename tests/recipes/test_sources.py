@@ -47,3 +47,21 @@ def test_scratch_model_is_trained_once_and_cached(
 def test_local_reference_checked_at_resolve_time(tmp_path: Path) -> None:
     with pytest.raises(ModelIOError, match="does not exist"):
         resolve_model(str(tmp_path / "gone"))
+
+
+def test_scratch_weight_decay_keys_the_cache_only_when_set() -> None:
+    """Specs written before ``weight_decay`` existed keep their cached models."""
+    import hashlib
+    import json
+
+    from fusekit import __version__
+    from fusekit.recipe.common import ScratchSpec
+    from fusekit.sources import scratch_key
+
+    spec = ScratchSpec(task="kv_substitution", tokenizer="kv", steps=10)
+    old = spec.model_dump(mode="json")
+    old.pop("weight_decay")
+    payload = json.dumps({"v": __version__, "spec": old}, sort_keys=True)
+    assert scratch_key(spec) == hashlib.sha256(payload.encode()).hexdigest()[:16]
+    decayed = spec.model_copy(update={"weight_decay": 0.0})
+    assert scratch_key(decayed) != scratch_key(spec)
