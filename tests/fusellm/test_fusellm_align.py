@@ -8,7 +8,12 @@ from typing import Any
 import numpy as np
 
 from fusekit.strategies.fusellm import dtw_align, offsets_align
-from fusekit.strategies.fusellm.align import dtw_accumulate, edit_cost_matrix, match_positions
+from fusekit.strategies.fusellm.align import (
+    dtw_accumulate,
+    edit_cost_matrix,
+    match_positions,
+    offsets_match,
+)
 from fusekit.strategies.fusellm.data import encode_chunks
 from fusekit.strategies.fusellm.prepare import align_chunk
 from fusekit.strategies.fusellm.vocab import compute_vocab_map, token_table
@@ -110,6 +115,39 @@ def test_offsets_known_cases() -> None:
     assert offsets_align([(0, 0), (0, 0), (0, 3)], [(0, 0), (0, 3)]) == [[0], [2]]
     assert offsets_align([(0, 0), (0, 0)], [(0, 0), (0, 0), (0, 0)]) == [[0], [1], []]
     assert offsets_align([(0, 4)], [(0, 2), (2, 4)]) == [[], []]
+
+
+def plain_offsets(source: list, target: list) -> list[int]:
+    """Span matching with a dict, zero-width twins paired in order of appearance."""
+    seen, counts = {}, {}
+    for s, span in enumerate(source):
+        rank = counts[span] = counts.get(span, -1) + 1
+        seen[(*span, rank)] = s
+    counts = {}
+    out = []
+    for span in target:
+        rank = counts[span] = counts.get(span, -1) + 1
+        out.append(seen.get((*span, rank), -1))
+    return out
+
+
+def test_vectorised_offsets_equal_plain_matching_on_random_spans() -> None:
+    rng = random.Random(0)
+
+    def spans(n: int) -> list[tuple[int, int]]:
+        out, pos = [], 0
+        for _ in range(n):
+            width = 0 if rng.random() < 0.15 else rng.randint(1, 3)
+            out.append((pos, pos + width))
+            pos += width if rng.random() < 0.9 else 0  # sometimes overlapping spans
+        return out
+
+    for _ in range(300):
+        source = spans(rng.randint(0, 30))
+        target = list(source) if rng.random() < 0.2 else spans(rng.randint(0, 30))
+        want = plain_offsets(source, target)
+        assert offsets_match(np.array(source), np.array(target)).tolist() == want
+        assert offsets_align(source, target) == [[] if s < 0 else [s] for s in want]
 
 
 def test_match_positions_checks_tokens() -> None:

@@ -1,4 +1,7 @@
-"""Sharded extraction: rows match a direct forward; a killed run resumes to identical shards."""
+"""Sharded extraction: rows match a direct forward; a killed run resumes to identical shards.
+
+Also the forward itself: rows grouped by length, top-k only where asked.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,12 @@ import pytest
 import torch
 
 from fusekit.strategies.fusellm.data import chunk_texts, encode_chunks
-from fusekit.strategies.fusellm.extract import StoreReader, extract_to_store, source_outputs
+from fusekit.strategies.fusellm.extract import (
+    StoreReader,
+    extract_to_store,
+    length_groups,
+    source_outputs,
+)
 from tests.fusellm.conftest import CORPUS, tiny_llama
 
 
@@ -109,3 +117,75 @@ def test_incomplete_store_is_refused(rows: Any, tmp_path: Path) -> None:
         _extract(model, rows, tmp_path / "s", on_shard=stop)
     with pytest.raises(ValueError, match="incomplete"):
         StoreReader(tmp_path / "s")
+
+
+def _padded_cost(lengths: list[int], groups: list[np.ndarray], split_cost: int) -> int:
+    return sum(len(g) * max(lengths[i] for i in g) + split_cost for g in groups)
+
+
+def test_length_groups_cover_every_row_once_at_least_cost() -> None:
+    import itertools
+
+    lengths = [40, 7, 33, 12, 40, 3, 25, 18]
+    for split_cost in (0, 16, 64, 10_000):
+        groups = length_groups(lengths, split_cost)
+        assert sorted(int(i) for g in groups for i in g) == list(range(len(lengths)))
+        # brute force over every way to cut the length order into consecutive groups
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        best = min(
+            _padded_cost(
+                lengths, [np.array(order[a:b]) for a, b in itertools.pairwise(cuts)], split_cost
+            )
+            for n in range(len(order))
+            for inner in itertools.combinations(range(1, len(order)), n)
+            for cuts in [(0, *inner, len(order))]
+        )
+        assert _padded_cost(lengths, groups, split_cost) == best
+    assert len(length_groups(lengths, 10_000)) == 1
+    assert len(length_groups(lengths, 0)) == len(set(lengths))
+    assert length_groups([]) == []
+
+
+def _ragged_batch(vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([40, 7, 33, 12, 40, 3, 25, 18])
+    mask = (torch.arange(40)[None] < lengths[:, None]).long()
+    return torch.randint(4, vocab, (len(lengths), 40), generator=g) * mask, mask
+
+
+def test_grouped_forward_equals_one_padded_batch() -> None:
+    model = tiny_llama(300, seed=3)
+    ids, mask = _ragged_batch(300)
+    one = source_outputs(model, ids, mask, 5, split_cost=None)
+    grouped = source_outputs(model, ids, mask, 5, split_cost=16)
+    assert len(length_groups(mask.sum(1).tolist(), 16)) > 1
+    real = mask.bool()
+    assert torch.equal(grouped["topk_ids"][real], one["topk_ids"][real])
+    assert torch.allclose(grouped["topk_logits"][real], one["topk_logits"][real], atol=1e-5)
+    assert torch.allclose(grouped["nats"], one["nats"], rtol=1e-5)
+    assert torch.equal(grouped["n_pred"], one["n_pred"])
+    assert torch.equal(one["n_pred"], mask.sum(1) - 1)
+    # nats: summed cross-entropy of every real next token, row by row
+    for r in (0, 5):
+        n = int(mask[r].sum())
+        logits = model(input_ids=ids[r : r + 1, :n]).logits[0, :-1]
+        want = torch.nn.functional.cross_entropy(logits, ids[r, 1:n], reduction="sum")
+        assert torch.allclose(one["nats"][r], want.detach(), rtol=1e-5)
+
+
+def test_top_k_only_at_requested_positions() -> None:
+    model = tiny_llama(300, seed=3)
+    ids, mask = _ragged_batch(300)
+    g = torch.Generator().manual_seed(1)
+    lengths = mask.sum(1, keepdim=True)
+    positions = torch.randint(0, 40, (len(ids), 20), generator=g) % lengths
+    positions[torch.rand(positions.shape, generator=g) < 0.3] = -1
+    full = source_outputs(model, ids, mask, 5)
+    got = source_outputs(model, ids, mask, 5, positions=positions)
+    where = positions.clamp(min=0).unsqueeze(-1).expand(-1, -1, 5)
+    keep = (positions >= 0).unsqueeze(-1)
+    assert got["topk_ids"].shape == (len(ids), 20, 5)
+    assert torch.equal(got["topk_ids"], torch.where(keep, full["topk_ids"].gather(1, where), 0))
+    want = torch.where(keep, full["topk_logits"].gather(1, where), 0)
+    assert torch.allclose(got["topk_logits"], want, atol=1e-5)
+    assert torch.equal(got["nats"], full["nats"]) and torch.equal(got["n_pred"], full["n_pred"])

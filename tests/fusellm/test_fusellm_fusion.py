@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 from fusekit.strategies.fusellm.data import encode_chunks
@@ -148,3 +149,45 @@ def test_source_equal_to_target_keeps_every_candidate(sp: Any) -> None:
     want = torch.softmax(out["topk_logits"].float(), dim=-1)
     assert torch.allclose(target.probs[real], want[real])
     assert np.all(target.ids.numpy() < len(sp))
+
+
+def test_online_step_builds_the_same_target_as_stored_top_k(bpe: Any, sp: Any) -> None:
+    """The trainer's online path (top-k at aligned positions only) equals the full top-k route."""
+    from types import SimpleNamespace
+
+    from fusekit.strategies.fusellm.batching import FusionCollator, FusionDataset, SourceExamples
+    from fusekit.strategies.fusellm.losses import next_token_mask
+    from fusekit.strategies.fusellm.prepare import prepare_source
+    from fusekit.strategies.fusellm.trainer import FuseLLMTrainer
+
+    model = tiny_llama(len(sp), seed=5)
+    chunks = CORPUS[:6]
+    target_encs = encode_chunks(bpe, chunks, 40)
+    prep = prepare_source(
+        sp, bpe, chunks, target_encs, align="offsets", max_len=160, progress=False
+    )
+    data = FusionDataset(target_encs, [SourceExamples(prep.encodings, prep.align, None, 0)])
+    batch = FusionCollator(0, [0])([data[i] for i in range(len(data))])
+    src = batch["sources"][0]
+    vmaps = [torch.from_numpy(prep.vocab_map)]
+    online = FuseLLMTrainer._source_batches(
+        SimpleNamespace(source_models=[model], top_k=5), batch["sources"]
+    )
+    full = source_outputs(model, src["input_ids"], src["attention_mask"], 5)
+    stored = SourceBatch(
+        full["topk_ids"],
+        full["topk_logits"],
+        src["align"],
+        full["nats"],
+        full["n_pred"],
+        src["n_bytes"],
+    )
+    mask = next_token_mask(batch["labels"])
+    for config in (FusionConfig(), FusionConfig(fusion="avgce")):
+        got = fuse(online, vmaps, batch["input_ids"], len(bpe), config, mask=mask)
+        want = fuse([stored], vmaps, batch["input_ids"], len(bpe), config, mask=mask)
+        assert torch.equal(got.ids, want.ids)
+        assert torch.allclose(got.probs, want.probs, atol=1e-6)
+        assert got.stats["aligned"] == want.stats["aligned"]
+        assert got.stats["kept"] == pytest.approx(want.stats["kept"])
+    assert 0.0 < want.stats["aligned"][0] < 1.0  # the two tokenizers really differ

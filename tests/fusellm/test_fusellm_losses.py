@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fusekit.strategies.fusellm.losses import (
@@ -123,3 +124,25 @@ def test_mixture_weights_and_num_items() -> None:
     only, parts = fused_objective(logits, labels, target, 0.0)
     assert set(parts) == {"fusion"}
     assert torch.allclose(only, fusion_loss(logits, *target, mask))
+
+
+def test_mixture_in_one_pass_has_the_two_term_gradients() -> None:
+    """0 < λ < 1 reads one log-softmax for both terms; value and gradient are the sum's."""
+    g = torch.Generator().manual_seed(6)
+    base = torch.randn(3, 12, 20, generator=g)
+    ids, labels = _batch(20)
+    labels[1, 4] = -100  # a hole inside a row, too
+    target = _sparse(ids.shape, 3, 20)
+    mask = next_token_mask(labels)
+    for lam, n in ((0.3, None), (0.9, mask.sum() * 2)):
+        got_logits = base.clone().requires_grad_()
+        loss, parts = fused_objective(got_logits, labels, target, lam, num_items_in_batch=n)
+        loss.backward()
+        ref_logits = base.clone().requires_grad_()
+        clm = clm_loss(ref_logits, labels, n)
+        fus = fusion_loss(ref_logits, *target, mask, n)
+        (lam * clm + (1 - lam) * fus).backward()
+        assert torch.allclose(loss, lam * clm + (1 - lam) * fus, atol=1e-6)
+        assert parts["clm"] == pytest.approx(float(clm.detach()), abs=1e-6)
+        assert parts["fusion"] == pytest.approx(float(fus.detach()), abs=1e-6)
+        assert torch.allclose(got_logits.grad, ref_logits.grad, atol=1e-7)

@@ -26,6 +26,7 @@ _EXPORTS = {
     "token_table": "vocab",
     "dtw_align": "align",
     "offsets_align": "align",
+    "offsets_match": "align",
     "match_positions": "align",
     "chunk_texts": "data",
     "encode_chunks": "data",

@@ -124,12 +124,48 @@ def dtw_align(source_tokens: Sequence[str], target_tokens: Sequence[str]) -> lis
     """
     if not source_tokens or not target_tokens:
         return [[] for _ in target_tokens]
+    stripped = {t: strip_markers(t) for t in {*source_tokens, *target_tokens}}
     cost = edit_cost_matrix(
-        [strip_markers(t) for t in source_tokens], [strip_markers(t) for t in target_tokens]
+        [stripped[t] for t in source_tokens], [stripped[t] for t in target_tokens]
     )
     # The recurrence is symmetric, so scan along the shorter side (fewer numpy calls).
     acc = dtw_accumulate(cost.T).T if cost.shape[0] > cost.shape[1] else dtw_accumulate(cost)
     return dtw_backtrack(acc)
+
+
+def _ranked_spans(spans: np.ndarray) -> np.ndarray:
+    """``[start, end, rank]`` rows: ``rank`` counts earlier tokens with the very same span."""
+    n = len(spans)
+    order = np.lexsort((np.arange(n), spans[:, 1], spans[:, 0]))
+    ordered = spans[order]
+    first = np.ones(n, dtype=bool)
+    first[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+    group_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n) - group_start
+    return np.column_stack([spans, rank])
+
+
+def offsets_match(source_spans: np.ndarray, target_spans: np.ndarray) -> np.ndarray:
+    """Per target position the source position with exactly the same span, else ``-1``.
+
+    ``offsets_align`` as one array, vectorised: the ``(start, end, rank)`` keys of
+    both sides are sorted together, and equal keys — one per side at most — end
+    up next to each other, source first.
+    """
+    src = np.asarray(source_spans, dtype=np.int64).reshape(-1, 2)
+    tgt = np.asarray(target_spans, dtype=np.int64).reshape(-1, 2)
+    out = np.full(len(tgt), -1, dtype=np.int64)
+    if not len(src) or not len(tgt):
+        return out
+    keys = np.concatenate([_ranked_spans(src), _ranked_spans(tgt)])
+    side = np.repeat([0, 1], [len(src), len(tgt)])
+    pos = np.concatenate([np.arange(len(src)), np.arange(len(tgt))])
+    order = np.lexsort((side, keys[:, 2], keys[:, 1], keys[:, 0]))
+    keys, side, pos = keys[order], side[order], pos[order]
+    hit = (keys[1:] == keys[:-1]).all(axis=1) & (side[:-1] == 0) & (side[1:] == 1)
+    out[pos[1:][hit]] = pos[:-1][hit]
+    return out
 
 
 def offsets_align(
@@ -141,20 +177,8 @@ def offsets_align(
     the same unit on both sides).  Several zero-width tokens (BOS, a dummy
     prefix) may share a span: they pair up in order of appearance.
     """
-    seen: dict[tuple[int, int, int], int] = {}
-    counts: dict[tuple[int, int], int] = {}
-    for s, (a, b) in enumerate(source_offsets):
-        rank = counts.get((a, b), 0)
-        counts[(a, b)] = rank + 1
-        seen[(int(a), int(b), rank)] = s
-    out: list[list[int]] = []
-    counts.clear()
-    for a, b in target_offsets:
-        rank = counts.get((a, b), 0)
-        counts[(a, b)] = rank + 1
-        hit = seen.get((int(a), int(b), rank))
-        out.append([] if hit is None else [hit])
-    return out
+    hits = offsets_match(np.asarray(source_offsets), np.asarray(target_offsets))
+    return [[] if s < 0 else [int(s)] for s in hits]
 
 
 def match_positions(
@@ -177,23 +201,23 @@ def match_positions(
     identical text, so it passes ``require_same_token=False``.
     """
     out = np.full(len(mapping), -1, dtype=np.int64)
-    first = -1
-    if target_canon is not None:
+    sizes = np.fromiter((len(m) for m in mapping), dtype=np.int64, count=len(mapping))
+    tgt_pos = np.flatnonzero(sizes == 1)
+    src_pos = np.fromiter((mapping[t][0] for t in tgt_pos), dtype=np.int64, count=len(tgt_pos))
+    if not require_same_token:
+        out[tgt_pos] = src_pos
+        return out
+    sids = np.asarray(source_ids, dtype=np.int64)[src_pos]
+    tids = np.asarray(target_ids, dtype=np.int64)[tgt_pos]
+    vmap = np.asarray(vocab_map)
+    inside = (sids >= 0) & (sids < len(vmap))
+    same = inside & (vmap[np.where(inside, sids, 0)] == tids)
+    if source_canon is not None and target_canon is not None:
         first = next((t for t, i in enumerate(target_ids) if target_canon[int(i)] is not None), -1)
-    for t, sources in enumerate(mapping):
-        if len(sources) != 1:
-            continue
-        s = sources[0]
-        if not require_same_token:
-            out[t] = s
-            continue
-        sid, tid = int(source_ids[s]), int(target_ids[t])
-        same = 0 <= sid < len(vocab_map) and int(vocab_map[sid]) == tid
-        if not same and source_canon is not None and target_canon is not None:
-            a, b = source_canon[sid], target_canon[tid]
-            same = a is not None and a == b
-            if not same and t == first and a is not None and b is not None:
-                same = a.lstrip(" ") == b.lstrip(" ") != ""
-        if same:
-            out[t] = s
+        for j in np.flatnonzero(~same):  # identical bytes; the first word may differ by a space
+            a, b = source_canon[int(sids[j])], target_canon[int(tids[j])]
+            same[j] = a is not None and a == b
+            if not same[j] and tgt_pos[j] == first and a is not None and b is not None:
+                same[j] = a.lstrip(" ") == b.lstrip(" ") != ""
+    out[tgt_pos[same]] = src_pos[same]
     return out

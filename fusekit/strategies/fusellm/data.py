@@ -38,7 +38,7 @@ class Encoding:
 
 
 def chunk_texts(
-    texts: Iterable[str], tokenizer: Any, seq_len: int, separator: str = "\n\n"
+    texts: Iterable[str], tokenizer: Any, seq_len: int, separator: str = "\n\n", batch: int = 256
 ) -> list[str]:
     """Join documents with ``separator`` and cut the stream into pieces of ~``seq_len`` tokens.
 
@@ -51,12 +51,14 @@ def chunk_texts(
     starts: list[int] = []
     base = 0
     docs = [t for t in texts if t]
-    for k, doc in enumerate(docs):
-        piece = doc + (separator if k < len(docs) - 1 else "")
-        enc = tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
-        starts.extend(base + a for a, _ in enc["offset_mapping"])
-        stream.append(piece)
-        base += len(piece)
+    pieces = [doc + (separator if k < len(docs) - 1 else "") for k, doc in enumerate(docs)]
+    for first in range(0, len(pieces), batch):  # one tokenizer call per batch of documents
+        part = pieces[first : first + batch]
+        enc = tokenizer(part, add_special_tokens=False, return_offsets_mapping=True)
+        for piece, offsets in zip(part, enc["offset_mapping"], strict=True):
+            starts.extend(base + a for a, _ in offsets)
+            stream.append(piece)
+            base += len(piece)
     text = "".join(stream)
     cuts = starts[::content]
     if cuts:
@@ -84,14 +86,12 @@ def byte_spans(
     """Byte span of every token; see the module docstring for the rules."""
     table = token_table(tokenizer)
     data = text.encode("utf-8")
-    lengths = np.zeros(len(ids), dtype=np.int64)
-    pieces = []
-    for k, i in enumerate(ids):
-        c = table.canon[int(i)] if 0 <= int(i) < len(table) else None
-        if c is not None:
-            lengths[k] = len(c)
-            pieces.append(c)
-    joined = "".join(pieces).encode("latin-1")
+    ids_arr = np.asarray(ids, dtype=np.int64).reshape(-1)
+    inside = (ids_arr >= 0) & (ids_arr < len(table))
+    lengths = np.where(inside, table.canon_lengths[np.where(inside, ids_arr, 0)], -1)
+    has_bytes = lengths >= 0  # specials and unknown ids stand for no bytes
+    lengths = np.where(has_bytes, lengths, 0)
+    joined = "".join(table.canon_array[ids_arr[has_bytes]]).encode("latin-1")
     if data.startswith(joined):  # equal, or a prefix when truncated
         shift = 0
     elif joined[:1] == b" " and data.startswith(joined[1:]):

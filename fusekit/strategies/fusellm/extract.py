@@ -27,7 +27,8 @@ The manifest's ``key`` (model, tokenizer, data and settings hashes) refuses to
 resume a store made from anything else.
 
 ``source_outputs`` is the same computation for one batch; the online mode
-calls it inside the training step instead of reading a store.
+calls it inside the training step instead of reading a store, with top-k
+taken only at the positions the alignment uses.
 """
 
 from __future__ import annotations
@@ -46,26 +47,103 @@ VERSION = 1
 MANIFEST = "manifest.json"
 
 
-def source_outputs(model: Any, input_ids: Any, attention_mask: Any, top_k: int) -> dict[str, Any]:
-    """Top-k ids/logits per position and summed next-token cross-entropy per row (no grad)."""
+#: An extra forward call is worth it when it saves at least this many padded positions.
+SPLIT_COST = 512
+
+
+def length_groups(lengths: Sequence[int], split_cost: int = SPLIT_COST) -> list[np.ndarray]:
+    """Rows grouped by length so that padding each group to its own longest row wastes little.
+
+    Minimises ``sum(rows × longest row) + split_cost × groups`` over groups of
+    consecutive rows in length order (an O(n²) dynamic programme on a batch).
+    Returns the row indices of each group, longest rows first.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    n = len(lengths)
+    if n == 0:
+        return []
+    order = np.argsort(-lengths, kind="stable")
+    longest = lengths[order]
+    # best[j]: cheapest cover of the j longest rows; a group of rows i..j-1 costs
+    # (j - i) × longest[i] + split_cost.
+    best = np.zeros(n + 1, dtype=np.int64)
+    cut = np.zeros(n + 1, dtype=np.int64)
+    for j in range(1, n + 1):
+        i = np.arange(j)
+        cost = best[:j] + (j - i) * longest[:j] + split_cost
+        cut[j] = int(np.argmin(cost))
+        best[j] = cost[cut[j]]
+    groups = []
+    j = n
+    while j > 0:
+        groups.append(order[cut[j] : j])
+        j = int(cut[j])
+    return groups[::-1]
+
+
+def source_outputs(
+    model: Any,
+    input_ids: Any,
+    attention_mask: Any,
+    top_k: int,
+    *,
+    positions: Any = None,
+    split_cost: int | None = SPLIT_COST,
+) -> dict[str, Any]:
+    """Top-k ids/logits per position and summed next-token cross-entropy per row (no grad).
+
+    Rows run in groups of similar length (``length_groups``), each cut to its
+    own longest row: a causal model's outputs at a row's real positions do
+    not depend on padding to its right, so this only drops wasted work.
+    ``split_cost=None`` runs the batch in one call.  With ``positions [B, P]``
+    the top-k is taken only there (``topk_ids[b, j]`` is the top-k at source
+    position ``positions[b, j]``; entries ``< 0`` give zeros) — what a training
+    step needs, instead of every position.  Padding positions hold zeros.
+    """
     import torch
 
+    batch, width = input_ids.shape
+    present = attention_mask > 0
+    # Keep every column up to a row's last real token (right padding is cut, nothing else).
+    cols = torch.arange(1, width + 1, device=input_ids.device)
+    ends = (present * cols).amax(dim=1).tolist() if width else [0] * batch
+    groups = [np.arange(batch)] if split_cost is None else length_groups(ends, split_cost)
+    span = width if positions is None else positions.shape[1]
+    topk_ids = topk_logits = None
+    nats = torch.zeros(batch, dtype=torch.float32, device=input_ids.device)
+    n_pred = torch.zeros(batch, dtype=torch.long, device=input_ids.device)
     with torch.no_grad():
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-        k = min(top_k, logits.shape[-1])
-        top = torch.topk(logits, k, dim=-1)
-        gold = input_ids[:, 1:]
-        valid = (attention_mask[:, 1:] > 0) & (attention_mask[:, :-1] > 0)
-        nll = torch.nn.functional.cross_entropy(
-            logits[:, :-1].float().transpose(1, 2), gold, reduction="none"
-        )
-        nats = (nll * valid).sum(dim=1)
-    return {
-        "topk_ids": top.indices,
-        "topk_logits": top.values,
-        "nats": nats.float(),
-        "n_pred": valid.sum(dim=1),
-    }
+        for rows in groups:
+            w = max(int(max(ends[r] for r in rows)), 1)
+            index = torch.as_tensor(rows, dtype=torch.long, device=input_ids.device)
+            ids, mask = input_ids[index, :w], attention_mask[index, :w]
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            k = min(top_k, logits.shape[-1])
+            if positions is None:
+                top = torch.topk(logits, k, dim=-1)
+                where: Any = (index, slice(0, w))
+            else:  # only the rows asked for: one [n, V] selection, one top-k
+                row, col = torch.nonzero(positions[index] >= 0, as_tuple=True)
+                flat = row * w + positions[index][row, col].clamp(max=w - 1)
+                top = torch.topk(logits.flatten(0, 1).index_select(0, flat), k, dim=-1)
+                where = (index[row], col)
+            if topk_ids is None:
+                topk_ids = top.indices.new_zeros(batch, span, k)
+                topk_logits = top.values.new_zeros(batch, span, k)
+            topk_ids[where] = top.indices
+            topk_logits[where] = top.values  # type: ignore[index]
+            # Cross-entropy of the gold next tokens on the logits as [positions, vocab]
+            # rows, a view (the class-in-dim-1 layout [B, V, L] is several times slower).
+            # Position t predicts token t + 1; the last column has none and is masked.
+            gold = torch.roll(ids, -1, dims=1)
+            valid = torch.zeros_like(mask, dtype=torch.bool)
+            valid[:, :-1] = (mask[:, 1:] > 0) & (mask[:, :-1] > 0)
+            nll = torch.nn.functional.cross_entropy(
+                logits.float().flatten(0, 1), gold.flatten(), reduction="none"
+            )
+            nats[index] = (nll.view_as(gold) * valid).sum(dim=1)
+            n_pred[index] = valid.sum(dim=1)
+    return {"topk_ids": topk_ids, "topk_logits": topk_logits, "nats": nats, "n_pred": n_pred}
 
 
 def store_key(**parts: Any) -> str:

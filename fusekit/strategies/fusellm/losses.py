@@ -5,16 +5,19 @@ The fusion term is the cross-entropy between a sparse target distribution
 
     L_fusion = −Σ_t mask_t Σ_j q_{t,j} · log p_t(id_{t,j})  /  Σ_t mask_t
 
-computed as ``gather(logits, ids) − logsumexp(logits)``.  The reference builds
-a dense vocabulary-sized target tensor on the CPU for every batch (and
-crashes when the model pads its vocabulary past the tokenizer); here the only
-vocabulary-sized tensor is the model's own logits.
+computed as ``gather(log_softmax(logits), ids)``.  The reference builds a
+dense vocabulary-sized target tensor on the CPU for every batch (and crashes
+when the model pads its vocabulary past the tokenizer); here the only
+vocabulary-sized tensors are the model's logits and their log-softmax.
 
 ``mask`` marks positions that have a gold next token — the same positions the
 CLM term counts — so both terms share one normaliser, and with gradient
 accumulation both divide by ``num_items_in_batch`` like ``transformers``'
 own causal-LM loss.  The CLM term *is* that loss (``ForCausalLMLoss``), so at
-``λ = 1`` the objective equals plain CLM training bit for bit.
+``λ = 1`` the objective equals plain CLM training bit for bit.  For
+``0 < λ < 1`` both terms read one log-softmax: the gold next token is gathered
+as one more candidate beside the sparse target's, so the vocabulary-wide work
+(normaliser forward, its backward) is done once instead of once per term.
 """
 
 from __future__ import annotations
@@ -42,6 +45,25 @@ def clm_loss(
     )
 
 
+def _log_probs_of(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``log p(ids)`` under ``softmax(logits)`` in float32 (``[B, T, k]`` for ``ids [B, T, k]``)."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, ids.long())
+
+
+def _average(
+    per_position: torch.Tensor, mask: torch.Tensor, num_items_in_batch: Any
+) -> torch.Tensor:
+    """Sum over ``mask`` divided by ``num_items_in_batch`` or, without it, by the mask's count."""
+    mask = mask.bool()
+    total = torch.where(mask, per_position, 0.0).sum()
+    if num_items_in_batch is not None:
+        denom = num_items_in_batch
+        if torch.is_tensor(denom):
+            denom = denom.to(total.device)
+        return total / denom
+    return total / mask.sum().clamp(min=1)
+
+
 def fusion_loss(
     logits: torch.Tensor,
     target_ids: torch.Tensor,
@@ -50,17 +72,9 @@ def fusion_loss(
     num_items_in_batch: Any = None,
 ) -> torch.Tensor:
     """Soft-target cross-entropy on sparse targets ``[B, T, k]``, averaged over ``mask``."""
-    logits = logits.float()
-    log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)  # [B, T, 1]
-    log_p = logits.gather(-1, target_ids.long()) - log_norm  # [B, T, k]
+    log_p = _log_probs_of(logits, target_ids)  # [B, T, k]
     per_position = -(target_probs.float() * log_p).sum(dim=-1)  # [B, T]
-    total = (per_position * mask).sum()
-    if num_items_in_batch is not None:
-        denom = num_items_in_batch
-        if torch.is_tensor(denom):
-            denom = denom.to(total.device)
-        return total / denom
-    return total / mask.sum().clamp(min=1)
+    return _average(per_position, mask, num_items_in_batch)
 
 
 def fused_objective(
@@ -79,22 +93,22 @@ def fused_objective(
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lambda must lie in [0, 1], got {lam}")
-    parts: dict[str, float] = {}
-    loss = None
-    if lam > 0.0:
+    if lam == 1.0:
         clm = clm_loss(logits, labels, num_items_in_batch)
-        parts["clm"] = float(clm.detach())
-        loss = clm if lam == 1.0 else lam * clm
-    if lam < 1.0:
-        if sparse_target is None:
-            raise ValueError("lambda < 1 needs a fused target")
-        ids, probs = (
-            (sparse_target.ids, sparse_target.probs)
-            if hasattr(sparse_target, "ids")
-            else sparse_target
-        )
-        fus = fusion_loss(logits, ids, probs, next_token_mask(labels), num_items_in_batch)
-        parts["fusion"] = float(fus.detach())
-        loss = (1.0 - lam) * fus if loss is None else loss + (1.0 - lam) * fus
-    assert loss is not None
-    return loss, parts
+        return clm, {"clm": float(clm.detach())}
+    if sparse_target is None:
+        raise ValueError("lambda < 1 needs a fused target")
+    ids, probs = (
+        (sparse_target.ids, sparse_target.probs) if hasattr(sparse_target, "ids") else sparse_target
+    )
+    mask = next_token_mask(labels)
+    if lam == 0.0:
+        fus = fusion_loss(logits, ids, probs, mask, num_items_in_batch)
+        return fus, {"fusion": float(fus.detach())}
+    # Position t's gold next token labels[t + 1] (clamped where masked) is candidate 0.
+    gold = torch.roll(labels, -1, dims=1).clamp(min=0).unsqueeze(-1)
+    log_p = _log_probs_of(logits, torch.cat([gold, ids.long()], dim=-1))  # [B, T, 1 + k]
+    clm = _average(-log_p[..., 0], mask, num_items_in_batch)
+    fus = _average(-(probs.float() * log_p[..., 1:]).sum(dim=-1), mask, num_items_in_batch)
+    loss = lam * clm + (1.0 - lam) * fus
+    return loss, {"clm": float(clm.detach()), "fusion": float(fus.detach())}

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from fusekit.strategies.fusellm.align import dtw_align, match_positions, offsets_align
+from fusekit.strategies.fusellm.align import dtw_align, match_positions, offsets_match
 from fusekit.strategies.fusellm.data import Encoding
 from fusekit.strategies.fusellm.vocab import TokenTable, map_vocab, mapping_stats, token_table
 
@@ -34,16 +34,10 @@ ALIGN_METHODS = ("mined", "em", "offsets")
 
 def dtw_strings(table: TokenTable, ids: Sequence[int]) -> list[str]:
     """Token strings for DTW: the token's bytes with ``▁`` for spaces; specials as spelled."""
-    out = []
-    for raw in ids:
-        i = int(raw)
-        if not 0 <= i < len(table):
-            out.append("")
-        elif table.canon[i] is None:
-            out.append(table.tokens[i] or "")
-        else:
-            out.append(table.canon[i].replace(" ", "▁"))  # type: ignore[union-attr]
-    return out
+    ids_arr = np.asarray(ids, dtype=np.int64).reshape(-1)
+    inside = (ids_arr >= 0) & (ids_arr < len(table))
+    spelled = np.where(inside, table.spelled[np.where(inside, ids_arr, 0)], "")
+    return spelled.tolist()
 
 
 def align_chunk(
@@ -56,8 +50,7 @@ def align_chunk(
 ) -> np.ndarray:
     """Source position per target position (``-1`` = fall back to the gold token)."""
     if method == "offsets":
-        mapping = offsets_align(source.spans.tolist(), target.spans.tolist())
-        return match_positions(mapping, source.ids, target.ids, vocab_map, require_same_token=False)
+        return offsets_match(source.spans, target.spans)
     if method not in ("mined", "em"):
         raise ValueError(f"align must be one of {', '.join(ALIGN_METHODS)}, got {method!r}")
     mapping = dtw_align(

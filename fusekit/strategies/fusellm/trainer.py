@@ -64,19 +64,28 @@ class FuseLLMTrainer(_Base):  # type: ignore[misc,valid-type]
     def _source_batches(self, sources: list[dict[str, torch.Tensor]]) -> list[SourceBatch]:
         out = []
         for s, src in enumerate(sources):
+            align = src["align"]
             if "topk_ids" in src:
                 fields = src
             else:
                 if self.source_models is None:
                     raise ValueError("online batches need source models")
+                # Top-k only where the alignment looks: row t of the result belongs to
+                # target position t, so the alignment becomes the identity where it exists.
                 fields = source_outputs(
-                    self.source_models[s], src["input_ids"], src["attention_mask"], self.top_k
+                    self.source_models[s],
+                    src["input_ids"],
+                    src["attention_mask"],
+                    self.top_k,
+                    positions=align,
                 )
+                here = torch.arange(align.shape[1], device=align.device).expand_as(align)
+                align = torch.where(align >= 0, here, -1)
             out.append(
                 SourceBatch(
                     topk_ids=fields["topk_ids"],
                     topk_logits=fields["topk_logits"],
-                    align=src["align"],
+                    align=align,
                     nats=fields["nats"],
                     n_pred=fields["n_pred"],
                     n_bytes=src["n_bytes"],

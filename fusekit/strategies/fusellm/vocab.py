@@ -32,7 +32,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -130,6 +130,28 @@ class TokenTable:
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    @cached_property
+    def canon_lengths(self) -> np.ndarray:
+        """Bytes of each token (``-1`` for specials and holes), for vectorised span arithmetic."""
+        return np.array([-1 if c is None else len(c) for c in self.canon], dtype=np.int64)
+
+    @cached_property
+    def canon_array(self) -> np.ndarray:
+        """``canon`` as an object array, so that a whole id sequence indexes it at once."""
+        out = np.empty(len(self.canon), dtype=object)
+        out[:] = self.canon
+        return out
+
+    @cached_property
+    def spelled(self) -> np.ndarray:
+        """Token bytes with ``▁`` for spaces, specials as spelled, holes ``""`` (for DTW)."""
+        out = np.empty(len(self.canon), dtype=object)
+        out[:] = [
+            (tok or "") if c is None else c.replace(" ", "▁")
+            for tok, c in zip(self.tokens, self.canon, strict=True)
+        ]
+        return out
 
 
 def special_ids(tokenizer: Any) -> set[int]:
