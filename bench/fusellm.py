@@ -1,6 +1,6 @@
 """FuseLLM speed: vocabulary mapping, DTW alignment, training step — fusekit vs baselines.
 
-Run:  nice python3 bench/fusellm.py [--vocab 32000] [--chars 8000000]
+Run:  OMP_NUM_THREADS=1 nice python3 bench/fusellm.py [--vocab 32000] [--chars 8000000]
 
 Prints one table of times and ratios measured in this run on this machine:
 
@@ -16,7 +16,13 @@ Prints one table of times and ratios measured in this run on this machine:
 3. one training step (forward, backward, AdamW) of a d=128 4-layer Llama with the
    32k vocabulary on 8 x 256 tokens: plain CLM vs FuseLLM (λ=0.9, k=10, sparse
    targets fused from stored top-k) vs the reference's dense vocabulary-sized
-   target built on the CPU.
+   target built on the CPU;
+4. the online mode on real text: ``FuseLLMTrainer.compute_loss`` with two d=128
+   4-layer sources run inside the step (one on the Metaspace tokenizer, one on
+   the target's), offsets alignment, vs the same trainer at λ=1 (plain CLM, the
+   sources never run); and the sources' pass itself (rows grouped by length,
+   top-k only at aligned positions) vs a straightforward one: one padded call,
+   top-k everywhere, cross-entropy on the ``[B, V, L]`` layout.
 """
 
 from __future__ import annotations
@@ -77,7 +83,7 @@ def bench_vocab(bpe: Any, sp: Any, rows: list) -> None:
     stats = mapping_stats(compute_vocab_map(sp, bpe), sp, bpe)
     rows.append(
         (
-            "vocab map 32k->32k (MinED)",
+            f"vocab map {len(sp):,}->{len(bpe):,} (MinED)",
             t_ours,
             t_ref,
             f"{len(todo)} tokens need MinED; reference timed on {len(sample)}, scaled",
@@ -138,21 +144,11 @@ def bench_dtw(bpe: Any, sp: Any, docs: list[str], rows: list) -> None:
 
 def bench_step(vocab: int, rows: list) -> None:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from fusekit.strategies.fusellm.fusion import FusionConfig, SourceBatch, fuse
     from fusekit.strategies.fusellm.losses import clm_loss, fused_objective, next_token_mask
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=128,
-        intermediate_size=512,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=vocab,
-    )
-    model = LlamaForCausalLM(config).train()
+    model = _llama(vocab, seed=0, max_len=2048).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batch, seq, k = 8, 256, 10
     ids = torch.randint(3, vocab, (batch, seq))
@@ -200,10 +196,140 @@ def bench_step(vocab: int, rows: list) -> None:
     t_fus = _timeit(lambda: step("fusellm"))
     t_dense = _timeit(lambda: step("dense"))
     rows.append(
-        ("train step: FuseLLM vs plain CLM", t_fus, t_clm, "ratio < 1 means FuseLLM is slower")
+        ("train step: FuseLLM offline vs plain CLM", t_fus, t_clm, "stored top-k; < 1x: slower")
     )
     rows.append(
-        ("train step: FuseLLM vs dense-target reference", t_fus, t_dense, "8x256 tokens, V=32k")
+        (
+            "train step: FuseLLM vs dense-target reference",
+            t_fus,
+            t_dense,
+            f"8x256 tokens, V={vocab}",
+        )
+    )
+
+
+def _llama(vocab: int, seed: int, max_len: int) -> Any:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab,
+        max_position_embeddings=max_len,
+    )
+    return LlamaForCausalLM(config)
+
+
+def plain_source_outputs(model: Any, input_ids: Any, attention_mask: Any, top_k: int) -> Any:
+    """The straightforward sources' pass: one padded call, top-k and cross-entropy everywhere."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        top = torch.topk(logits, top_k, dim=-1)
+        valid = (attention_mask[:, 1:] > 0) & (attention_mask[:, :-1] > 0)
+        nll = torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().transpose(1, 2), input_ids[:, 1:], reduction="none"
+        )
+    return top, (nll * valid).sum(dim=1)
+
+
+def bench_online(bpe: Any, sp: Any, docs: list[str], rows: list) -> None:
+    import tempfile
+
+    import torch
+    from transformers import TrainingArguments
+
+    from fusekit.strategies.fusellm.batching import FusionCollator, FusionDataset, SourceExamples
+    from fusekit.strategies.fusellm.data import chunk_texts, encode_chunks
+    from fusekit.strategies.fusellm.extract import source_outputs
+    from fusekit.strategies.fusellm.fusion import FusionConfig
+    from fusekit.strategies.fusellm.prepare import prepare_source
+    from fusekit.strategies.fusellm.trainer import FuseLLMTrainer
+
+    batch, seq, max_len, reps = 8, 256, 1024, 3
+    chunks = chunk_texts(docs[:200], bpe, seq)[: batch * reps]
+    target_encs = encode_chunks(bpe, chunks, seq)
+    sources, examples, vmaps = [], [], []
+    for n, tok in enumerate((sp, bpe)):
+        prep = prepare_source(
+            tok, bpe, chunks, target_encs, align="offsets", max_len=max_len, progress=False
+        )
+        examples.append(SourceExamples(prep.encodings, prep.align, None, tok.pad_token_id))
+        vmaps.append(prep.vocab_map)
+        sources.append(_llama(len(tok), seed=n + 1, max_len=max_len).eval())
+    data = FusionDataset(target_encs, examples)
+    collate = FusionCollator(bpe.pad_token_id, [e.pad_id for e in examples])
+    batches = [collate([data[i] for i in range(b * batch, (b + 1) * batch)]) for b in range(reps)]
+    model = _llama(len(bpe), seed=0, max_len=max_len).train()
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(output_dir=tmp, report_to="none", use_cpu=True)
+        trainer = FuseLLMTrainer(
+            model=model,
+            args=args,
+            lam=0.9,
+            fusion_config=FusionConfig(),
+            vocab_maps=vmaps,
+            top_k=10,
+            source_models=sources,
+        )
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step(lam: float, inputs: dict[str, Any]) -> None:
+        trainer.lam = lam  # λ = 1: plain CLM, the sources are never run
+        opt.zero_grad()
+        loss = trainer.compute_loss(model, {**inputs, "sources": list(inputs["sources"])})
+        loss.backward()
+        opt.step()
+
+    def source_pass(inputs: dict[str, Any], grouped: bool) -> None:
+        for m, src in zip(sources, inputs["sources"], strict=True):
+            if grouped:  # what the online step does
+                source_outputs(
+                    m, src["input_ids"], src["attention_mask"], 10, positions=src["align"]
+                )
+            else:
+                plain_source_outputs(m, src["input_ids"], src["attention_mask"], 10)
+
+    times: dict[str, list[float]] = {"clm": [], "fusion": [], "grouped": [], "plain": []}
+    jobs = {
+        "clm": lambda b: step(1.0, b),
+        "fusion": lambda b: step(0.9, b),
+        "grouped": lambda b: source_pass(b, True),
+        "plain": lambda b: source_pass(b, False),
+    }
+    for fn in jobs.values():
+        fn(batches[0])  # warm-up
+    for _ in range(2):
+        for b in batches:
+            for name, fn in jobs.items():
+                start = time.perf_counter()
+                fn(b)
+                times[name].append(time.perf_counter() - start)
+    best = {name: min(v) for name, v in times.items()}
+    tokens = [int(s["attention_mask"].sum()) for s in batches[0]["sources"]]
+    slots = [int(s["attention_mask"].numel()) for s in batches[0]["sources"]]
+    rows.append(
+        (
+            "train step: FuseLLM online vs plain CLM",
+            best["fusion"],
+            best["clm"],
+            f"2 sources run in the step; {batch}x{seq} target tokens, source tokens "
+            f"{tokens} in padded {slots}",
+        )
+    )
+    rows.append(
+        (
+            "online sources' pass vs straightforward pass",
+            best["grouped"],
+            best["plain"],
+            "grouped by length, top-k where aligned vs one call, top-k everywhere",
+        )
     )
 
 
@@ -217,6 +343,7 @@ def main() -> None:
     bench_vocab(bpe, sp, rows)
     bench_dtw(bpe, sp, docs, rows)
     bench_step(len(bpe), rows)
+    bench_online(bpe, sp, docs, rows)
     print()
     print(f"| {'what':48s} | {'fusekit s':>10s} | {'baseline s':>10s} | {'speed-up':>8s} | note")
     print(f"|{'-' * 50}|{'-' * 12}|{'-' * 12}|{'-' * 10}|------")
