@@ -27,8 +27,13 @@ indentation, tabs, newlines and non-ASCII text (with the exception above). A
 byte-level token that holds part of a multi-byte character reports the whole
 character's span, as all HF fast tokenizers do.
 
-Training is deterministic: the same texts and settings give the same vocabulary
-and merges (tested). Different ``vocab_size`` values, or the two kinds, give
+Training is deterministic at the sizes fusekit's tasks use: the same texts and
+settings give the same vocabulary and merges (tested). At benchmark scale (32k
+merges on ~8M characters) the Metaspace kind was seen to differ by a merge or so
+between two trainings, most likely ties between equally frequent pairs resolved in
+whatever order the trainer's parallel workers produce; the byte-level kind was stable.
+From-scratch models cache their tokenizer with their weights, so this never mixes
+two vocabularies in one run. Different ``vocab_size`` values, or the two kinds, give
 tokenizers that genuinely differ — enough for a "three sources, three
 tokenizers" FuseLLM setting.
 """
