@@ -78,14 +78,18 @@ def run(
 
 def print_summary(summary: dict) -> None:
     """Scalars as a small table on stdout; the full summary is in fusekit.json."""
-    rows = [(k, v) for k, v in summary.items() if isinstance(v, (int, float, str, bool))]
+    rows = [
+        (k, v)
+        for k, v in summary.items()
+        if isinstance(v, (int, float, str, bool)) and k != "tables"
+    ]
     width = max((len(k) for k, _ in rows), default=0)
     for key, value in rows:
         typer.echo(f"{key:<{width}}  {value}")
     tables = summary.get("tables")
     if isinstance(tables, str):
         sys.stdout.write(tables + "\n")
-    if summary.get("evaluation"):
+    if summary.get("evaluation") and not isinstance(tables, str):
         from fusekit.evaluation.report import terminal_table
 
         typer.echo(terminal_table(summary["evaluation"]))

@@ -83,3 +83,15 @@ def test_fuse_option_errors(args: list[str], needle: str, tmp_path: Path) -> Non
     assert res.returncode == 2, res.stderr
     assert needle in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_run_summary_prints_a_strategy_table_once(capsys) -> None:
+    from fusekit.cli.recipes import print_summary
+
+    table = "| data | anchor | calm |\n|---|---:|---:|\n| kv | 1.0 | 90.0 |"
+    evaluation = [{"model": "m", "data": "kv", "metric": "exact_match", "value": 0.9}]
+    print_summary({"strategy": "calm", "tables": table, "evaluation": evaluation})
+    out = capsys.readouterr().out
+    assert out.count("| kv | 1.0 | 90.0 |") == 1 and "exact_match" not in out
+    print_summary({"strategy": "finetune", "evaluation": evaluation})
+    assert "exact_match" in capsys.readouterr().out
