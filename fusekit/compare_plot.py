@@ -32,13 +32,18 @@ def _bars(ax: Any, table: Any) -> None:
     metrics = {r["data"]: r["metric"] for r in table.results}
     ax.set_xticklabels([f"{d}\n({metrics[d]})" for d in sets], fontsize=8)
     ax.set_title("score per evaluation set")
-    ax.legend(fontsize=7)
+    tallest = max((table.value(m, d) or 0.0 for m in models for d in sets), default=0.0)
+    if tallest > 0:  # headroom so the legend sits above the bars, not on them
+        ax.set_ylim(0, tallest * (1.25 + 0.05 * ((len(models) + 1) // 2)))
+    ax.legend(fontsize=7, ncol=2, loc="upper center")
 
 
 def _losses(ax: Any, table: Any) -> None:
     drawn = False
     for name, run in table.runs.items():
-        training = run.get("summary", {}).get("training") or {}
+        summary = run.get("summary", {})
+        # strategies report their training record as "training" (CALM: "train")
+        training = summary.get("training") or summary.get("train") or {}
         curve = training.get("loss_curve") or []
         if curve:
             ax.plot(

@@ -60,6 +60,8 @@ def test_three_tokenizers_train_and_save(
     assert len(summary["sources"]) == 3
     assert all(0.0 < s["aligned_positions"] <= 1.0 for s in summary["sources"])
     assert summary["fusion"]["batches"] == 3
+    # the training record every strategy reports (compare charts its loss curve)
+    assert summary["training"]["steps"] == 3 and summary["training"]["loss_curve"]
     model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
     tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
     assert model.config.vocab_size == len(tok) + 7  # the padded vocabulary survived

@@ -52,3 +52,27 @@ def test_compare_writes_table_and_reuses_runs(
     ]
     assert {p: (p / "fusekit.json").stat().st_mtime_ns for p in run_dirs} == stamps
     assert "| base |" in table.to_markdown() or "base" in table.to_markdown()
+
+
+def test_loss_panel_reads_every_strategy_training_record() -> None:
+    """FuseLLM/finetune report ``training``, CALM ``train``: both curves are drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fusekit.compare import ComparisonTable
+    from fusekit.compare_plot import _losses
+
+    curve = [[1, 3.0], [2, 2.5]]
+    runs = {
+        "a": {"summary": {"training": {"loss_curve": curve}}},
+        "b": {"summary": {"train": {"loss_curve": curve}}},
+        "c": {"summary": {}},
+    }
+    results = [{"model_name": m, "data": "d", "metric": "bpb", "value": 1.0} for m in runs]
+    table = ComparisonTable(name="t", results=results, runs=runs)
+    fig, ax = plt.subplots()
+    _losses(ax, table)
+    assert [line.get_label() for line in ax.get_lines()] == ["a", "b"]
+    plt.close(fig)

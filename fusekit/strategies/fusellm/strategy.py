@@ -124,7 +124,7 @@ class FuseLLMStrategy(Strategy):
         from fusekit.strategies.fusellm.prepare import prepare_source
         from fusekit.training.args import to_training_arguments
         from fusekit.training.data import pad_id
-        from fusekit.training.trainer import LossLog
+        from fusekit.training.trainer import LossLog, training_summary
 
         r, spec = self.recipe, self.recipe.train
         workdir = Path(workdir)
@@ -180,13 +180,14 @@ class FuseLLMStrategy(Strategy):
                 {"path": str(sdir), "is_target": shash == target_hash, **prepared.stats}
             )
 
+        log = LossLog(workdir / "train_log.jsonl")
         trainer = _build_trainer(
             r,
             model,
             FusionDataset(target_encs, examples),
             FusionCollator(pad_id(tokenizer), [e.pad_id for e in examples]),
             to_training_arguments(spec, workdir / ".checkpoints"),
-            LossLog(workdir / "train_log.jsonl"),
+            log,
             vocab_maps,
             models if mode == "online" else None,
             lam,
@@ -198,16 +199,18 @@ class FuseLLMStrategy(Strategy):
         model.save_pretrained(workdir, safe_serialization=True)
         tokenizer.save_pretrained(workdir)
         shutil.rmtree(workdir / ".checkpoints", ignore_errors=True)
+        training = training_summary(trainer, result, log, seconds)
         return {
             "trained": True,
-            "steps": int(result.global_step),
-            "seconds": round(seconds, 2),
+            "steps": training["steps"],
+            "seconds": training["seconds"],
             "chunks": len(chunks),
             "mode": mode,
             "align": align,
             "sources": source_stats,
             "fusion": trainer.fusion_summary(),
-            "final_loss": float(result.training_loss),
+            "final_loss": training["final_loss"],
+            "training": training,  # loss curve and counts, as every strategy reports them
         }
 
 
