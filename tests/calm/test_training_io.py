@@ -156,3 +156,18 @@ def test_random_augment_has_the_same_shape(bases: dict[str, Path]) -> None:
         not torch.equal(a, b)
         for a, b in zip(fresh.parameters(), model.augments[0].parameters(), strict=False)
     )
+
+
+def test_offsets_dataset_cuts_long_texts_instead_of_truncating() -> None:
+    """A different-tokenizer composition trains on every piece of a long document."""
+    from fusekit.strategies.calm.collate import OffsetsDataset
+    from tests.calm.conftest import VOCAB, make_tokenizer
+
+    anchor, augment = make_tokenizer(VOCAB, "bytelevel"), make_tokenizer(VOCAB, "metaspace")
+    text = " ".join(f"word{i % 37} and more text number {i}." for i in range(200))
+    qa = {"prompt": "q:", "completion": " a"}
+    data = OffsetsDataset([{"text": text}, qa], anchor, [augment], [False], seq_len=32)
+    assert len(data) > 10  # one long record becomes many examples, plus the QA pair
+    n_tokens = len(anchor(text, add_special_tokens=False)["input_ids"])
+    anchor_ids = [len(ex["input_ids"]) for ex in data.examples]
+    assert max(anchor_ids) <= 32 and sum(anchor_ids[:-1]) >= n_tokens * 0.9
