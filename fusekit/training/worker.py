@@ -29,6 +29,12 @@ def main(job_path: str) -> None:
     if rank == 0:
         summary["world_size"] = dist.get_world_size() if dist.is_initialized() else 1
         Path(job_path).with_suffix(".result.json").write_text(json.dumps(summary))
+    if dist.is_available() and dist.is_initialized():
+        # Leave together and shut the process group down before the interpreter exits:
+        # a rank that exits while gloo's threads still run can abort ("terminate called
+        # without an active exception"), failing a run whose training had succeeded.
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
