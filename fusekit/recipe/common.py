@@ -129,7 +129,6 @@ class TaskData(Strict):
     n: int | None = Field(None, ge=1, description="number of examples (tasks) to generate")
     max_chars: int | None = Field(None, ge=100, description="text budget (corpora)")
     seed: int = 0
-    weight_decay: float | None = Field(None, ge=0, description="AdamW weight decay (default 0.01)")
     kv: dict[str, Any] | None = Field(
         None, description="key-value task settings (num_keys, value_max, …; see fusekit.tasks.kv)"
     )

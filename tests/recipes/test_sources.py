@@ -65,3 +65,12 @@ def test_scratch_weight_decay_keys_the_cache_only_when_set() -> None:
     assert scratch_key(spec) == hashlib.sha256(payload.encode()).hexdigest()[:16]
     decayed = spec.model_copy(update={"weight_decay": 0.0})
     assert scratch_key(decayed) != scratch_key(spec)
+
+
+def test_weight_decay_belongs_to_from_scratch_models_not_to_data() -> None:
+    from pydantic import ValidationError
+
+    from fusekit.recipe.common import TaskData
+
+    with pytest.raises(ValidationError, match="weight_decay"):
+        TaskData(task="english", weight_decay=0.0)
