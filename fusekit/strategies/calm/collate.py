@@ -81,7 +81,7 @@ class OffsetsDataset:
         shared: Sequence[bool],
         seq_len: int,
     ) -> None:
-        from fusekit.strategies.fusellm.data import chunk_texts
+        from fusekit.training.data import chunk_texts
 
         self.examples = []
         for i, rec in enumerate(records):
@@ -90,7 +90,7 @@ class OffsetsDataset:
         # Plain text is cut into anchor-sized pieces (as the shared-tokenizer path packs
         # it): encoding each document whole would keep only its first seq_len tokens.
         texts = [r["text"] for r in records if "text" in r]
-        pieces = [{"text": t} for t in chunk_texts(texts, anchor_tokenizer, seq_len)] if texts else []
+        pieces = [{"text": t} for t in chunk_texts(texts, anchor_tokenizer, seq_len)]
         for rec in [*pieces, *(r for r in records if "text" not in r)]:
             self.examples.append(
                 encode_offsets_example(rec, anchor_tokenizer, augment_tokenizers, shared, seq_len)

@@ -16,13 +16,14 @@ back to the tokenizer's own offsets.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from fusekit.strategies.fusellm.vocab import token_table
+from fusekit.training.data import chunk_texts as chunk_texts  # shared with CALM
 
 
 @dataclass
@@ -35,43 +36,6 @@ class Encoding:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-
-def chunk_texts(
-    texts: Iterable[str], tokenizer: Any, seq_len: int, separator: str = "\n\n", batch: int = 256
-) -> list[str]:
-    """Join documents with ``separator`` and cut the stream into pieces of ~``seq_len`` tokens.
-
-    Cuts fall on the target tokenizer's token starts, so no text is lost or
-    duplicated; a trailing piece shorter than a quarter block is dropped unless
-    it is the only one.
-    """
-    content = max(1, seq_len - tokenizer.num_special_tokens_to_add(pair=False))
-    stream: list[str] = []
-    starts: list[int] = []
-    base = 0
-    docs = [t for t in texts if t]
-    pieces = [doc + (separator if k < len(docs) - 1 else "") for k, doc in enumerate(docs)]
-    for first in range(0, len(pieces), batch):  # one tokenizer call per batch of documents
-        part = pieces[first : first + batch]
-        enc = tokenizer(part, add_special_tokens=False, return_offsets_mapping=True)
-        for piece, offsets in zip(part, enc["offset_mapping"], strict=True):
-            starts.extend(base + a for a, _ in offsets)
-            stream.append(piece)
-            base += len(piece)
-    text = "".join(stream)
-    cuts = starts[::content]
-    if cuts:
-        cuts[0] = 0  # whatever precedes the first token (e.g. trimmed spaces) stays in
-    chunks = []
-    for k, a in enumerate(cuts):
-        b = cuts[k + 1] if k + 1 < len(cuts) else len(text)
-        n_tokens = min(content, len(starts) - k * content)
-        if k > 0 and k == len(cuts) - 1 and n_tokens < content // 4:
-            chunks[-1] += text[a:b]  # a short tail joins the previous piece (truncated later)
-            continue
-        chunks.append(text[a:b])
-    return [c for c in chunks if c.strip()]
 
 
 def _char_to_byte(text: str) -> np.ndarray:
