@@ -16,10 +16,10 @@ Run: ``python bench/calm.py [--new-tokens 256] [--threads 1]``.
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 
 import torch
+from timing import best_time
 
 
 def _llama(layers: int, d: int = 128, vocab: int = 317) -> torch.nn.Module:
@@ -42,25 +42,15 @@ def _llama(layers: int, d: int = 128, vocab: int = 317) -> torch.nn.Module:
     return LlamaForCausalLM(cfg).eval()
 
 
-def _time(fn: Callable[[], object], repeat: int = 3) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def bench_decoding(model: object, new_tokens: int, batch: int) -> dict[str, float]:
     anchor, augment = model.anchor, model.augments[0]
     ids = torch.randint(3, 317, (batch, 16))
     common = dict(max_new_tokens=new_tokens, eos_token_id=None)
-    cached = _time(lambda: model.generate(ids, **common), repeat=2)
-    full = _time(lambda: model.generate(ids, use_cache=False, **common), repeat=1)
+    cached = best_time(lambda: model.generate(ids, **common), 2, warmup=True)
+    full = best_time(lambda: model.generate(ids, use_cache=False, **common), 1, warmup=True)
     hf = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-    alone = _time(lambda: anchor.generate(ids, **hf), repeat=2) + _time(
-        lambda: augment.generate(ids, **hf), repeat=2
+    alone = best_time(lambda: anchor.generate(ids, **hf), 2, warmup=True) + best_time(
+        lambda: augment.generate(ids, **hf), 2, warmup=True
     )
     tokens = batch * new_tokens
     return {
@@ -96,8 +86,8 @@ def bench_training(model: object, steps: int = 10) -> dict[str, float]:
             loss.backward()
             anchor.zero_grad()
 
-    composed = _time(composed_step, repeat=2) / steps
-    plain = _time(plain_step, repeat=2) / steps
+    composed = best_time(composed_step, 2, warmup=True) / steps
+    plain = best_time(plain_step, 2, warmup=True) / steps
     anchor.requires_grad_(False)
     return {
         "composed_step_ms": 1000 * composed,
@@ -125,7 +115,7 @@ def bench_diagonal_block(batch: int = 64, length: int = 16, repeat: int = 50) ->
 
         return run
 
-    t_fast, t_full = _time(step(fast)), _time(step(full))
+    t_fast, t_full = best_time(step(fast), warmup=True), best_time(step(full), warmup=True)
     return {"fast_ms": 1000 * t_fast / repeat, "full_ms": 1000 * t_full / repeat}
 
 

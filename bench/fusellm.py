@@ -35,17 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from timing import best_time
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def _timeit(fn: Any, repeat: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def tokenizers(vocab: int, chars: int) -> tuple[Any, Any, list[str]]:
@@ -68,7 +60,7 @@ def bench_vocab(bpe: Any, sp: Any, rows: list) -> None:
 
     from fusekit.strategies.fusellm.vocab import compute_vocab_map, mapping_stats, token_table
 
-    t_ours = _timeit(lambda: compute_vocab_map(sp, bpe, "mined"), repeat=1)
+    t_ours = best_time(lambda: compute_vocab_map(sp, bpe, "mined"), repeat=1)
     em = compute_vocab_map(sp, bpe, "em")
     src, tgt = token_table(sp), token_table(bpe)
     todo = [i for i, c in enumerate(src.canon) if c is not None and em[i] < 0]
@@ -132,11 +124,11 @@ def bench_dtw(bpe: Any, sp: Any, docs: list[str], rows: list) -> None:
     src = sp.convert_ids_to_tokens(sp(text[:40000])["input_ids"])[:2048]
     tgt = bpe.convert_ids_to_tokens(bpe(text[:40000])["input_ids"])[:2048]
     assert len(src) == len(tgt) == 2048
-    t_ours = _timeit(lambda: dtw_align(src, tgt))
+    t_ours = best_time(lambda: dtw_align(src, tgt))
     small = 512
     scale = (len(src) * len(tgt)) / (small * small)
-    t_np = _timeit(lambda: plain_dtw_numpy(src[:small], tgt[:small]), repeat=1) * scale
-    t_ls = _timeit(lambda: plain_dtw_lists(src[:small], tgt[:small]), repeat=1) * scale
+    t_np = best_time(lambda: plain_dtw_numpy(src[:small], tgt[:small]), repeat=1) * scale
+    t_ls = best_time(lambda: plain_dtw_lists(src[:small], tgt[:small]), repeat=1) * scale
     note = f"baseline timed on {small}x{small}, scaled x{scale:.0f} by cells"
     rows.append(("DTW 2048x2048 vs released loop", t_ours, t_np, note))
     rows.append(("DTW 2048x2048 vs list-based loop", t_ours, t_ls, note))
@@ -192,9 +184,9 @@ def bench_step(vocab: int, rows: list) -> None:
 
     for kind in ("clm", "fusellm", "dense"):
         step(kind)  # warm-up
-    t_clm = _timeit(lambda: step("clm"))
-    t_fus = _timeit(lambda: step("fusellm"))
-    t_dense = _timeit(lambda: step("dense"))
+    t_clm = best_time(lambda: step("clm"))
+    t_fus = best_time(lambda: step("fusellm"))
+    t_dense = best_time(lambda: step("dense"))
     rows.append(
         ("train step: FuseLLM offline vs plain CLM", t_fus, t_clm, "stored top-k; < 1x: slower")
     )
