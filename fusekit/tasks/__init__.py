@@ -38,6 +38,7 @@ TASKS: dict[str, str] = {
     "numeric_arithmetic": "7 + 3 - 5 = → 5 (no keys)",
     "kv_arithmetic": "k17 + k203 - k5 = → 5 (substitute, then compute)",
     "key_exposure": "k17 + k203 - k5 (keys in value-free expressions, for the anchor)",
+    "kv_lookup": "k17 + k203 → 3 (the last key's value, predicted at its position; for the augment)",
     "code": "Python standard-library source files",
     "english": "Python reference-manual prose (pydoc help topics)",
     "mixed": "code and english in equal shares, shuffled",

@@ -10,6 +10,7 @@ kv_substitution     ``k17 + k203 - k5 =``       `` 7 + 3 - 5``
 numeric_arithmetic  ``7 + 3 - 5 =``             `` 5``
 kv_arithmetic       ``k17 + k203 - k5 =``       `` 5``
 key_exposure        ``""`` (empty)              ``k17 + k203 - k5``
+kv_lookup           ``k17 + k203``              `` 3``
 ==================  ==========================  ==================
 
 The augmenting model learns substitution (it knows the table), the anchor learns
@@ -48,6 +49,17 @@ anchor's behaviour after ``=`` is still defined by numeric arithmetic alone.
 The whole example is the completion (empty prompt), so the loss covers every
 token. Mix it with ``numeric_arithmetic`` when pre-training the anchor.
 
+**kv_lookup — why.** CALM's augment must hold a key's value *at the key's own
+position*: with a token-aligned (diagonal) cross mask that is the only place the
+anchor reads it. Substitution alone does not force this: a model may keep just
+the key's identity there and look the value up later, at the output position,
+and which of the two a training run learns varies from seed to seed. A lookup
+example is an expression cut right after a key, answered by that key's value,
+so the value has to be predicted *from the key's position* in exactly the
+contexts (first operand, after ``+``, after ``-``) where KV-arithmetic prompts
+put keys. Mixed into the augment's training, it fixes where the value lives; the
+augment still never sees arithmetic.
+
 **Determinism.** Values and the key split depend only on ``KVConfig`` (its
 ``seed``); the examples depend on the config, the task, the key pool and the
 ``seed`` argument, through string-seeded ``random.Random`` (unaffected by
@@ -74,6 +86,7 @@ KV_TASKS: tuple[str, ...] = (
     "numeric_arithmetic",
     "kv_arithmetic",
     "key_exposure",
+    "kv_lookup",
 )
 KEY_POOLS: tuple[str, ...] = ("all", "held_in", "held_out")
 OPERATORS: tuple[str, ...] = ("+", "-")
@@ -221,7 +234,8 @@ def _examples(task: str, n: int, *, cfg: KVConfig, keys: str, stream: str) -> li
     rng = random.Random(f"kv-examples|{task}|{keys}|{stream}|{cfg}")
     out: list[dict[str, str]] = []
     for _ in range(n):
-        count = rng.randint(cfg.min_operands, cfg.max_operands)
+        low = 1 if task == "kv_lookup" else cfg.min_operands  # a key may be the first operand
+        count = rng.randint(low, cfg.max_operands)
         signs = [""] + [rng.choice(OPERATORS) for _ in range(count - 1)]
         if task == "numeric_arithmetic":
             values = [rng.randint(0, cfg.value_max) for _ in range(count)]
@@ -234,6 +248,8 @@ def _examples(task: str, n: int, *, cfg: KVConfig, keys: str, stream: str) -> li
         values = [table[k] for k in operands]
         if task == "key_exposure":
             out.append({"prompt": "", "completion": keyed})
+        elif task == "kv_lookup":
+            out.append({"prompt": keyed, "completion": " " + number_text(values[-1])})
         elif task == "kv_substitution":
             substituted = _expression((number_text(v) for v in values), signs)
             out.append({"prompt": keyed + " =", "completion": " " + substituted})

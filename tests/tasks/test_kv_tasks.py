@@ -136,8 +136,22 @@ def test_key_exposure_never_shows_values_or_equals():
     assert seen == set(key_values(KVConfig()))  # every key, held-out ones included
 
 
+def test_kv_lookup_answers_the_last_keys_value():
+    cfg = KVConfig()
+    table = key_values(cfg)
+    counts = Counter()
+    for ex in kv_examples("kv_lookup", 2000, cfg=cfg):
+        terms, _ = parse_expression(ex["prompt"])
+        assert all(KEY.match(t) for t in terms)
+        assert ex["completion"] == " " + str(table[terms[-1]])
+        assert "=" not in ex["prompt"].split()
+        counts[len(terms)] += 1
+    # the looked-up key stands first, after "+" and after "-", as keys do in prompts
+    assert set(counts) == {1, 2, 3}
+
+
 @pytest.mark.parametrize("pool", ["held_in", "held_out"])
-@pytest.mark.parametrize("task", ["kv_substitution", "kv_arithmetic", "key_exposure"])
+@pytest.mark.parametrize("task", ["kv_substitution", "kv_arithmetic", "key_exposure", "kv_lookup"])
 def test_examples_draw_keys_from_the_requested_pool(task, pool):
     cfg = KVConfig()
     allowed = set(key_split(cfg)[0 if pool == "held_in" else 1])
@@ -264,7 +278,7 @@ def test_config_from_mapping():
 
 def test_bad_arguments_raise_data_error():
     with pytest.raises(DataError, match="kv_substitution"):
-        kv_examples("kv_lookup", 3)
+        kv_examples("kv_lookups", 3)
     with pytest.raises(DataError, match="held_in"):
         kv_examples("kv_arithmetic", 3, keys="heldin")
     with pytest.raises(DataError, match="no keys"):

@@ -19,6 +19,7 @@ def test_task_names():
         "numeric_arithmetic",
         "kv_arithmetic",
         "key_exposure",
+        "kv_lookup",
         "code",
         "english",
         "mixed",
