@@ -1,9 +1,11 @@
 """The CPU reproduction of CALM's Table 1 (KV arithmetic), end to end in minutes.
 
-m_A (augment): a tiny Llama trained on KV-substitution over all keys — it knows
-the key→value table.  m_B (anchor): a tiny Llama trained on numeric arithmetic,
-plus ``key_exposure`` examples that show it every key token as an operand but
-never a value.  CALM composes them and trains Θ_C on KV arithmetic over the 20 %
+m_A (augment): a tiny Llama trained on KV-substitution over all keys, mixed
+with ``kv_lookup`` examples (``augment_lookup``) that make it hold each key's
+value at the key's own position — it knows the key→value table.  m_B
+(anchor): a tiny Llama trained on numeric arithmetic, optionally plus
+``key_exposure`` examples that show it every key token as an operand but never
+a value.  CALM composes them and trains Θ_C on KV arithmetic over the 20 %
 held-in keys (with ``anchor_mix`` numeric examples so the anchor's own skill
 survives); a LoRA of the anchor with the same parameter count trains on the same
 data.  Everything is scored by greedy iterative decoding and exact match on
@@ -58,6 +60,7 @@ class KVExperiment:
     anchor_steps: int = 1500
     base_lr: float = 3e-3
     augment_weight_decay: float = 0.0
+    augment_lookup: float = 0.5
     key_exposure: float = 0.0
     calm_steps: int = 1500
     calm_lr: float = 2e-3
@@ -106,8 +109,9 @@ class KVExperiment:
             if role == "augment"
             else ["anchor_layers", "anchor_steps", "key_exposure"]
         )
-        if role == "augment" and self.augment_weight_decay:
-            own.append("augment_weight_decay")  # (absent when 0: older caches stay valid)
+        for extra in ("augment_weight_decay", "augment_lookup"):
+            if role == "augment" and getattr(self, extra):
+                own.append(extra)  # (absent when 0: older caches stay valid)
         payload = json.dumps({k: getattr(self, k) for k in shared + own}, sort_keys=True)
         return f"{role}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
 
@@ -171,7 +175,10 @@ def train_base(exp: KVExperiment, role: str, cache: Path) -> tuple[Path, dict[st
     kv, tok = exp.kv(), kv_tokenizer(exp.kv())
     if role == "augment":
         steps, layers = exp.augment_steps, exp.augment_layers
-        records = _examples("kv_substitution", steps * exp.batch_size, kv, seed=exp.seed)
+        n = steps * exp.batch_size
+        n_lookup = round(n * exp.augment_lookup)
+        records = _examples("kv_substitution", n - n_lookup, kv, seed=exp.seed)
+        records += _examples("kv_lookup", n_lookup, kv, seed=exp.seed + 1)
     else:
         steps, layers = exp.anchor_steps, exp.anchor_layers
         n = steps * exp.batch_size
@@ -215,31 +222,9 @@ def train_base(exp: KVExperiment, role: str, cache: Path) -> tuple[Path, dict[st
 
 def probe_augment(exp: KVExperiment, augment: Any, tokenizer: Any) -> list[dict[str, Any]]:
     """Linear-probe accuracy of each augment layer for a key's value at the key's position."""
-    from fusekit.strategies.calm.probe import probe_key_values
-    from fusekit.tasks.kv import key_split, key_values
+    from fusekit.strategies.calm.probe import probe_kv_augment
 
-    kv = exp.kv()
-    table, held_in = key_values(kv), set(key_split(kv)[0])
-    records = _examples("kv_substitution", 1500, kv, seed=exp.seed + 99)
-    encoded = [tokenizer(r["prompt"])["input_ids"] for r in records]
-    width = max(len(e) for e in encoded)
-    ids = torch.tensor([e + [tokenizer.pad_token_id] * (width - len(e)) for e in encoded])
-    where, values, inside = [], [], []
-    for row, e in enumerate(encoded):
-        for pos, tid in enumerate(e):
-            name = tokenizer.convert_ids_to_tokens(tid)
-            if name in table:
-                where.append((row, pos))
-                values.append(table[name])
-                inside.append(name in held_in)
-    return probe_key_values(
-        augment,
-        ids,
-        torch.tensor(where),
-        torch.tensor(values),
-        torch.tensor(inside),
-        exp.value_max + 1,
-    )
+    return probe_kv_augment(augment, tokenizer, exp.kv(), seed=exp.seed + 99)
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -96,3 +96,47 @@ def probe_key_values(
             {"layer": layer, "held_in": round(train_acc, 4), "held_out": round(test_acc, 4)}
         )
     return rows
+
+
+def probe_kv_augment(
+    model: Any,
+    tokenizer: Any,
+    kv: Any,
+    *,
+    n: int = 1500,
+    seed: int = 99,
+    layers: Sequence[int] | None = None,
+) -> list[dict[str, Any]]:
+    """``probe_key_values`` on ``n`` fresh KV-arithmetic prompts, for an augment of the KV tasks.
+
+    The prompts are exactly what the composition's augment reads (``k17 + k5 =``),
+    every key occurrence is a probe point, and the fit uses held-in keys only, as
+    CALM's training data does.  ``kv`` is a ``KVConfig`` or a mapping of its fields.
+    """
+    from fusekit.errors import DataError
+    from fusekit.tasks.kv import KVConfig, key_split, key_values, kv_examples
+
+    if n < 1:
+        raise DataError(f"a KV probe needs at least one prompt, got n={n}")
+    cfg = KVConfig.from_value(kv)
+    table, held_in = key_values(cfg), set(key_split(cfg)[0])
+    records = kv_examples("kv_arithmetic", n, cfg=cfg, seed=seed)
+    encoded = [list(tokenizer(r["prompt"])["input_ids"]) for r in records]
+    width = max(len(e) for e in encoded)
+    ids = torch.tensor([e + [tokenizer.pad_token_id] * (width - len(e)) for e in encoded])
+    where, values, inside = [], [], []
+    for row, e in enumerate(encoded):
+        for pos, name in enumerate(tokenizer.convert_ids_to_tokens(e)):
+            if name in table:
+                where.append((row, pos))
+                values.append(table[name])
+                inside.append(name in held_in)
+    return probe_key_values(
+        model,
+        ids,
+        torch.tensor(where),
+        torch.tensor(values),
+        torch.tensor(inside),
+        cfg.value_max + 1,
+        layers=layers,
+    )

@@ -10,11 +10,15 @@ byte for text), so the summary is the paper's table for the user's own data.
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 from fusekit.errors import PlanError
 from fusekit.strategies.base import Strategy
+
+#: Below this held-out probe accuracy, a KV augment's paired layers draw a warning.
+PROBE_WARNING = 0.9
 
 
 def _resolve(ref: Any) -> Path:
@@ -69,6 +73,45 @@ def mix_anchor_task(recipe: Any, records: list[dict[str, Any]], seed: int) -> li
     mixed = list(records) + list(extra)
     random.Random(seed).shuffle(mixed)
     return mixed
+
+
+def probe_kv_augments(recipe: Any, model: Any) -> dict[str, Any]:
+    """Per from-scratch KV augment: how well each of its layers holds a key's value at the key.
+
+    CALM reads the augment only where its mask lets it (with ``mask: diagonal``, at
+    the key itself), so a composition trained on held-in keys can reach held-out
+    keys only through layers that store the value there, in a form shared by all
+    keys.  A ridge probe fitted on held-in keys and scored on held-out ones says
+    which layers do (SPEC §1 "risk"); a warning names the case where none of the
+    paired layers does, before any training time is spent on it.
+    """
+    from fusekit.strategies.calm.probe import probe_kv_augment
+    from fusekit.tasks import KV_TASKS
+
+    report: dict[str, Any] = {}
+    for k, ref in enumerate(recipe.augment):
+        spec = _scratch_spec(ref)
+        if spec is None or spec.task not in KV_TASKS or model.augment_tokenizers[k] is None:
+            continue
+        rows = probe_kv_augment(model.augments[k], model.augment_tokenizers[k], spec.kv)
+        held_out = {row["layer"]: row["held_out"] for row in rows}
+        paired = sorted({int(a) for a, _ in model.composition_config.augments[k].pairs})
+        best = max(held_out[layer] for layer in paired)
+        report[f"augment_{k}"] = {"layers": rows, "paired": paired, "best_paired": best}
+        shown = ", ".join(f"{layer}: {100 * held_out[layer]:.0f}%" for layer in paired)
+        print(
+            f"fusekit: augment_{k} holds held-out keys' values (probe) at {shown}", file=sys.stderr
+        )
+        if best < PROBE_WARNING:
+            top = max(held_out, key=lambda layer: held_out[layer])
+            print(
+                f"fusekit: warning: augment_{k}'s paired layers hold unseen keys' values at "
+                f"{100 * best:.0f}% at best (layer {top} reaches {100 * held_out[top]:.0f}%): "
+                "CALM cannot pass on more; pair the layers that probe high, or train the "
+                "augment with kv_lookup among its tasks",
+                file=sys.stderr,
+            )
+    return report
 
 
 def _metric_for(records: list[dict[str, Any]]) -> str:
@@ -171,6 +214,7 @@ class CalmStrategy(Strategy):
         anchor_path = _resolve(recipe.anchor)
         augment_paths = [_resolve(a) for a in recipe.augment]
         model = compose_from_paths(anchor_path, augment_paths, seed=spec.seed, **self._shape())
+        probe = probe_kv_augments(recipe, model)
         records = mix_anchor_task(recipe, load_records(recipe.train_data()), spec.seed)
         checkpoints = workdir / ".checkpoints"
         train = train_composition(
@@ -208,6 +252,7 @@ class CalmStrategy(Strategy):
             "parameters": model.parameter_report(),
             "pairs": [[list(p) for p in a.pairs] for a in model.composition_config.augments],
             "train": train,
+            "augment_probe": probe,
             "eval": table,
             "baselines": baselines,
         }

@@ -1,0 +1,78 @@
+"""Linear probes of an augment's layers: do they hold a key's value at the key?"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from fusekit.errors import DataError
+from fusekit.recipe.common import ScratchSpec
+from fusekit.strategies.calm.probe import probe_kv_augment
+from fusekit.strategies.calm.strategy import probe_kv_augments
+from fusekit.tasks import KVConfig, kv_tokenizer
+from fusekit.tasks.kv import key_values
+
+KV = KVConfig(num_keys=120, value_max=3)  # every value among the held-in keys
+
+
+def _model(seed: int, value_rows: bool) -> LlamaForCausalLM:
+    """A tiny Llama whose key embeddings either spell out the value or are random."""
+    tok = kv_tokenizer(KV)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    if value_rows:
+        with torch.no_grad():
+            emb = model.get_input_embeddings().weight
+            prototype = torch.randn(KV.value_max + 1, emb.shape[1])  # one row per value
+            for key, value in key_values(KV).items():
+                row = tok.convert_tokens_to_ids(key)
+                emb[row] = prototype[value] + 0.05 * torch.randn(emb.shape[1])
+    return model
+
+
+def test_probe_reads_values_written_into_the_key_embeddings() -> None:
+    rows = probe_kv_augment(_model(0, value_rows=True), kv_tokenizer(KV), KV, n=400)
+    assert [r["layer"] for r in rows] == [-1, 0, 1]
+    embed = rows[0]
+    assert embed["held_in"] == 1.0 and embed["held_out"] == 1.0
+
+
+def test_probe_finds_nothing_in_random_key_embeddings() -> None:
+    rows = probe_kv_augment(_model(0, value_rows=False), kv_tokenizer(KV), KV, n=400)
+    # a fit on held-in keys memorises them but cannot carry over to unseen keys
+    assert rows[0]["held_in"] > 0.9 and rows[0]["held_out"] < 0.4
+
+
+def test_strategy_warns_when_no_paired_layer_holds_the_values(capsys) -> None:
+    spec = ScratchSpec(task="kv_substitution", tokenizer="kv", kv={"num_keys": 120, "value_max": 3})
+    tok = kv_tokenizer(KV)
+
+    def composed(value_rows: bool, pairs: list[tuple[int, int]]) -> SimpleNamespace:
+        return SimpleNamespace(
+            augments=[_model(1, value_rows)],
+            augment_tokenizers=[tok],
+            composition_config=SimpleNamespace(augments=[SimpleNamespace(pairs=pairs)]),
+        )
+
+    recipe = SimpleNamespace(augment=[SimpleNamespace(from_scratch=spec)])
+    report = probe_kv_augments(recipe, composed(True, [(-1, 0), (1, 1)]))
+    assert report["augment_0"]["paired"] == [-1, 1]
+    assert report["augment_0"]["best_paired"] == 1.0
+    assert "warning" not in capsys.readouterr().err
+    report = probe_kv_augments(recipe, composed(False, [(0, 0), (1, 1)]))
+    err = capsys.readouterr().err
+    assert report["augment_0"]["best_paired"] < 0.9 and "warning: augment_0" in err
+    # a local-folder augment has no known table: nothing to probe
+    assert probe_kv_augments(SimpleNamespace(augment=[SimpleNamespace(path="x")]), None) == {}
+
+
+def test_probe_needs_prompts() -> None:
+    with pytest.raises(DataError, match="at least one prompt"):
+        probe_kv_augment(_model(0, value_rows=True), kv_tokenizer(KV), KV, n=0)
