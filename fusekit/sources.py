@@ -47,8 +47,9 @@ def scratch_key(spec: Any) -> str:
     from fusekit import __version__
 
     dump = spec.model_dump(mode="json")
-    if dump.get("weight_decay") is None:  # unset: the key of specs written before the field
-        dump.pop("weight_decay", None)
+    for late in ("weight_decay", "adam_beta2"):  # unset: the key of specs written before them
+        if dump.get(late) is None:
+            dump.pop(late, None)
     payload = json.dumps({"v": __version__, "spec": dump}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -139,6 +140,7 @@ def materialize(spec: Any) -> Path:
             steps=spec.steps, lr=spec.lr, batch_size=spec.batch_size, seq_len=spec.seq_len,
             seed=spec.seed, warmup_steps=max(1, spec.steps // 20),
             weight_decay=0.01 if spec.weight_decay is None else spec.weight_decay,
+            adam_beta2=0.999 if spec.adam_beta2 is None else spec.adam_beta2,
             log_steps=max(1, spec.steps // 20),
         )  # fmt: skip
         summary = train_causal_lm(

@@ -85,6 +85,7 @@ class ScratchSpec(Strict):
     seq_len: int = Field(64, ge=8)
     seed: int = 0
     weight_decay: float | None = Field(None, ge=0, description="AdamW weight decay (default 0.01)")
+    adam_beta2: float | None = Field(None, gt=0, lt=1, description="AdamW beta2 (default 0.999)")
     kv: dict[str, Any] | None = Field(
         None, description="key-value task settings (num_keys, value_max, …; see fusekit.tasks.kv)"
     )
@@ -232,6 +233,9 @@ class TrainSpec(Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     seed: int = 0
     weight_decay: float = Field(0.0, ge=0)
+    adam_beta2: float = Field(
+        0.999, gt=0, lt=1, description="AdamW beta2; 0.95 steadies short, high-lr runs"
+    )
     max_grad_norm: float = Field(1.0, gt=0)
     log_steps: int = Field(10, ge=1)
     save_steps: int | None = Field(None, ge=1)

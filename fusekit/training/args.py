@@ -24,6 +24,7 @@ def to_training_arguments(spec: Any, checkpoint_dir: Path, **overrides: Any) -> 
         lr_scheduler_type=spec.schedule,
         warmup_steps=spec.warmup_steps,
         weight_decay=spec.weight_decay,
+        adam_beta2=spec.adam_beta2,
         max_grad_norm=spec.max_grad_norm,
         seed=spec.seed,
         logging_steps=spec.log_steps,

@@ -49,8 +49,8 @@ def test_local_reference_checked_at_resolve_time(tmp_path: Path) -> None:
         resolve_model(str(tmp_path / "gone"))
 
 
-def test_scratch_weight_decay_keys_the_cache_only_when_set() -> None:
-    """Specs written before ``weight_decay`` existed keep their cached models."""
+def test_scratch_optimizer_fields_key_the_cache_only_when_set() -> None:
+    """Specs written before ``weight_decay``/``adam_beta2`` existed keep their cached models."""
     import hashlib
     import json
 
@@ -61,10 +61,13 @@ def test_scratch_weight_decay_keys_the_cache_only_when_set() -> None:
     spec = ScratchSpec(task="kv_substitution", tokenizer="kv", steps=10)
     old = spec.model_dump(mode="json")
     old.pop("weight_decay")
+    old.pop("adam_beta2")
     payload = json.dumps({"v": __version__, "spec": old}, sort_keys=True)
     assert scratch_key(spec) == hashlib.sha256(payload.encode()).hexdigest()[:16]
     decayed = spec.model_copy(update={"weight_decay": 0.0})
     assert scratch_key(decayed) != scratch_key(spec)
+    steadier = spec.model_copy(update={"adam_beta2": 0.95})
+    assert len({scratch_key(steadier), scratch_key(decayed), scratch_key(spec)}) == 3
 
 
 def test_weight_decay_belongs_to_from_scratch_models_not_to_data() -> None:

@@ -100,3 +100,16 @@ def test_two_cpu_processes_with_gloo(
     assert summary["world_size"] == 2 and summary["steps"] == 2
     before, after = _weights(tiny_llama), _weights(out)
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_train_spec_reaches_the_optimizer(tmp_path: Path) -> None:
+    """Every optimizer field of a recipe lands in ``TrainingArguments``, defaults included."""
+    from fusekit.training.args import to_training_arguments
+
+    spec = TrainSpec(steps=3, lr=2e-3, weight_decay=0.1, adam_beta2=0.95, max_grad_norm=0.5)
+    args = to_training_arguments(spec, tmp_path)
+    assert (args.learning_rate, args.weight_decay, args.adam_beta2) == (2e-3, 0.1, 0.95)
+    assert args.max_grad_norm == 0.5 and args.max_steps == 3
+    assert to_training_arguments(TrainSpec(steps=1), tmp_path).adam_beta2 == 0.999
+    with pytest.raises(ValueError, match="adam_beta2"):
+        TrainSpec(steps=1, adam_beta2=1.0)
