@@ -42,6 +42,59 @@ def resolve_model(ref: Any) -> Path:
     raise TypeError(f"not a model reference: {ref!r}")
 
 
+def resolve_models(refs: list[Any]) -> list[Path]:
+    """``resolve_model`` for several references, training missing from-scratch models side by side.
+
+    A quick-start trains two or more tiny parents before it fuses them, each on one
+    thread when run with ``OMP_NUM_THREADS=1``.  When the cores allow it (threads per
+    model × models to train ≤ cores), they train in parallel worker processes, which
+    run exactly the same computation as training them one after the other (each
+    process seeds itself from its spec) and take the time of the longest one.
+    """
+    from fusekit.recipe.common import ScratchModel
+
+    pending: dict[str, Any] = {}
+    for ref in refs:
+        if (
+            isinstance(ref, ScratchModel)
+            and not (scratch_folder(ref.from_scratch) / "fusekit.json").is_file()
+        ):
+            pending.setdefault(scratch_key(ref.from_scratch), ref.from_scratch)
+    if len(pending) > 1 and _parallel_slots() >= len(pending):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        import torch
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(len(pending), mp_context=context) as pool:
+            threads = torch.get_num_threads()
+            jobs = [
+                pool.submit(_materialize_dump, s.model_dump(), threads) for s in pending.values()
+            ]
+            for job in jobs:
+                job.result()
+    return [resolve_model(ref) for ref in refs]
+
+
+def _parallel_slots() -> int:
+    """How many one-model trainings fit on this machine's cores at the current thread count."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (cores or 1) // max(1, torch.get_num_threads())
+
+
+def _materialize_dump(dump: dict[str, Any], threads: int) -> str:
+    """Worker-process entry point: train one from-scratch spec (given as a plain dict)."""
+    import torch
+
+    from fusekit.recipe.common import ScratchSpec
+
+    torch.set_num_threads(threads)  # the parent's count, however it was set
+    return str(materialize(ScratchSpec(**dump)))
+
+
 def scratch_key(spec: Any) -> str:
     """A short content key of the spec (and the fusekit version that trains it)."""
     from fusekit import __version__

@@ -77,3 +77,38 @@ def test_weight_decay_belongs_to_from_scratch_models_not_to_data() -> None:
 
     with pytest.raises(ValidationError, match="weight_decay"):
         TaskData(task="english", weight_decay=0.0)
+
+
+def test_models_to_train_train_side_by_side_with_the_same_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parallel workers train exactly what one-after-the-other training would."""
+    import fusekit.sources as sources
+    from fusekit.recipe.common import ScratchModel
+    from fusekit.sources import resolve_models
+
+    shape = {"hidden_size": 32, "layers": 2, "heads": 2, "steps": 3, "batch_size": 8}
+    refs = [
+        ScratchModel(from_scratch={"task": "numeric_arithmetic", "tokenizer": "kv", **shape}),
+        ScratchModel(from_scratch={"task": "kv_substitution", "tokenizer": "kv", **shape}),
+    ]
+    monkeypatch.setenv("FUSEKIT_CACHE", str(tmp_path / "one-by-one"))
+    monkeypatch.setattr(sources, "_parallel_slots", lambda: 1)
+    sequential = resolve_models(refs)
+    monkeypatch.setenv("FUSEKIT_CACHE", str(tmp_path / "parallel"))
+    started = []
+    real_pool = __import__("concurrent.futures").futures.ProcessPoolExecutor
+    monkeypatch.setattr(sources, "_parallel_slots", lambda: 2)
+    monkeypatch.setattr(
+        "concurrent.futures.ProcessPoolExecutor",
+        lambda *a, **k: started.append(a) or real_pool(*a, **k),
+    )
+    parallel = resolve_models([*refs, refs[0]])  # a repeated model is trained once
+    assert started == [(2,)]
+    assert parallel[0] == parallel[2] and parallel[0].is_relative_to(tmp_path / "parallel")
+    for one, two in zip(sequential, parallel, strict=False):
+        assert (one / "model.safetensors").read_bytes() == (two / "model.safetensors").read_bytes()
+    monkeypatch.setattr(  # everything cached now: no pool at all
+        "concurrent.futures.ProcessPoolExecutor", lambda *a, **k: pytest.fail("no pool needed")
+    )
+    assert resolve_models(refs) == parallel[:2]

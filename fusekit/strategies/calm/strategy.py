@@ -21,14 +21,6 @@ from fusekit.strategies.base import Strategy
 PROBE_WARNING = 0.9
 
 
-def _resolve(ref: Any) -> Path:
-    try:
-        from fusekit.sources import resolve_model
-    except ImportError:  # pragma: no cover - sources is part of fusekit
-        return Path(getattr(ref, "path", ref))
-    return resolve_model(ref)
-
-
 def _scratch_spec(ref: Any) -> Any:
     return getattr(ref, "from_scratch", None)
 
@@ -211,8 +203,9 @@ class CalmStrategy(Strategy):
 
         recipe = self.recipe
         spec = recipe.train
-        anchor_path = _resolve(recipe.anchor)
-        augment_paths = [_resolve(a) for a in recipe.augment]
+        from fusekit.sources import resolve_models
+
+        anchor_path, *augment_paths = resolve_models([recipe.anchor, *recipe.augment])
         model = compose_from_paths(anchor_path, augment_paths, seed=spec.seed, **self._shape())
         probe = probe_kv_augments(recipe, model)
         records = mix_anchor_task(recipe, load_records(recipe.train_data()), spec.seed)
