@@ -55,10 +55,7 @@ def resolve_models(refs: list[Any]) -> list[Path]:
 
     pending: dict[str, Any] = {}
     for ref in refs:
-        if (
-            isinstance(ref, ScratchModel)
-            and not (scratch_folder(ref.from_scratch) / "fusekit.json").is_file()
-        ):
+        if isinstance(ref, ScratchModel) and not _is_cached(ref.from_scratch):
             pending.setdefault(scratch_key(ref.from_scratch), ref.from_scratch)
     if len(pending) > 1 and _parallel_slots() >= len(pending):
         import multiprocessing
@@ -69,9 +66,7 @@ def resolve_models(refs: list[Any]) -> list[Path]:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(len(pending), mp_context=context) as pool:
             threads = torch.get_num_threads()
-            jobs = [
-                pool.submit(_materialize_dump, s.model_dump(), threads) for s in pending.values()
-            ]
+            jobs = [pool.submit(_materialize_in_worker, s, threads) for s in pending.values()]
             for job in jobs:
                 job.result()
     return [resolve_model(ref) for ref in refs]
@@ -85,14 +80,17 @@ def _parallel_slots() -> int:
     return (cores or 1) // max(1, torch.get_num_threads())
 
 
-def _materialize_dump(dump: dict[str, Any], threads: int) -> str:
-    """Worker-process entry point: train one from-scratch spec (given as a plain dict)."""
+def _materialize_in_worker(spec: Any, threads: int) -> Path:
+    """Worker-process entry point: train one from-scratch spec at the parent's thread count."""
     import torch
 
-    from fusekit.recipe.common import ScratchSpec
-
     torch.set_num_threads(threads)  # the parent's count, however it was set
-    return str(materialize(ScratchSpec(**dump)))
+    return materialize(spec)
+
+
+def _is_cached(spec: Any) -> bool:
+    """A complete cached model: ``fusekit.json`` is written last, inside the atomic folder."""
+    return (scratch_folder(spec) / "fusekit.json").is_file()
 
 
 def scratch_key(spec: Any) -> str:
@@ -166,7 +164,7 @@ def _training_data(spec: Any) -> list[Any]:
 def materialize(spec: Any) -> Path:
     """Train the from-scratch model described by ``spec`` unless it is cached; return its folder."""
     folder = scratch_folder(spec)
-    if (folder / "fusekit.json").is_file():
+    if _is_cached(spec):
         return folder
     import torch
     from transformers import AutoModelForCausalLM

@@ -83,6 +83,8 @@ def test_models_to_train_train_side_by_side_with_the_same_result(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Parallel workers train exactly what one-after-the-other training would."""
+    from concurrent.futures import ProcessPoolExecutor
+
     import fusekit.sources as sources
     from fusekit.recipe.common import ScratchModel
     from fusekit.sources import resolve_models
@@ -97,11 +99,10 @@ def test_models_to_train_train_side_by_side_with_the_same_result(
     sequential = resolve_models(refs)
     monkeypatch.setenv("FUSEKIT_CACHE", str(tmp_path / "parallel"))
     started = []
-    real_pool = __import__("concurrent.futures").futures.ProcessPoolExecutor
     monkeypatch.setattr(sources, "_parallel_slots", lambda: 2)
     monkeypatch.setattr(
         "concurrent.futures.ProcessPoolExecutor",
-        lambda *a, **k: started.append(a) or real_pool(*a, **k),
+        lambda *a, **k: started.append(a) or ProcessPoolExecutor(*a, **k),
     )
     parallel = resolve_models([*refs, refs[0]])  # a repeated model is trained once
     assert started == [(2,)]

@@ -65,11 +65,11 @@ def test_identity_with_cache(expanded: Expanded) -> None:
 
 
 def test_identity_in_generate(expanded: Expanded) -> None:
-    # Two prompts, not one.  Since transformers 5.24, generate() projects only the last
-    # position; at batch 1 that is a matrix-vector product, and on CPU its rounding
-    # differed by ~1e-7 between the base and the expansion although their final hidden
-    # states and output weights are bit-identical.  Two rows take the matrix-product path
-    # the other identity tests use.
+    # Two prompts, not one.  generate() projects only the last position; at batch 1 that
+    # is a matrix-vector product, and with transformers 5.24 on CPU its rounding differed
+    # by ~1e-7 between the base and the expansion although their final hidden states and
+    # output weights are bit-identical.  Two rows take the matrix-product path the other
+    # identity tests use.
     ids = token_ids(batch=2, length=5, seed=1)
     a, b = greedy(expanded.model, ids), greedy(expanded.base, ids)
     assert torch.equal(a.sequences, b.sequences)

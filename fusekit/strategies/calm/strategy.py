@@ -196,6 +196,7 @@ class CalmStrategy(Strategy):
 
     def run(self, workdir: Path) -> dict[str, Any]:
         from fusekit.recipe.common import data_label
+        from fusekit.sources import resolve_models
         from fusekit.strategies.calm.build import compose_from_paths
         from fusekit.strategies.calm.io import save_composition
         from fusekit.strategies.calm.trainer import train_composition
@@ -203,8 +204,6 @@ class CalmStrategy(Strategy):
 
         recipe = self.recipe
         spec = recipe.train
-        from fusekit.sources import resolve_models
-
         anchor_path, *augment_paths = resolve_models([recipe.anchor, *recipe.augment])
         model = compose_from_paths(anchor_path, augment_paths, seed=spec.seed, **self._shape())
         probe = probe_kv_augments(recipe, model)
