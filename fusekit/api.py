@@ -1,21 +1,24 @@
 """The Python API behind the CLI: ``run``, ``build``, ``evaluate``, ``compare``.
 
-``run`` owns what every strategy shares — the atomic output folder, provenance,
-the model card — so that a strategy only builds and trains.
+``run`` is the only pipeline.  It owns what every strategy shares — the atomic
+output folder, checkpoints, fingerprinted resume, the accelerate relaunch,
+provenance, the model card — and a strategy supplies stages
+(``fusekit.strategies.base``).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from fusekit.errors import FusekitError
 from fusekit.recipe import load_recipe, recipe_to_dict
 from fusekit.registry import list_strategies, strategy_class
+from fusekit.result import InputRecord, RunResult
 
 
 def _as_recipe(recipe: Any, overrides: list[str] | None = None) -> Any:
@@ -60,6 +63,36 @@ def plan(recipe: Any, overrides: list[str] | None = None) -> dict[str, Any]:
     return {"strategy": recipe.strategy, **strategy_class(recipe.strategy)(recipe).plan()}
 
 
+def _data_files(recipe: Any) -> dict[str, Path]:
+    """The training data files a recipe names (evaluation sets do not shape the weights)."""
+    from fusekit.recipe.common import FileData
+
+    ref = recipe.train_data()
+    refs = ref if isinstance(ref, list) else [ref]
+    return {f"train:{r.label()}": Path(r.path) for r in refs if isinstance(r, FileData)}
+
+
+#: Recipe fields that do not change the trained weights, left out of the resume fingerprint.
+_NOT_WEIGHTS = ("name", "description", "output", "overwrite", "baselines")
+_NOT_WEIGHTS_TRAIN = ("resume", "save_steps", "save_total_limit", "log_steps")
+
+
+def weight_fields(recipe_dict: dict[str, Any]) -> dict[str, Any]:
+    """The recipe without output, logging, checkpointing and resume settings."""
+    fields = {k: v for k, v in recipe_dict.items() if k not in _NOT_WEIGHTS}
+    if isinstance(fields.get("train"), dict):
+        fields["train"] = {k: v for k, v in fields["train"].items() if k not in _NOT_WEIGHTS_TRAIN}
+    if isinstance(fields.get("data"), dict):
+        fields["data"] = {k: v for k, v in fields["data"].items() if k != "eval"}
+    return fields
+
+
+def checkpoint_root(out: Path) -> Path:
+    """The stable folder beside the output where checkpoints survive a crash."""
+    out = Path(out).expanduser().absolute()
+    return out.parent / f".{out.name}.checkpoints"
+
+
 def run(
     recipe: Any,
     *,
@@ -67,65 +100,120 @@ def run(
     overwrite: bool | None = None,
     overrides: list[str] | None = None,
     accelerate_config: str | Path | None = None,
-) -> dict[str, Any]:
-    """Build (and train) what the recipe describes into its output folder; return the summary."""
+    resume: bool | None = None,
+    callbacks: Sequence[Any] = (),
+) -> RunResult:
+    """Build (and train) what the recipe describes into its output folder; return the result.
+
+    The one pipeline: prepare (resolve, surgery) -> per unit build -> fit -> save ->
+    evaluate -> provenance.  ``resume`` (default: the recipe's ``train.resume``)
+    continues from the checkpoints an interrupted run left in ``.OUT.checkpoints/``;
+    ``callbacks`` are extra ``transformers.TrainerCallback`` objects for every fit.
+    """
+    from fusekit.io.hashing import data_hash, folder_hash
     from fusekit.io.output import atomic_output
-    from fusekit.io.provenance import write_model_card, write_provenance
+    from fusekit.io.provenance import versions, write_model_card, write_run_record
+    from fusekit.pipeline import StageContext, run_distributed, run_stages
+    from fusekit.training.fit import complete_checkpoints, resume_point
 
     recipe = _as_recipe(recipe, overrides)
     out = output or recipe.output
     if not out:
         raise FusekitError("no output folder: give -o OUT or set output: in the recipe")
     out = Path(out)
-    if accelerate_config:
-        os.environ["FUSEKIT_ACCELERATE_CONFIG"] = str(Path(accelerate_config).resolve())
+    config = Path(accelerate_config).resolve() if accelerate_config else None
+    if config is not None and not config.is_file():
+        raise FusekitError(f"accelerate config {config} does not exist")
+    spec = recipe.train
+    resume = bool(spec is not None and spec.resume) if resume is None else resume
     strategy = strategy_class(recipe.strategy)(recipe)
-    strategy.checkpoint_dir = out.parent / f".{out.name}.checkpoints"
+    root = checkpoint_root(out)
     start = time.perf_counter()
     overwrite = recipe.overwrite if overwrite is None else overwrite
-    with atomic_output(out, overwrite=overwrite, inputs=local_model_paths(recipe)) as tmp:
-        summary = strategy.run(Path(tmp))
-        if recipe.eval_data() and "evaluation" not in summary:
-            summary["evaluation"] = evaluate_sets(Path(tmp), recipe.eval_data())
-        inputs = {k: Path(v) for k, v in summary.pop("inputs", {}).items()}
-        the_plan = summary.pop("plan", None) or strategy.plan()
-        summary["seconds"] = round(time.perf_counter() - start, 2)
-        write_provenance(
-            tmp,
-            strategy=recipe.strategy,
-            recipe=recipe_to_dict(recipe),
-            plan=the_plan,
-            inputs=inputs,
-            summary=summary,
-        )
-        write_model_card(
-            tmp,
-            title=f"{out.name} ({recipe.strategy})",
-            body=_card_body(recipe, summary),
-            base_models=[str(p) for p in inputs.values()],
-        )
-    shutil.rmtree(strategy.checkpoint_dir, ignore_errors=True)
+    recipe_dict = recipe_to_dict(recipe)
+    try:
+        with atomic_output(out, overwrite=overwrite, inputs=local_model_paths(recipe)) as tmp:
+            prepared = strategy.prepare(Path(tmp))
+            inputs = {
+                name: InputRecord(path=m.path, hash=folder_hash(m.path))
+                for name, m in prepared.inputs.items()
+            }
+            data = {
+                k: InputRecord(path=str(p), hash=data_hash(p))
+                for k, p in _data_files(recipe).items()
+            }
+            ctx = StageContext(
+                workdir=str(tmp),
+                checkpoint_root=str(root),
+                fingerprint={
+                    "recipe": weight_fields(recipe_dict),
+                    "inputs": {k: v.hash for k, v in inputs.items()},
+                    "data": {k: v.hash for k, v in data.items()},
+                    "plan": prepared.plan,
+                },
+                resume=resume,
+                output_name=out.name,
+            )
+            units = strategy.units(prepared)
+            if resume:  # refuse another run's checkpoints before any work
+                for unit in units:
+                    resume_point(root / unit, {**ctx.fingerprint, "unit": unit})
+            elif root.exists():
+                if any(complete_checkpoints(root / unit) for unit in units):
+                    print(f"fusekit: starting over; removing the checkpoints in {root} "
+                          "(--resume continues from them)", file=sys.stderr)  # fmt: skip
+                shutil.rmtree(root, ignore_errors=True)
+            if config is not None and units:
+                stages = run_distributed(strategy, prepared, ctx, config)
+            else:
+                stages = run_stages(strategy, prepared, ctx, callbacks)
+            assert stages is not None  # one process is always rank 0
+            result = RunResult(
+                output=str(out),
+                strategy=recipe.strategy,
+                recipe=recipe_dict,
+                plan=prepared.plan,
+                inputs=inputs,
+                data=data,
+                versions=versions(),
+                seconds=round(time.perf_counter() - start, 2),
+                **stages.model_dump(),
+            )
+            write_run_record(tmp, result)
+            write_model_card(
+                tmp,
+                title=f"{out.name} ({recipe.strategy})",
+                body=_card_body(recipe, result),
+                base_models=[r.path for r in inputs.values()],
+                strategy=recipe.strategy,
+            )
+    except BaseException:
+        _leftovers(root)
+        raise
+    shutil.rmtree(root, ignore_errors=True)
     print(f"fusekit: wrote {out}", file=sys.stderr)
-    return {"output": str(out), "strategy": recipe.strategy, **summary}
+    return result
 
 
-def default_metric(records: list[dict[str, Any]]) -> str:
-    """Exact match for prompt/completion data, bits per byte for text."""
-    return "exact_match" if records and "completion" in records[0] else "bpb"
+def _leftovers(root: Path) -> None:
+    """After a failed run: keep checkpoints resume can use and say where; remove the rest."""
+    from fusekit.training.fit import complete_checkpoints
+
+    if not root.exists():
+        return
+    units = [p for p in root.iterdir() if p.is_dir()]
+    if any(complete_checkpoints(u) for u in units):
+        print(f"fusekit: checkpoints kept in {root}; rerun with --resume to continue",
+              file=sys.stderr)  # fmt: skip
+    else:
+        shutil.rmtree(root, ignore_errors=True)
 
 
-def evaluate_sets(model: Any, eval_refs: list[Any]) -> list[dict[str, Any]]:
+def evaluate_sets(model: Any, eval_refs: list[Any], *, name: str | None = None) -> list[dict]:
     """Score one model on each evaluation set of a recipe, with each set's natural metric."""
-    from fusekit.recipe.common import data_label
-    from fusekit.training.data import load_records
+    from fusekit.evaluation.sets import evaluate_sets as _sets
 
-    results = []
-    for ref in eval_refs:
-        records = load_records(ref)
-        result = evaluate(model, records, default_metric(records), progress=False)
-        result["data"] = data_label(ref)
-        results.append(result)
-    return results
+    return _sets(model, eval_refs, name=name)
 
 
 def build(recipe: Any, *, output: str | Path | None = None, overwrite: bool | None = None) -> Any:
@@ -136,16 +224,20 @@ def build(recipe: Any, *, output: str | Path | None = None, overwrite: bool | No
     return run(recipe, output=output, overwrite=overwrite)
 
 
-def _card_body(recipe: Any, summary: dict[str, Any]) -> str:
+def _card_body(recipe: Any, result: RunResult) -> str:
     desc = list_strategies().get(recipe.strategy, recipe.strategy)
     lines = [f"Made with fusekit's `{recipe.strategy}` strategy: {desc}.", ""]
     if recipe.description:
         lines += [recipe.description, ""]
-    keep = {k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and k != "seconds"}
-    if keep:
+    rows = {k: v for k, v in result.details.items() if isinstance(v, (int, float, str))}
+    if result.training is not None and result.training.trained:
+        rows.update(steps=result.training.steps, final_loss=result.training.final_loss)
+    if rows:
         lines += ["| field | value |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in keep.items()]
+        lines += [f"| {k} | {v} |" for k, v in rows.items()]
         lines.append("")
+    if result.tables:
+        lines += [result.tables, ""]
     lines.append("The full recipe, plan and input hashes are in `fusekit.json`.")
     return "\n".join(lines)
 

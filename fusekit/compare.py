@@ -133,7 +133,7 @@ def compare(spec: Any, *, overrides: list[str] | None = None) -> ComparisonTable
             api.run(recipe, output=out, overwrite=True)
         meta = json.loads((out / "fusekit.json").read_text())
         runs[run.name] = {"kind": "run", "path": str(out), "strategy": recipe["strategy"],
-                          "summary": meta.get("summary", {})}  # fmt: skip
+                          "training": meta.get("training")}  # fmt: skip
         results += _scores(root, out, run.name, spec)
     table = ComparisonTable(spec.name, results, runs)
     (root / "results.md").write_text(table.to_markdown() + "\n")

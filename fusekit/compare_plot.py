@@ -41,10 +41,8 @@ def _bars(ax: Any, table: Any) -> None:
 def _losses(ax: Any, table: Any) -> None:
     drawn = False
     for name, run in table.runs.items():
-        summary = run.get("summary", {})
-        # strategies report their training record as "training" (CALM: "train")
-        training = summary.get("training") or summary.get("train") or {}
-        curve = training.get("loss_curve") or []
+        # every run's fusekit.json has the same training record (None when nothing trained)
+        curve = (run.get("training") or {}).get("loss_curve") or []
         if curve:
             ax.plot(
                 [p[0] for p in curve], [p[1] for p in curve], label=name, color=_colour(table, name)

@@ -14,7 +14,9 @@ from fusekit.cli.app import app, user_errors
 @user_errors
 def eval_(
     path: Path = typer.Argument(..., help="HF model folder or fusekit output"),
-    data: str = typer.Option(..., "--data", help="data file: .jsonl, .json, .txt, .parquet or a datasets folder"),
+    data: str = typer.Option(
+        ..., "--data", help="data file: .jsonl, .json, .txt, .parquet or a datasets folder"
+    ),
     metric: str = typer.Option("bpb", "--metric", help="bpb | perplexity | exact_match | mc"),
     batch_size: int = typer.Option(8, "--batch-size"),
     json_out: Path | None = typer.Option(None, "--json", help="also write the result as JSON"),

@@ -79,6 +79,23 @@ def build_recipe(strategy: str, opts: dict[str, Any]) -> dict[str, Any]:
     return recipe
 
 
+_MODEL_KEYS = ("model", "anchor", "augment", "target", "sources")
+
+
+def _set_loading(recipe: dict[str, Any], **options: bool) -> None:
+    """Apply ``--allow-pickle`` / ``--trust-remote-code`` to every model the options name."""
+
+    def local(ref: Any) -> Any:
+        return {"path": ref, **options} if isinstance(ref, str) else ref
+
+    for key in _MODEL_KEYS:
+        value = recipe.get(key)
+        if isinstance(value, list):
+            recipe[key] = [local(v) for v in value]
+        elif value is not None:
+            recipe[key] = local(value)
+
+
 @app.command()
 @user_errors
 def fuse(
@@ -105,6 +122,18 @@ def fuse(
     set_: list[str] = typer.Option([], "--set", help="override: key.path=value"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, write nothing"),
     overwrite: bool = typer.Option(False, "--overwrite"),
+    resume: bool = typer.Option(
+        False, "--resume", help="continue from the checkpoints an interrupted run left"
+    ),
+    accelerate_config: Path | None = typer.Option(
+        None, "--accelerate-config", help="train under `accelerate launch` with this config"
+    ),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="load pickled (.bin) weights: runs code from the file"
+    ),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="run model code shipped in the model folders"
+    ),
 ) -> None:
     """Fuse models from command-line options, without a recipe file."""
     from fusekit import api
@@ -112,8 +141,18 @@ def fuse(
 
     opts = dict(locals())
     data_dict = build_recipe(strategy, opts)
+    if allow_pickle or trust_remote_code:
+        _set_loading(data_dict, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     recipe = parse_recipe(data_dict, source="fusekit fuse", overrides=list(set_))
     if dry_run:
         typer.echo(json.dumps(api.plan(recipe), indent=2))
         return
-    print_summary(api.run(recipe, output=output, overwrite=overwrite or None))
+    print_summary(
+        api.run(
+            recipe,
+            output=output,
+            overwrite=overwrite or None,
+            resume=resume or None,
+            accelerate_config=accelerate_config,
+        )
+    )

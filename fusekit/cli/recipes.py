@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -57,39 +58,46 @@ def run(
     accelerate_config: Path | None = typer.Option(
         None, "--accelerate-config", help="train under `accelerate launch` with this config"
     ),
-    resume: bool = typer.Option(False, "--resume", help="resume training from checkpoints"),
+    resume: bool = typer.Option(
+        False, "--resume", help="continue from the checkpoints an interrupted run left"
+    ),
 ) -> None:
     """Run a recipe: build, train, save, describe."""
     from fusekit import api
 
-    overrides = list(set_) + (["train.resume=true"] if resume else [])
+    overrides = list(set_)
     if dry_run:
         typer.echo(json.dumps(api.plan(recipe, overrides), indent=2))
         return
-    summary = api.run(
+    result = api.run(
         recipe,
         output=output,
         overwrite=overwrite or None,
         overrides=overrides,
         accelerate_config=accelerate_config,
+        resume=resume or None,
     )
-    print_summary(summary)
+    print_summary(result)
 
 
-def print_summary(summary: dict) -> None:
-    """Scalars as a small table on stdout; the full summary is in fusekit.json."""
-    rows = [
-        (k, v)
-        for k, v in summary.items()
-        if isinstance(v, (int, float, str, bool)) and k != "tables"
-    ]
-    width = max((len(k) for k, _ in rows), default=0)
+def print_summary(result: Any) -> None:
+    """The run's headline figures on stdout; everything else is in ``fusekit.json``."""
+    rows: list[tuple[str, Any]] = [("output", result.output), ("strategy", result.strategy)]
+    rows += [(k, v) for k, v in result.details.items() if isinstance(v, (int, float, str, bool))]
+    training = result.training
+    if training is not None and training.trained:
+        rows += [("steps", training.steps), ("final_loss", round(training.final_loss or 0.0, 4))]
+        if training.resumed_from_step is not None:
+            rows.append(("resumed_from_step", training.resumed_from_step))
+        if training.world_size > 1:
+            rows.append(("world_size", training.world_size))
+    rows.append(("seconds", result.seconds))
+    width = max(len(k) for k, _ in rows)
     for key, value in rows:
         typer.echo(f"{key:<{width}}  {value}")
-    tables = summary.get("tables")
-    if isinstance(tables, str):
-        sys.stdout.write(tables + "\n")
-    if summary.get("evaluation") and not isinstance(tables, str):
+    if result.tables:
+        sys.stdout.write(result.tables + "\n")
+    elif result.evaluation:
         from fusekit.evaluation.report import terminal_table
 
-        typer.echo(terminal_table(summary["evaluation"]))
+        typer.echo(terminal_table(result.evaluation))

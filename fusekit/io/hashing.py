@@ -34,3 +34,15 @@ def folder_hash(folder: str | Path) -> str:
         digest.update(path.name.encode())
         digest.update(file_hash(path).encode())
     return "sha256:" + digest.hexdigest()
+
+
+def data_hash(path: str | Path) -> str:
+    """sha256 of a data file, or of every file (names and contents) under a ``datasets`` folder."""
+    root = Path(path)
+    if root.is_file():
+        return "sha256:" + file_hash(root)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(root)).encode())
+        digest.update(file_hash(file).encode())
+    return "sha256:" + digest.hexdigest()

@@ -84,6 +84,30 @@ def write_provenance(
     return path
 
 
+def versions() -> dict[str, str]:
+    """The versions of the libraries that decide a run's numbers."""
+    names = ("fusekit", "torch", "transformers", "accelerate", "peft", "safetensors", "tokenizers")
+    return {name: _version(name) for name in names}
+
+
+def write_run_record(folder: str | Path, result: Any) -> Path:
+    """Write a run's ``fusekit.json``: its ``RunResult`` plus when it was made.
+
+    The shape is the same for every strategy; block expansion also names the new,
+    trainable layers at the top level (``trainable_layers``) for later fine-tuning.
+    """
+    record = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **result.model_dump(mode="json", exclude={"output"}),
+    }
+    layers = result.details.get("trainable_layers")
+    if layers is not None:
+        record["trainable_layers"] = [int(i) for i in layers]
+    path = Path(folder) / PROVENANCE_FILE
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
 def read_provenance(folder: str | Path) -> dict[str, Any] | None:
     path = Path(folder) / PROVENANCE_FILE
     return json.loads(path.read_text()) if path.is_file() else None

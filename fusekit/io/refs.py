@@ -15,10 +15,8 @@ from typing import Any
 
 def resolve_model(ref: Any) -> Path:
     """A local folder for ``ref``, training a from-scratch model if needed."""
-    try:
-        from fusekit.sources import resolve_model as _resolve
-    except ImportError:  # pragma: no cover - sources ships with fusekit
-        return Path(getattr(ref, "path", ref))
+    from fusekit.sources import resolve_model as _resolve
+
     return Path(_resolve(ref))
 
 

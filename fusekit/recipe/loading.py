@@ -37,7 +37,10 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
 
 def _is_branch(item: str) -> bool:
     """A union-branch marker pydantic puts in ``loc`` (``list[...]``, ``function-before[...]``)."""
-    return item.startswith(("function-", "tagged-union[", "list[", "union[")) or item in ("str", "int")
+    return item.startswith(("function-", "tagged-union[", "list[", "union[")) or item in (
+        "str",
+        "int",
+    )
 
 
 def _strategy_tags() -> set[str]:

@@ -38,6 +38,8 @@ def to_training_arguments(spec: Any, checkpoint_dir: Path, **overrides: Any) -> 
         fp16=spec.precision == "fp16",
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
+        # a NaN loss must stay visible (the guard in FusekitTrainer stops on it)
+        logging_nan_inf_filter=False,
     )
     if spec.steps is not None:
         kwargs["max_steps"] = spec.steps

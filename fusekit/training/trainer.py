@@ -1,4 +1,4 @@
-"""The shared trainer: ``transformers.Trainer`` plus a freeze mask and a loss log.
+"""The shared trainer: ``transformers.Trainer`` plus a freeze mask and a finite-loss guard.
 
 Strategies that only need next-token loss (depth up-scaling, block expansion,
 from-scratch parents) use this class as is; CALM and FuseLLM subclass it and
@@ -7,15 +7,18 @@ override ``compute_loss`` with their pure loss functions.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer
 
-from fusekit.errors import PlanError
+from fusekit.errors import FusekitError, PlanError
+
+
+class NonFiniteLossError(FusekitError):
+    """Training produced a NaN or infinite loss."""
+
 
 Trainable = Callable[[str], bool] | Iterable[str] | None
 
@@ -54,23 +57,6 @@ def apply_freeze_mask(model: Any, trainable: Trainable) -> dict[str, Any]:
     }
 
 
-class LossLog(TrainerCallback):
-    """Keeps every logged training record and appends it to a JSONL file as it comes."""
-
-    def __init__(self, path: Path | None = None) -> None:
-        self.path = path
-        self.history: list[dict[str, Any]] = []
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
-        if not logs or not state.is_world_process_zero:
-            return
-        record = {"step": state.global_step, **{k: float(v) for k, v in logs.items()}}
-        self.history.append(record)
-        if self.path is not None:
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
-
-
 class FusekitTrainer(Trainer):
     """``Trainer`` that never builds optimizer state for frozen parameters.
 
@@ -84,17 +70,17 @@ class FusekitTrainer(Trainer):
         self.trainable_report = apply_freeze_mask(model, trainable)
         super().__init__(*args, **kwargs)
 
+    def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
+        """One step, refused when its loss is not finite.
 
-def training_summary(trainer: Trainer, result: Any, log: LossLog, seconds: float) -> dict[str, Any]:
-    """The JSON-able record of a finished run that every strategy puts in ``fusekit.json``."""
-    losses = [r["loss"] for r in log.history if "loss" in r]
-    return {
-        "trained": True,
-        "steps": int(result.global_step),
-        "final_loss": losses[-1] if losses else float(result.training_loss),
-        "mean_loss": float(result.training_loss),
-        "loss_curve": [[r["step"], r["loss"]] for r in log.history if "loss" in r],
-        "seconds": round(seconds, 2),
-        "examples": len(trainer.train_dataset),
-        **getattr(trainer, "trainable_report", {}),
-    }
+        ``Trainer`` would log the running mean instead of a NaN and go on writing
+        NaN weights; stopping at the first bad step names where it went wrong.
+        """
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not bool(loss.detach().isfinite().all()):
+            step = self.state.global_step + 1
+            raise NonFiniteLossError(
+                f"training loss became {float(loss.detach().float().mean())} at step {step}; "
+                "lower train.lr, check the data, or train in fp32 (train.precision)"
+            )
+        return loss

@@ -1,4 +1,9 @@
-"""Entry point of one rank under ``accelerate launch``: runs a serialized training job."""
+"""Entry point of one rank under ``accelerate launch``: the stages of a run from a job file.
+
+The parent (``fusekit.pipeline.run_distributed``) wrote the recipe, the prepared
+inputs and the stage context; each rank rebuilds its units from them.  Rank 0
+writes the result (or the user-facing error) beside the job file.
+"""
 
 from __future__ import annotations
 
@@ -7,35 +12,43 @@ import sys
 from pathlib import Path
 
 
-def main(job_path: str) -> None:
-    from pydantic import TypeAdapter
-
-    from fusekit.recipe.common import DataRef, TrainSpec
-    from fusekit.training.run import train_causal_lm
-
-    job = json.loads(Path(job_path).read_text())
-    summary = train_causal_lm(
-        job["model_dir"],
-        TypeAdapter(DataRef).validate_python(job["data"]),
-        TrainSpec.model_validate(job["spec"]),
-        job["out_dir"],
-        trainable=job["trainable"],
-        checkpoint_dir=job["checkpoint_dir"],
-        log_path=job["log_path"],
-    )
+def main(job_path: str) -> int:
     import torch.distributed as dist
+    from accelerate import PartialState
 
-    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    if rank == 0:
-        summary["world_size"] = dist.get_world_size() if dist.is_initialized() else 1
-        Path(job_path).with_suffix(".result.json").write_text(json.dumps(summary))
+    from fusekit.errors import FusekitError
+    from fusekit.pipeline import StageContext, run_stages
+    from fusekit.recipe import parse_recipe
+    from fusekit.registry import strategy_class
+    from fusekit.strategies.base import Prepared
+
+    job = Path(job_path)
+    spec = json.loads(job.read_text())
+    state = PartialState()  # joins the process group that accelerate launch set up
+    status = 0
+    try:
+        recipe = parse_recipe(spec["recipe"], source=str(job))
+        strategy = strategy_class(recipe.strategy)(recipe)
+        result = run_stages(
+            strategy,
+            Prepared.model_validate(spec["prepared"]),
+            StageContext.model_validate(spec["context"]),
+        )
+        if result is not None:
+            job.with_suffix(".result.json").write_text(result.model_dump_json())
+    except FusekitError as exc:
+        if state.is_main_process:
+            job.with_suffix(".error.json").write_text(json.dumps({"error": str(exc)}))
+        status = 2
     if dist.is_available() and dist.is_initialized():
         # Leave together and shut the process group down before the interpreter exits:
         # a rank that exits while gloo's threads still run can abort ("terminate called
         # without an active exception"), failing a run whose training had succeeded.
-        dist.barrier()
+        if status == 0:
+            dist.barrier()
         dist.destroy_process_group()
+    return status
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    sys.exit(main(sys.argv[1]))

@@ -45,22 +45,25 @@ def test_run_trains_saves_and_scores(bases: dict[str, Path], data, tmp_path: Pat
         p.name.endswith(".safetensors") and p.name != "composition.safetensors"
         for p in out.iterdir()
     )  # no copy of a base
-    table = summary["eval"]["eval"]
+    table = summary.details["eval"]["eval"]
     assert set(table) >= {"calm", "anchor", "augment_0", "lora", "encoder", "random_augment"}
     assert all(0.0 <= v <= 1.0 for v in table.values())
     # chance = share of the most common answer in the set
     answers = [json.loads(line)["completion"].strip() for line in data[1].read_text().splitlines()]
     assert table["chance"] == max(answers.count(a) for a in answers) / len(answers)
     # the paper's table layout: one row per evaluation set, one column per model
-    header, _rule, row = summary["tables"].splitlines()
+    header, _rule, row = summary.tables.splitlines()
     assert header.split(" | ")[1:4] == ["anchor", "augment_0", "calm"] and row.startswith(
         "| eval |"
     )
     # the composition's own scores are the run's evaluation (not computed twice)
-    assert [r["value"] for r in summary["evaluation"]] == [table["calm"]]
-    lora = summary["baselines"]["lora"]
+    assert [r["value"] for r in summary.evaluation] == [table["calm"]]
+    assert [r["model_name"] for r in summary.evaluation] == ["out"]  # the output, not its tmp
+    lora = summary.details["lora"]
     assert abs(lora["lora_parameters"] - lora["budget"]) / lora["budget"] < 0.05
-    assert summary["train"]["steps"] == 2
+    assert summary.training is not None and summary.training.steps == 2
+    assert set(summary.baselines) == {"lora", "encoder", "random_augment"}
+    assert (out / "baselines" / "lora" / "adapter_config.json").is_file()
     assert load_composed(out) is not None
 
 

@@ -11,6 +11,7 @@ import torch
 
 from fusekit.errors import ModelIOError
 from fusekit.recipe.common import TrainSpec
+from fusekit.strategies.base import Built
 from fusekit.strategies.calm.baselines import lora_model, lora_parameters_per_rank, random_like
 from fusekit.strategies.calm.build import compose_from_paths, plan_composition
 from fusekit.strategies.calm.io import load_composed, save_composition
@@ -18,12 +19,25 @@ from fusekit.strategies.calm.trainer import (
     CalmTrainer,
     composition_collator,
     composition_dataset,
-    train_composition,
+    is_composition_parameter,
 )
 from fusekit.training.args import to_training_arguments
+from fusekit.training.fit import fit
 from tests.calm.conftest import TEXTS, random_ids
 
 RECORDS = [{"prompt": t[:10], "completion": t[10:]} for t in TEXTS] * 4
+
+
+def _train(model, spec: TrainSpec, checkpoints: Path):
+    """Θ_C through the pipeline's ``fit``, as the strategy trains it."""
+    built = Built(
+        model=model,
+        dataset=composition_dataset(model, RECORDS, spec.seq_len),
+        collator=composition_collator(model),
+        trainable=is_composition_parameter,
+        trainer_class=CalmTrainer,
+    )
+    return fit(built, spec, checkpoints, fingerprint={})
 
 
 def _spec(**kw) -> TrainSpec:
@@ -72,8 +86,7 @@ def saved(bases: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
     model = compose_from_paths(
         root / "anchor", [root / "augment", root / "meta"], every=4, mask="causal"
     )
-    summary = train_composition(model, RECORDS, _spec(steps=3), root / "ckpt")
-    assert summary["steps"] == 3
+    assert _train(model, _spec(steps=3), root / "ckpt").steps == 3
     save_composition(model, root / "out")
     return model, root
 
@@ -116,7 +129,7 @@ def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_steps_zero_saves_the_identity(bases: dict[str, Path], tmp_path: Path) -> None:
     model = compose_from_paths(bases["anchor"], [bases["augment"]])
-    assert train_composition(model, RECORDS, _spec(steps=0), tmp_path / "c")["steps"] == 0
+    assert not _train(model, _spec(steps=0), tmp_path / "c").trained
     save_composition(model, tmp_path / "out")
     loaded = load_composed(tmp_path / "out")
     ids = random_ids(1, 8, seed=8)

@@ -75,7 +75,10 @@ def test_run_without_output_is_a_user_error(tmp_path: Path) -> None:
     [
         (["fuse", "--strategy", "calm", "--remove", "2", "-o", "x"], "--remove"),
         (["fuse", "--strategy", "nonsense", "-o", "x"], "unknown strategy"),
-        (["fuse", "--strategy", "block-expansion", "--model", "nowhere", "--groups", "2"], "nowhere"),
+        (
+            ["fuse", "--strategy", "block-expansion", "--model", "nowhere", "--groups", "2"],
+            "nowhere",
+        ),
     ],
 )
 def test_fuse_option_errors(args: list[str], needle: str, tmp_path: Path) -> None:
@@ -87,11 +90,17 @@ def test_fuse_option_errors(args: list[str], needle: str, tmp_path: Path) -> Non
 
 def test_run_summary_prints_a_strategy_table_once(capsys) -> None:
     from fusekit.cli.recipes import print_summary
+    from fusekit.result import RunResult
 
     table = "| data | anchor | calm |\n|---|---:|---:|\n| kv | 1.0 | 90.0 |"
     evaluation = [{"model": "m", "data": "kv", "metric": "exact_match", "value": 0.9}]
-    print_summary({"strategy": "calm", "tables": table, "evaluation": evaluation})
+
+    def result(strategy: str, **fields):
+        return RunResult(output="out", strategy=strategy, recipe={}, plan={}, inputs={},
+                         versions={}, **fields)  # fmt: skip
+
+    print_summary(result("calm", tables=table, evaluation=evaluation))
     out = capsys.readouterr().out
     assert out.count("| kv | 1.0 | 90.0 |") == 1 and "exact_match" not in out
-    print_summary({"strategy": "finetune", "evaluation": evaluation})
+    print_summary(result("finetune", evaluation=evaluation))
     assert "exact_match" in capsys.readouterr().out

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+from fusekit.api import run
 from fusekit.recipe import FuseLLMRecipe
 from fusekit.strategies.fusellm.strategy import FuseLLMStrategy
 from tests.fusellm.conftest import CORPUS
@@ -54,14 +55,13 @@ def test_three_tokenizers_train_and_save(
         for k, v in AutoModelForCausalLM.from_pretrained(model_dirs["target"]).state_dict().items()
     }
     out = tmp_path / "out"
-    out.mkdir()
-    summary = FuseLLMStrategy(recipe).run(out)
-    assert summary["steps"] == 3 and summary["trained"]
-    assert len(summary["sources"]) == 3
-    assert all(0.0 < s["aligned_positions"] <= 1.0 for s in summary["sources"])
-    assert summary["fusion"]["batches"] == 3
-    # the training record every strategy reports (compare charts its loss curve)
-    assert summary["training"]["steps"] == 3 and summary["training"]["loss_curve"]
+    result = run(recipe, output=out)
+    training = result.training
+    assert training is not None and training.trained and training.steps == 3
+    assert len(result.details["sources"]) == 3
+    assert all(0.0 < s["aligned_positions"] <= 1.0 for s in result.details["sources"])
+    assert training.extra["fusion"]["batches"] == 3
+    assert training.loss_curve  # compare charts it
     model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
     tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
     assert model.config.vocab_size == len(tok) + 7  # the padded vocabulary survived
@@ -80,13 +80,11 @@ def test_target_as_source_goes_first(model_dirs: dict, data: Path, tmp_path: Pat
         train={"data": str(data), "steps": 2, "batch_size": 4, "seq_len": 32},
         lam=0.5,
     )
-    out = tmp_path / "out"
-    out.mkdir()
-    summary = FuseLLMStrategy(recipe).run(out)
-    first = summary["sources"][0]
+    result = run(recipe, output=tmp_path / "out")
+    first = result.details["sources"][0]
     assert first["is_target"] and first["aligned_positions"] == 1.0
     # Only candidates in the padded rows past the tokenizer (ids >= len(tokenizer)) are dropped.
-    assert summary["fusion"]["kept"][0] > 0.9
+    assert result.training is not None and result.training.extra["fusion"]["kept"][0] > 0.9
 
 
 def test_plan_reads_no_weights(model_dirs: dict, data: Path) -> None:
@@ -98,6 +96,6 @@ def test_plan_reads_no_weights(model_dirs: dict, data: Path) -> None:
 def test_steps_zero_saves_the_target(model_dirs: dict, data: Path, tmp_path: Path) -> None:
     recipe = _recipe(model_dirs, data, train={"steps": 0})
     out = tmp_path / "out"
-    out.mkdir()
-    assert FuseLLMStrategy(recipe).run(out) == {"trained": False, "steps": 0}
+    result = run(recipe, output=out)
+    assert result.training is not None and not result.training.trained
     assert (out / "config.json").is_file()

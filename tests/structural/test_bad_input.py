@@ -5,20 +5,18 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from fusekit.errors import FusekitError, PlanError, UnsupportedArchitectureError
-from fusekit.io.output import atomic_output
+from fusekit.recipe import parse_recipe
 from fusekit.strategies.block_expansion.plan import expansion_plan
 from fusekit.strategies.block_expansion.strategy import BlockExpansionStrategy
 from fusekit.strategies.block_expansion.surgery import expand
 from fusekit.strategies.depth_upscaling.plan import slices_plan
 from fusekit.strategies.depth_upscaling.splice import splice
-from fusekit.strategies.depth_upscaling.strategy import DepthUpscalingStrategy
 
 
 def _fails(exc_type: type[FusekitError], match: str, fn: Callable[[], object], out: Path) -> None:
@@ -81,36 +79,30 @@ def test_post_norm_mode_on_pre_norm_model(tiny: Callable[..., Path], tmp_path: P
     _fails(UnsupportedArchitectureError, "post-norm", call, out)
 
 
-def _run_in_atomic(strategy: object, out: Path, inputs: list[Path]) -> None:
-    with atomic_output(out, inputs=inputs) as tmp:
-        strategy.run(tmp)  # type: ignore[attr-defined]
+def _run(recipe: dict, out: Path) -> None:
+    from fusekit.api import run
+
+    run(recipe, output=out)
 
 
 def test_strategy_groups_not_dividing(tiny: Callable[..., Path], tmp_path: Path) -> None:
     base = tiny("qwen3")
-    recipe = SimpleNamespace(model=base, groups=3, blocks_per_group=1, positions=None,
-                             zero="auto", shard_size="2GB", train=None, data=None)  # fmt: skip
+    recipe = {"strategy": "block_expansion", "model": str(base), "groups": 3}
     out = tmp_path / "out"
-    strategy = BlockExpansionStrategy(recipe)
+    strategy = BlockExpansionStrategy(parse_recipe(recipe))
     _fails(PlanError, "does not divide", strategy.plan, out)
-    _fails(PlanError, "does not divide", lambda: _run_in_atomic(strategy, out, [base]), out)
+    _fails(PlanError, "does not divide", lambda: _run(recipe, out), out)
 
 
 def test_strategy_dus_range_outside(tiny: Callable[..., Path], tmp_path: Path) -> None:
     base = tiny("gemma2")
-    src = SimpleNamespace(model=None, layer_range=(2, 7))
-    recipe = SimpleNamespace(model=base, remove=None, slices=[SimpleNamespace(sources=[src])],
-                             dtype=None, shard_size="2GB", train=None, data=None)  # fmt: skip
+    recipe = {"strategy": "depth_upscaling", "model": str(base), "slices": ["2:7"]}
     out = tmp_path / "out"
-    strategy = DepthUpscalingStrategy(recipe)
-    _fails(PlanError, "reaches layer 6", lambda: _run_in_atomic(strategy, out, [base]), out)
+    _fails(PlanError, "reaches layer 6", lambda: _run(recipe, out), out)
 
 
 def test_strategy_gpt2_refused(tiny: Callable[..., Path], tmp_path: Path) -> None:
     base = tiny("gpt2", config_overrides={"scale_attn_by_inverse_layer_idx": True})
-    recipe = SimpleNamespace(model=base, groups=2, blocks_per_group=1, positions=None,
-                             zero="auto", shard_size="2GB", train=None, data=None)  # fmt: skip
+    recipe = {"strategy": "block_expansion", "model": str(base), "groups": 2}
     out = tmp_path / "out"
-    strategy = BlockExpansionStrategy(recipe)
-    _fails(UnsupportedArchitectureError, "cannot be exact",
-           lambda: _run_in_atomic(strategy, out, [base]), out)  # fmt: skip
+    _fails(UnsupportedArchitectureError, "cannot be exact", lambda: _run(recipe, out), out)

@@ -31,7 +31,7 @@ def test_block_expansion_run_writes_a_complete_folder(
     record = json.loads((out / "fusekit.json").read_text())
     assert record["trainable_layers"] == [2, 5] == trainable_layers(out)
     assert record["inputs"]["model"]["hash"].startswith("sha256:")
-    assert result["layers_after"] == 6
+    assert result.details["layers_after"] == 6
     front = yaml.safe_load((out / "README.md").read_text().split("---")[1])
     assert front["tags"] == ["fusekit", "block_expansion"]
     model = load_causal_lm(out)
@@ -63,7 +63,7 @@ def test_solar_remove_via_run(tiny: Callable[..., Path], tmp_path: Path) -> None
     base = tiny("phi")
     result = run({"strategy": "depth_upscaling", "model": str(base), "remove": 1},
                  output=tmp_path / "out")  # fmt: skip
-    assert result["layer_map"] == f"{base.name}[0:3] + {base.name}[1:4]"
+    assert result.details["layer_map"] == f"{base.name}[0:3] + {base.name}[1:4]"
     assert load_causal_lm(tmp_path / "out").config.num_hidden_layers == 6
 
 
@@ -83,7 +83,7 @@ def test_training_after_expansion_touches_only_new_layers(
     }  # fmt: skip
     out = tmp_path / "out"
     result = run(recipe, output=out)
-    assert result["training"]["steps"] == 2
+    assert result.training is not None and result.training.steps == 2
     assert not (out / ".checkpoints").exists()
     facts = arch_facts(json.loads((base / "config.json").read_text()))
     src, got = LazyCheckpoint(base), LazyCheckpoint(out)

@@ -66,9 +66,9 @@ def test_loss_panel_reads_every_strategy_training_record() -> None:
 
     curve = [[1, 3.0], [2, 2.5]]
     runs = {
-        "a": {"summary": {"training": {"loss_curve": curve}}},
-        "b": {"summary": {"train": {"loss_curve": curve}}},
-        "c": {"summary": {}},
+        "a": {"training": {"loss_curve": curve}},
+        "b": {"training": {"loss_curve": curve}},
+        "c": {"training": None},
     }
     results = [{"model_name": m, "data": "d", "metric": "bpb", "value": 1.0} for m in runs]
     table = ComparisonTable(name="t", results=results, runs=runs)

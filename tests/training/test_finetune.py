@@ -25,7 +25,7 @@ def test_finetune_writes_a_plain_hf_folder(
         recipe["lora"] = lora
     out = tmp_path / "out"
     summary = fusekit.run(recipe, output=out)
-    assert summary["training"]["steps"] == 2
+    assert summary.training is not None and summary.training.steps == 2
     base, tuned = load_file(tiny_llama / "model.safetensors"), load_file(out / "model.safetensors")
     assert set(base) == set(tuned), "LoRA must be merged away: same tensor names as the base"
     assert any(not torch.equal(base[k], tuned[k]) for k in base)

@@ -1,9 +1,7 @@
-"""The shared trainer: freeze masks, masking of prompts, steps: 0, resume, two ranks."""
+"""The shared trainer: freeze masks, masking of prompts, steps: 0 (resume and ranks: tests/pipeline)."""
 
 from __future__ import annotations
 
-import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,7 @@ from safetensors.torch import load_file
 
 from fusekit.recipe import TrainSpec
 from fusekit.training.data import CausalLMDataset, encode_prompt_completion, pack_texts
-from fusekit.training.run import ACCELERATE_ENV, train_causal_lm
+from fusekit.training.run import train_causal_lm
 from tests.training.conftest import make_tokenizer
 
 
@@ -61,45 +59,6 @@ def test_steps_zero_trains_nothing(tiny_llama: Path, corpus: Path, tmp_path: Pat
     summary = train_causal_lm(tiny_llama, str(corpus), TrainSpec(steps=0), tmp_path / "out")
     assert summary == {"steps": 0, "trained": False}
     assert not (tmp_path / "out").exists()
-
-
-def test_resume_continues_from_checkpoint(tiny_llama: Path, corpus: Path, tmp_path: Path) -> None:
-    ckpt = tmp_path / "ckpt"
-    first = TrainSpec(steps=2, lr=1e-3, batch_size=4, seq_len=16, save_steps=2)
-    train_causal_lm(tiny_llama, str(corpus), first, tmp_path / "a", checkpoint_dir=ckpt)
-    assert (ckpt / "checkpoint-2").is_dir()
-    again = first.model_copy(update={"steps": 4, "resume": True})
-    summary = train_causal_lm(tiny_llama, str(corpus), again, tmp_path / "b", checkpoint_dir=ckpt)
-    assert summary["resumed"] and summary["steps"] == 4
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_two_cpu_processes_with_gloo(
-    tiny_llama: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if shutil.which("accelerate") is None:
-        pytest.skip("accelerate launcher not on PATH")
-    # accelerate's MULTI_CPU type launches through mpirun; its torchrun launcher (the
-    # MULTI_GPU type) starts CPU ranks that Trainer joins with gloo when no GPU exists.
-    config = tmp_path / "accelerate.yaml"
-    config.write_text(
-        "compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_processes: 2\n"
-        "num_machines: 1\nmachine_rank: 0\nmain_process_ip: 127.0.0.1\n"
-        f"main_process_port: {_free_port()}\nmixed_precision: 'no'\nuse_cpu: false\n"
-    )
-    monkeypatch.setenv(ACCELERATE_ENV, str(config))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    spec = TrainSpec(steps=2, lr=1e-2, batch_size=2, seq_len=16, log_steps=1)
-    out = tmp_path / "out"
-    summary = train_causal_lm(tiny_llama, str(corpus), spec, out, checkpoint_dir=tmp_path / "ck")
-    assert summary["world_size"] == 2 and summary["steps"] == 2
-    before, after = _weights(tiny_llama), _weights(out)
-    assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
 def test_train_spec_reaches_the_optimizer(tmp_path: Path) -> None:

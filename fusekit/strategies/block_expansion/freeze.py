@@ -25,7 +25,7 @@ def trainable_layers(folder: str | Path) -> list[int]:
         raise ModelIOError(f"{folder} has no fusekit.json; it is not a block-expansion output")
     layers = record.get("trainable_layers")
     if layers is None:
-        layers = (record.get("summary") or {}).get("trainable_layers")
+        layers = (record.get("details") or {}).get("trainable_layers")
     if layers is None:
         raise ModelIOError(f"{folder}/fusekit.json lists no trainable_layers")
     return [int(i) for i in layers]

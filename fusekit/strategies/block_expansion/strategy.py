@@ -7,78 +7,69 @@ from typing import Any, ClassVar
 
 from fusekit.io.arch import arch_facts
 from fusekit.io.config import load_config
-from fusekit.io.refs import local_settings, peek_model, resolve_model
+from fusekit.io.refs import local_settings, peek_model
 from fusekit.io.writer import DEFAULT_SHARD_BYTES
-from fusekit.strategies.base import Strategy
+from fusekit.strategies.base import Prepared, model_input
 from fusekit.strategies.block_expansion.freeze import new_layer_param_filter
 from fusekit.strategies.block_expansion.plan import ExpansionPlan, expansion_plan
 from fusekit.strategies.block_expansion.surgery import expand, expansion_describe
-from fusekit.strategies.depth_upscaling.strategy import train_after_surgery
+from fusekit.strategies.surgery import SurgeryStrategy
 
 
-class BlockExpansionStrategy(Strategy):
+class BlockExpansionStrategy(SurgeryStrategy):
     """``groups`` × ``blocks_per_group`` (or ``positions``); ``zero`` picks the identity trick."""
 
     tag: ClassVar[str] = "block_expansion"
 
-    def _layout(self, *, materialize: bool) -> tuple[Path, dict[str, Any], ExpansionPlan] | None:
+    def _layout(self, folder: Path) -> tuple[dict[str, Any], ExpansionPlan]:
         r = self.recipe
-        folder = (resolve_model if materialize else peek_model)(r.model)
-        if folder is None:
-            return None
         config = load_config(folder, trust_remote_code=local_settings(r.model)["trust_remote_code"])
         n = arch_facts(config).num_layers(config)
-        plan = expansion_plan(
-            n,
-            getattr(r, "groups", None),
-            getattr(r, "blocks_per_group", 1) or 1,
-            getattr(r, "positions", None),
-        )
-        return folder, config, plan
+        plan = expansion_plan(n, r.groups, r.blocks_per_group or 1, r.positions)
+        return config, plan
 
     def _options(self) -> dict[str, Any]:
         r = self.recipe
         return {
-            "zero": getattr(r, "zero", "auto") or "auto",
+            "zero": r.zero or "auto",
             "dtype": getattr(r, "dtype", None),
-            "max_shard_bytes": getattr(r, "shard_size", None) or DEFAULT_SHARD_BYTES,
+            "max_shard_bytes": r.shard_size or DEFAULT_SHARD_BYTES,
         }
 
     def plan(self) -> dict[str, Any]:
-        layout = self._layout(materialize=False)
-        if layout is None:
+        folder = peek_model(self.recipe.model)
+        if folder is None:
             return {"note": "a from-scratch model is trained on the first run; sizes follow then"}
-        folder, config, plan = layout
+        config, plan = self._layout(folder)
         return expansion_describe(folder, plan, config=config, **self._options())
 
     def input_paths(self) -> list[Path]:
-        layout = self._layout(materialize=False)
-        return [layout[0]] if layout else []
+        folder = peek_model(self.recipe.model)
+        return [folder] if folder else []
 
-    def run(self, workdir: Path) -> dict[str, Any]:
-        layout = self._layout(materialize=True)
-        assert layout is not None
-        folder, config, plan = layout
+    def prepare(self, workdir: Path) -> Prepared:
+        self.check_training_data()
+        source = model_input(self.recipe.model)
+        folder = Path(source.path)
+        config, plan = self._layout(folder)
         summary = expand(folder, plan, Path(workdir), config=config, **self._options())
-        facts = arch_facts(config)
-        only_new = getattr(self.recipe, "trainable", "new") != "all"
-        trainable = new_layer_param_filter(plan.new_layers, facts) if only_new else None
-        training = train_after_surgery(
-            self.recipe,
-            Path(workdir),
-            trainable=trainable,
-            checkpoints=self.checkpoints(Path(workdir)),
-        )
-        result: dict[str, Any] = {
+        details = {
             "layers_before": plan.layers_before,
             "layers_after": plan.layers_after,
             "layer_map": summary["layer_map"],
             "zero": summary["zero"],
             "trainable_layers": list(plan.new_layers),
             "parameters_after": summary["parameters_after"],
-            "inputs": {"model": folder},
-            "plan": {k: v for k, v in summary.items() if k != "shards"},
         }
-        if training is not None:
-            result["training"] = training
-        return result
+        return Prepared(
+            inputs={"model": source},
+            plan={k: v for k, v in summary.items() if k != "shards"},
+            state={"folder": str(workdir), "details": details},
+        )
+
+    def trainable(self, prepared: Prepared) -> Any:
+        if self.recipe.trainable == "all":
+            return None
+        config = load_config(Path(prepared.inputs["model"].path))
+        layers = prepared.state["details"]["trainable_layers"]
+        return new_layer_param_filter(layers, arch_facts(config))

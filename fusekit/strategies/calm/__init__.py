@@ -10,8 +10,7 @@ Modules, by concept:
 * ``tokens`` / ``collate`` — different tokenizers: character offsets, tail re-tokenisation
 * ``generation``  — iterative decoding with one KV cache per model
 * ``build`` / ``io`` — assembling, saving and re-attaching (``load_composed``)
-* ``trainer`` / ``baselines`` / ``strategy`` — training Θ_C, the paper's controls, the recipe
-* ``experiment``  — the CPU reproduction of the paper's Table 1
+* ``trainer`` / ``baselines`` / ``strategy`` — Θ_C's loss, the paper's controls, the stages
 
 Nothing is imported here, so ``import fusekit`` never pulls in torch.
 """

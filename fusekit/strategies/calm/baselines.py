@@ -96,39 +96,3 @@ def random_like(model: nn.Module, seed: int = 0) -> nn.Module:
         fresh = AutoModelForCausalLM.from_config(copy.deepcopy(model.config))
     fresh.to(next(model.parameters()).dtype)
     return fresh.eval()
-
-
-def train_lora(
-    model: Any, tokenizer: Any, records: list[dict[str, Any]], spec: Any, checkpoint_dir: Any
-) -> dict[str, Any]:
-    """Train a ``lora_model`` on the composition's data with the same ``TrainSpec``."""
-    import time
-    from pathlib import Path
-
-    from fusekit.training.args import to_training_arguments
-    from fusekit.training.data import CausalLMDataset, PadCollator, pad_id
-    from fusekit.training.trainer import FusekitTrainer, LossLog
-
-    if not spec.steps:
-        return {"steps": 0, "trained": False}
-    dataset = CausalLMDataset(records, tokenizer, spec.seq_len)
-    log = LossLog()
-    trainer = FusekitTrainer(
-        model=model,
-        args=to_training_arguments(spec, Path(checkpoint_dir)),
-        train_dataset=dataset,
-        data_collator=PadCollator(pad_id(tokenizer)),
-        callbacks=[log],
-        trainable=lambda name: "lora_" in name,
-    )
-    start = time.perf_counter()
-    result = trainer.train()
-    model.eval()
-    losses = [r["loss"] for r in log.history if "loss" in r]
-    return {
-        "trained": True,
-        "steps": int(result.global_step),
-        "final_loss": losses[-1] if losses else float(result.training_loss),
-        "seconds": round(time.perf_counter() - start, 2),
-        **trainer.trainable_report,
-    }

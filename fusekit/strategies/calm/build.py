@@ -1,6 +1,6 @@
 """Assembling a composition: pairs, heads, tokenizer handling, seeded initialisation.
 
-``compose`` works on model objects (tests, notebooks, the experiment);
+``compose`` works on model objects (tests, notebooks, baselines);
 ``compose_from_paths`` loads local folders and remembers them so that
 ``io.save_composition`` can name and hash the bases.  ``plan_composition``
 describes the same thing from config files alone, for ``--dry-run``.
@@ -112,38 +112,39 @@ def compose(
     )
 
 
-def load_base(path: str | Path, *, dtype: Any = None) -> tuple[Any, Any]:
-    """A frozen causal LM and its tokenizer (None if the folder has none) from a local folder."""
-    try:
-        from fusekit.io.loading import load_causal_lm, load_tokenizer
-    except ImportError:  # pragma: no cover - the shared loader is part of fusekit
-        load_causal_lm = load_tokenizer = None  # type: ignore[assignment]
-    if load_causal_lm is not None:
-        model = load_causal_lm(path, dtype=dtype)
-        try:
-            tokenizer = load_tokenizer(path)
-        except ModelIOError:
-            tokenizer = None
-        return model, tokenizer
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # pragma: no cover
+def load_base(source: Any, *, dtype: Any = None) -> tuple[Any, Any]:
+    """A frozen causal LM and its tokenizer (None if the folder has none).
 
-    model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+    ``source`` is a folder, or a prepared model input carrying the recipe's
+    ``allow_pickle`` / ``trust_remote_code`` for that model.
+    """
+    from fusekit.io.loading import load_causal_lm, load_tokenizer
+
+    path = getattr(source, "path", source)
+    trust = bool(getattr(source, "trust_remote_code", False))
+    model = load_causal_lm(
+        path,
+        dtype=dtype,
+        allow_pickle=bool(getattr(source, "allow_pickle", False)),
+        trust_remote_code=trust,
+    )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError):
+        tokenizer = load_tokenizer(path, trust_remote_code=trust)
+    except ModelIOError:
         tokenizer = None
-    return model.eval(), tokenizer
+    return model, tokenizer
 
 
 def compose_from_paths(
-    anchor_path: str | Path,
-    augment_paths: Sequence[str | Path],
+    anchor_path: Any,
+    augment_paths: Sequence[Any],
     *,
     seed: int = 0,
     dtype: Any = None,
     **shape: Any,
 ) -> ComposedModel:
-    """``compose`` on models loaded from local folders; the folders are remembered for saving."""
+    """``compose`` on models loaded from local folders (or prepared model inputs); the
+    folders are remembered for saving."""
     anchor, anchor_tok = load_base(anchor_path, dtype=dtype)
     loaded = [load_base(p, dtype=dtype) for p in augment_paths]
     model = compose(
@@ -154,7 +155,10 @@ def compose_from_paths(
         seed=seed,
         **shape,
     )
-    model.base_paths = {"anchor": Path(anchor_path), "augments": [Path(p) for p in augment_paths]}
+    model.base_paths = {
+        "anchor": Path(getattr(anchor_path, "path", anchor_path)),
+        "augments": [Path(getattr(p, "path", p)) for p in augment_paths],
+    }
     return model
 
 

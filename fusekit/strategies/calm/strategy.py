@@ -9,13 +9,13 @@ byte for text), so the summary is the paper's table for the user's own data.
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from fusekit.errors import PlanError
-from fusekit.strategies.base import Strategy
+from fusekit.result import StageResult, TrainingRecord
+from fusekit.strategies.base import Built, Prepared, Strategy, model_inputs
 
 #: Below this held-out probe accuracy, a KV augment's paired layers draw a warning.
 PROBE_WARNING = 0.9
@@ -150,20 +150,23 @@ def _percent(value: float) -> str:
 
 
 class CalmStrategy(Strategy):
+    """Units: ``calm`` (Θ_C, the output) and each of the recipe's ``baselines``."""
+
     tag = "calm"
+    main_unit = "calm"
 
     def _shape(self) -> dict[str, Any]:
         r = self.recipe
         return {
-            "every": getattr(r, "every", 4),
-            "pairs": getattr(r, "pairs", None),
-            "heads": getattr(r, "heads", None),
-            "mask": getattr(r, "mask", "causal"),
-            "augment_mode": getattr(r, "augment_mode", "iterative"),
+            "every": r.every,
+            "pairs": r.pairs,
+            "heads": r.heads,
+            "mask": r.mask,
+            "augment_mode": r.augment_mode,
             # beyond the paper (see composition.CrossBlock)
-            "kv_norm": bool(getattr(r, "kv_norm", False)),
-            "scale_output": bool(getattr(r, "scale_output", False)),
-            "null_key": bool(getattr(r, "null_key", False)),
+            "kv_norm": r.kv_norm,
+            "scale_output": r.scale_output,
+            "null_key": r.null_key,
         }
 
     def plan(self) -> dict[str, Any]:
@@ -194,106 +197,174 @@ class CalmStrategy(Strategy):
         refs = [self.recipe.anchor, *self.recipe.augment]
         return [Path(r.path) for r in refs if _scratch_spec(r) is None and hasattr(r, "path")]
 
-    def run(self, workdir: Path) -> dict[str, Any]:
-        from fusekit.recipe.common import data_label
-        from fusekit.sources import resolve_models
-        from fusekit.strategies.calm.build import compose_from_paths
-        from fusekit.strategies.calm.io import save_composition
-        from fusekit.strategies.calm.trainer import train_composition
+    def prepare(self, workdir: Path) -> Prepared:
+        from fusekit.strategies.calm.build import composition_config
+
+        anchor, *augments = model_inputs([self.recipe.anchor, *self.recipe.augment])
+        inputs = {"anchor": anchor, **{f"augment_{k}": a for k, a in enumerate(augments)}}
+        config = composition_config(
+            _config_of(anchor.path), [_config_of(a.path) for a in augments], **self._shape()
+        )
+        plan = {**self.plan(), "composition_parameters": config.parameter_count()}
+        plan["pairs"] = [[list(p) for p in a.pairs] for a in config.augments]
+        return Prepared(inputs=inputs, plan=plan)
+
+    def units(self, prepared: Prepared) -> list[str]:
+        # steps: 0 still saves the composition at initialisation; baselines only train
+        return [self.main_unit, *(self.recipe.baselines if self.trains() else [])]
+
+    # ------------------------------------------------------------------ build
+
+    def _bases(self, prepared: Prepared) -> tuple[Any, list[Any]]:
+        anchor = prepared.inputs["anchor"]
+        augments = [m for name, m in prepared.inputs.items() if name.startswith("augment_")]
+        return anchor, augments
+
+    def _records(self) -> list[dict[str, Any]]:
         from fusekit.training.data import load_records
 
-        recipe = self.recipe
-        spec = recipe.train
-        anchor_path, *augment_paths = resolve_models([recipe.anchor, *recipe.augment])
-        model = compose_from_paths(anchor_path, augment_paths, seed=spec.seed, **self._shape())
-        probe = probe_kv_augments(recipe, model)
-        records = mix_anchor_task(recipe, load_records(recipe.train_data()), spec.seed)
-        checkpoints = workdir / ".checkpoints"
-        train = train_composition(
-            model, records, spec, checkpoints, log_path=workdir / "train_log.jsonl"
-        )
-        shutil.rmtree(checkpoints, ignore_errors=True)
-        save_composition(
-            model, workdir, extra={"train": {k: v for k, v in train.items() if k != "loss_curve"}}
+        records = load_records(self.recipe.train_data())
+        return mix_anchor_task(self.recipe, records, self.recipe.train.seed)
+
+    def build(self, prepared: Prepared, unit: str) -> Built:
+        from fusekit.strategies.calm.build import compose_from_paths
+        from fusekit.strategies.calm.trainer import (
+            CalmTrainer,
+            composition_collator,
+            composition_dataset,
+            is_composition_parameter,
         )
 
-        evals = {data_label(ref): load_records(ref) for ref in recipe.eval_data()}
-        table: dict[str, dict[str, float]] = {label: {} for label in evals}
-        evaluation = []
-        for label, recs in evals.items():
-            table[label]["anchor"] = score(model.anchor, recs, model.anchor_tokenizer)
-            for k, aug in enumerate(model.augments):
-                if model.augment_tokenizers[k] is not None:
-                    table[label][f"augment_{k}"] = score(aug, recs, model.augment_tokenizers[k])
-            result = evaluate_one(model, recs)
-            evaluation.append({**result, "data": label})
-            table[label]["calm"] = float(result["value"])
-        baselines = {
-            name: self._baseline(name, model, records, workdir, evals, table)
-            for name in getattr(recipe, "baselines", [])
-        }
-        for label, recs in evals.items():
-            chance = chance_level(recs)
-            if chance is not None:
-                table[label]["chance"] = chance
-        inputs = {"anchor": anchor_path, **{f"augment_{k}": p for k, p in enumerate(augment_paths)}}
-        return {
-            "tables": table_one(table) if table else "",
-            "evaluation": evaluation,
-            "inputs": inputs,
-            "parameters": model.parameter_report(),
-            "pairs": [[list(p) for p in a.pairs] for a in model.composition_config.augments],
-            "train": train,
-            "augment_probe": probe,
-            "eval": table,
-            "baselines": baselines,
-        }
-
-    def _baseline(
-        self,
-        name: str,
-        model: Any,
-        records: list[dict[str, Any]],
-        workdir: Path,
-        evals: dict[str, list[dict[str, Any]]],
-        table: dict[str, dict[str, float]],
-    ) -> dict[str, Any]:
-        from fusekit.strategies.calm.baselines import lora_model, random_like, train_lora
-        from fusekit.strategies.calm.build import compose
-        from fusekit.strategies.calm.trainer import train_composition
-
+        if unit == "lora":
+            return self._build_lora(prepared)
         spec = self.recipe.train
-        out = workdir / "baselines" / name
-        if name == "lora":
-            budget = model.composition.num_parameters()
-            peft_model, info = lora_model(model.anchor, budget, seed=spec.seed)
-            summary = train_lora(
-                peft_model, model.anchor_tokenizer, records, spec, out / ".checkpoints"
-            )
-            shutil.rmtree(out / ".checkpoints", ignore_errors=True)
-            peft_model.save_pretrained(out)
-            for label, recs in evals.items():
-                table[label][name] = score(peft_model, recs, model.anchor_tokenizer)
-            return {**info, **summary}
-        shape = {**self._shape(), "pairs": [a.pairs for a in model.composition_config.augments]}
-        augments = list(model.augments)
-        if name == "random_augment":
-            augments = [random_like(a, seed=spec.seed + 1 + k) for k, a in enumerate(augments)]
-        elif name == "encoder":
+        anchor, augments = self._bases(prepared)
+        shape = self._shape()
+        shape["pairs"] = prepared.plan["pairs"]
+        if unit == "encoder":
             shape["augment_mode"] = "encoder"
+        elif unit not in (self.main_unit, "random_augment"):
+            raise PlanError(f"unknown baseline {unit!r}; choose lora, random_augment or encoder")
+        if unit == "random_augment":
+            model = self._random_augment_composition(anchor, augments, shape)
         else:
-            raise PlanError(f"unknown baseline {name!r}; choose lora, random_augment or encoder")
-        other = compose(
-            model.anchor,
-            augments,
-            anchor_tokenizer=model.anchor_tokenizer,
-            augment_tokenizers=model.augment_tokenizers,
-            seed=spec.seed,
+            model = compose_from_paths(anchor, augments, seed=spec.seed, **shape)
+        details: dict[str, Any] = {}
+        if unit == self.main_unit:
+            details = {
+                "augment_probe": probe_kv_augments(self.recipe, model),
+                "parameters": model.parameter_report(),
+                "pairs": prepared.plan["pairs"],
+            }
+        dataset = collator = None
+        if spec.steps != 0:
+            dataset = composition_dataset(model, self._records(), spec.seq_len)
+            collator = composition_collator(model)
+        return Built(
+            model=model,
+            dataset=dataset,
+            collator=collator,
+            trainable=is_composition_parameter,
+            trainer_class=CalmTrainer,
+            details=details,
+        )
+
+    def _random_augment_composition(self, anchor: Any, augments: list[Any], shape: dict) -> Any:
+        """The same composition over augments of the same architecture with random weights."""
+        from fusekit.strategies.calm.baselines import random_like
+        from fusekit.strategies.calm.build import compose, load_base
+
+        seed = self.recipe.train.seed
+        anchor_model, anchor_tok = load_base(anchor)
+        loaded = [load_base(a) for a in augments]
+        return compose(
+            anchor_model,
+            [random_like(m, seed=seed + 1 + k) for k, (m, _) in enumerate(loaded)],
+            anchor_tokenizer=anchor_tok,
+            augment_tokenizers=[t for _, t in loaded],
+            seed=seed,
             **shape,
         )
-        summary = train_composition(other, records, spec, out / ".checkpoints")
-        shutil.rmtree(out / ".checkpoints", ignore_errors=True)
-        for label, recs in evals.items():
-            table[label][name] = score(other, recs)
-        other.remove_hooks()
-        return {"composition_parameters": other.composition.num_parameters(), **summary}
+
+    def _build_lora(self, prepared: Prepared) -> Built:
+        from fusekit.strategies.calm.baselines import lora_model
+        from fusekit.strategies.calm.build import load_base
+        from fusekit.training.data import CausalLMDataset, PadCollator, pad_id
+
+        spec = self.recipe.train
+        anchor, _ = self._bases(prepared)
+        base, tokenizer = load_base(anchor)
+        model, info = lora_model(base, prepared.plan["composition_parameters"], seed=spec.seed)
+        return Built(
+            model=model,
+            dataset=CausalLMDataset(self._records(), tokenizer, spec.seq_len),
+            collator=PadCollator(pad_id(tokenizer)),
+            tokenizer=tokenizer,
+            trainable=lambda name: "lora_" in name,
+            details={"lora": info},
+        )
+
+    # ------------------------------------------------------------------ save, evaluate
+
+    def save(self, built: Built, unit: str, workdir: Path) -> None:
+        if unit == self.main_unit:
+            from fusekit.strategies.calm.io import save_composition
+
+            save_composition(built.model, workdir)
+        elif unit == "lora":
+            built.model.save_pretrained(Path(workdir) / "baselines" / unit)
+
+    def evaluate(self, built: Built | None, unit: str, workdir: Path, name: str) -> dict[str, Any]:
+        from fusekit.recipe.common import data_label
+        from fusekit.training.data import load_records
+
+        assert built is not None
+        model = built.model
+        table: dict[str, dict[str, float]] = {}
+        evaluation = []
+        for ref in self.recipe.eval_data():
+            label, recs = data_label(ref), load_records(ref)
+            row = table.setdefault(label, {})
+            if unit == "lora":
+                row[unit] = score(model, recs, built.tokenizer)
+                continue
+            if unit == self.main_unit:
+                row["anchor"] = score(model.anchor, recs, model.anchor_tokenizer)
+                for k, aug in enumerate(model.augments):
+                    if model.augment_tokenizers[k] is not None:
+                        row[f"augment_{k}"] = score(aug, recs, model.augment_tokenizers[k])
+                result = evaluate_one(model, recs)
+                evaluation.append({**result, "data": label, "model_name": name, "model": name})
+                row[unit] = float(result["value"])
+            else:
+                row[unit] = score(model, recs)
+            chance = chance_level(recs)
+            if chance is not None:
+                row["chance"] = chance
+        return {"table": table, "evaluation": evaluation}
+
+    def report(
+        self,
+        prepared: Prepared,
+        records: dict[str, TrainingRecord | None],
+        scores: dict[str, dict[str, Any]],
+        details: dict[str, Any],
+    ) -> StageResult:
+        table: dict[str, dict[str, float]] = {}
+        for unit in records:  # calm first, then the baselines, chance last
+            for label, row in scores.get(unit, {}).get("table", {}).items():
+                merged = table.setdefault(label, {})
+                chance = row.get("chance")
+                merged.update({k: v for k, v in row.items() if k != "chance"})
+                if chance is not None:
+                    merged["chance"] = chance
+        for row in table.values():
+            if "chance" in row:
+                row["chance"] = row.pop("chance")
+        return StageResult(
+            training=records.get(self.main_unit),
+            baselines={k: v for k, v in records.items() if k != self.main_unit and v},
+            evaluation=scores.get(self.main_unit, {}).get("evaluation", []),
+            tables=table_one(table) if table else None,
+            details={**details, "eval": table},
+        )

@@ -3,17 +3,16 @@
 The shared ``FusekitTrainer`` builds optimizer state only for parameters that
 require gradients — here the composition's.  This subclass computes the loss
 itself (the composed forward returns next-token loss on the supervised tokens)
-and saves checkpoints as Θ_C alone.
+and saves (and resumes) checkpoints as Θ_C alone.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fusekit.training.trainer import FusekitTrainer, LossLog, training_summary
+from fusekit.training.trainer import FusekitTrainer
 
 
 def is_composition_parameter(name: str) -> bool:
@@ -53,6 +52,16 @@ class CalmTrainer(FusekitTrainer):
         }
         save_file(state, str(out / WEIGHTS_NAME))
 
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        """Resume: a checkpoint holds Θ_C alone (see ``_save``); the bases never change."""
+        from safetensors.torch import load_file
+
+        from fusekit.strategies.calm.io import WEIGHTS_NAME
+
+        model = self.accelerator.unwrap_model(model if model is not None else self.model)
+        state = load_file(str(Path(resume_from_checkpoint) / WEIGHTS_NAME))
+        model.composition.load_state_dict(state, strict=True)
+
 
 def composition_dataset(model: Any, records: Sequence[dict[str, Any]], seq_len: int) -> Any:
     """Training examples in the form the composed model needs (see ``collate``)."""
@@ -73,32 +82,3 @@ def composition_collator(model: Any) -> Any:
 
     aug_pads = [pad_id(t) if t is not None else 0 for t in model.augment_tokenizers]
     return CalmCollator(pad_id(model.anchor_tokenizer), aug_pads)
-
-
-def train_composition(
-    model: Any,
-    records: Sequence[dict[str, Any]],
-    spec: Any,
-    checkpoint_dir: str | Path,
-    *,
-    log_path: str | Path | None = None,
-) -> dict[str, Any]:
-    """Train Θ_C of ``model`` in place on ``records``; a JSON-able summary comes back."""
-    from fusekit.training.args import to_training_arguments
-
-    if not spec.steps:
-        return {"steps": 0, "trained": False}
-    dataset = composition_dataset(model, records, spec.seq_len)
-    log = LossLog(Path(log_path) if log_path else None)
-    trainer = CalmTrainer(
-        model=model,
-        args=to_training_arguments(spec, Path(checkpoint_dir)),
-        train_dataset=dataset,
-        data_collator=composition_collator(model),
-        callbacks=[log],
-    )
-    start = time.perf_counter()
-    result = trainer.train()
-    seconds = time.perf_counter() - start
-    model.eval()
-    return training_summary(trainer, result, log, seconds)

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
-from fusekit.errors import DataError, FusekitError
 from fusekit.io.arch import arch_facts
 from fusekit.io.config import load_config
 from fusekit.io.refs import local_settings, peek_model, resolve_model
 from fusekit.io.writer import DEFAULT_SHARD_BYTES
-from fusekit.strategies.base import Strategy
+from fusekit.strategies.base import ModelInput, Prepared
 from fusekit.strategies.depth_upscaling.plan import LayerSource, slices_plan, solar_plan
 from fusekit.strategies.depth_upscaling.splice import load_configs, splice, splice_plan
+from fusekit.strategies.surgery import SurgeryStrategy
 
 
-class DepthUpscalingStrategy(Strategy):
+class DepthUpscalingStrategy(SurgeryStrategy):
     """``remove: m`` (SOLAR) or mergekit-style ``slices``; non-layer tensors come from
     ``model`` when given, else from the first slice's model."""
 
@@ -76,7 +75,8 @@ class DepthUpscalingStrategy(Strategy):
         layout = self._layout(materialize=False)
         return list(layout[1].values()) if layout else []
 
-    def run(self, workdir: Path) -> dict[str, Any]:
+    def prepare(self, workdir: Path) -> Prepared:
+        self.check_training_data()
         layout = self._layout(materialize=True)
         assert layout is not None
         layers, folders, base, configs = layout
@@ -89,44 +89,29 @@ class DepthUpscalingStrategy(Strategy):
             max_shard_bytes=self._shard_size(),
             configs=configs,
         )
-        plan = {k: v for k, v in summary.items() if k != "shards"}
-        training = train_after_surgery(
-            self.recipe, Path(workdir), trainable=None, checkpoints=self.checkpoints(Path(workdir))
-        )
-        result: dict[str, Any] = {
+        details = {
             "layers_before": summary["layers_before"],
             "layers_after": summary["layers_after"],
             "layer_map": summary["layer_map"],
             "parameters_after": summary["parameters_after"],
-            "inputs": {("model" if k == base else k): v for k, v in folders.items()},
-            "plan": plan,
         }
-        if training is not None:
-            result["training"] = training
-        return result
+        trust = self._trust()
+        inputs = {
+            ("model" if k == base else k): ModelInput(path=str(v), trust_remote_code=trust)
+            for k, v in folders.items()
+        }
+        return Prepared(
+            inputs=inputs,
+            plan={k: v for k, v in summary.items() if k != "shards"},
+            state={"folder": str(workdir), "details": details},
+        )
+
+    def _trust(self) -> bool:
+        r = self.recipe
+        refs = [r.model] if r.model is not None else []
+        refs += [s.sources[0].model for s in r.slices or [] if s.sources[0].model is not None]
+        return any(_remote(ref)["trust_remote_code"] for ref in refs)
 
 
 def _remote(ref: Any) -> dict[str, bool]:
     return {"trust_remote_code": local_settings(ref)["trust_remote_code"]}
-
-
-def train_after_surgery(
-    recipe: Any, workdir: Path, trainable: Any, checkpoints: Path | None = None
-) -> dict[str, Any] | None:
-    """Train the surgery output in place when the recipe asks for it."""
-    spec = getattr(recipe, "train", None)
-    if spec is None or getattr(spec, "steps", None) == 0:
-        return None
-    data = recipe.train_data() if hasattr(recipe, "train_data") else getattr(recipe, "data", None)
-    if data is None:
-        raise DataError("train needs data: set train.data (or data.train) in the recipe")
-    try:
-        from fusekit.training import train_causal_lm
-    except ImportError as exc:  # pragma: no cover - training ships with fusekit
-        raise FusekitError(f"training is not available in this install ({exc})") from None
-    checkpoints = checkpoints or workdir / ".checkpoints"
-    summary = train_causal_lm(
-        workdir, data, spec, workdir, trainable=trainable, checkpoint_dir=checkpoints
-    )
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    return summary

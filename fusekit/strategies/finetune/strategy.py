@@ -2,7 +2,7 @@
 
 Not a fusion technique: it is the baseline the papers compare against (CLM-only
 continual training for FuseLLM, full fine-tuning and LoRA for LLaMA Pro and CALM),
-run through the same trainer, data and budget so comparisons are fair.
+run through the same pipeline, data and budget so comparisons are fair.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from fusekit.strategies.base import Strategy
+from fusekit.strategies.base import Built, Prepared, Strategy, model_input
 
 
 class FinetuneStrategy(Strategy):
@@ -25,24 +25,26 @@ class FinetuneStrategy(Strategy):
             "lr": r.train.lr,
         }
 
-    def run(self, workdir: Path) -> dict[str, Any]:
-        from fusekit.sources import resolve_model
-        from fusekit.training.run import train_causal_lm
+    def input_paths(self) -> list[Path]:
+        path = getattr(self.recipe.model, "path", None)
+        return [Path(path)] if path else []
+
+    def prepare(self, workdir: Path) -> Prepared:
+        return Prepared(inputs={"model": model_input(self.recipe.model)}, plan=self.plan())
+
+    def units(self, prepared: Prepared) -> list[str]:
+        return [self.main_unit]  # steps: 0 still saves the model, unchanged
+
+    def build(self, prepared: Prepared, unit: str) -> Built:
+        from fusekit.training.run import causal_lm_unit
 
         r = self.recipe
-        folder = resolve_model(r.model)
-        summary = train_causal_lm(
-            folder,
+        source = prepared.inputs["model"]
+        return causal_lm_unit(
+            source.path,
             r.train_data(),
             r.train,
-            workdir,
-            checkpoint_dir=self.checkpoints(workdir),
             lora=r.lora.peft_kwargs() if r.lora is not None else None,
+            allow_pickle=source.allow_pickle,
+            trust_remote_code=source.trust_remote_code,
         )
-        if not summary.get("trained"):  # steps: 0 -> the output is the input, copied
-            import shutil
-
-            for path in folder.iterdir():
-                if path.is_file() and path.name not in ("fusekit.json", "README.md"):
-                    shutil.copy2(path, workdir / path.name)
-        return {"inputs": {"model": folder}, "training": summary}

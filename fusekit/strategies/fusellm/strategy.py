@@ -1,58 +1,29 @@
 """``FuseLLMStrategy``: recipe -> a continually trained target in a standard HF folder.
 
-Steps of ``run``: resolve the models; cut the corpus into text chunks on the
-target tokenizer; per source map the vocabulary, tokenise and align every
-chunk; offline, extract each source's top-k into a resumable store under the
-fusekit cache (online, keep the sources in memory); train the target on
-``λ·CLM + (1−λ)·fusion``; save model and tokenizer.
-
-Recipe fields read (duck-typed): ``target``, ``sources``, ``lam``, ``top_k``,
-``temperature``, ``fusion``, ``align``, ``mode``, ``reference_fallback``,
-``train`` (a TrainSpec) and the training data (``train.data`` or
-``data.train``).  Optional: ``variant`` (``"reference"`` = per-token MinCE and
-the released AvgCE weights), ``ce_unit``, ``avg_weighting``, ``cache_dir``.
+``prepare`` resolves the models and orders the sources (the target first when it
+is also a source).  ``build`` — in every rank — cuts the corpus into text chunks
+on the target tokenizer; per source maps the vocabulary, tokenises and aligns
+every chunk; offline, extracts each source's top-k into a resumable store under
+the fusekit cache (online, keeps the sources in memory); and hands the pipeline's
+``fit`` the ``FuseLLMTrainer`` with ``λ·CLM + (1−λ)·fusion``.  Under
+``--accelerate-config`` rank 0 builds first, so the vocabulary maps and stores
+are computed once and read from the cache by the other ranks.
 """
 
 from __future__ import annotations
 
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 from fusekit.errors import DataError, FusekitError
-from fusekit.strategies.base import Strategy
-
-
-def _resolve(ref: Any) -> Path:
-    try:
-        from fusekit.sources import resolve_model
-    except ImportError:  # pragma: no cover - only while fusekit.sources is absent
-        return Path(getattr(ref, "path", ref))
-    return resolve_model(ref)
-
-
-def _local_path(ref: Any) -> Path | None:
-    """A model reference's folder when it is a plain local folder (no training needed)."""
-    if isinstance(ref, (str, Path)):
-        return Path(ref)
-    path = getattr(ref, "path", None)
-    return Path(path) if isinstance(path, str) else None
+from fusekit.strategies.base import Built, Prepared, Strategy, model_inputs
 
 
 def _texts(recipe: Any) -> list[str]:
-    ref = recipe.train_data() if hasattr(recipe, "train_data") else None
-    if ref is None:
-        train = getattr(recipe, "train", None)
-        ref = getattr(train, "data", None) or getattr(getattr(recipe, "data", None), "train", None)
-    if ref is None:
-        raise DataError("fusellm: give a training corpus in train.data or data.train")
-    if isinstance(ref, (list, tuple)) and ref and all(isinstance(t, str) for t in ref):
-        return list(ref)
     from fusekit.training.data import load_records
 
     texts = []
-    for rec in load_records(ref):
+    for rec in load_records(recipe.train_data()):
         if "text" in rec:
             texts.append(rec["text"])
         elif "completion" in rec:
@@ -65,17 +36,11 @@ def _texts(recipe: Any) -> list[str]:
 def fusion_config_of(recipe: Any) -> Any:
     from fusekit.strategies.fusellm.fusion import FusionConfig
 
-    base = (
-        FusionConfig.reference()
-        if getattr(recipe, "variant", None) == "reference"
-        else FusionConfig()
+    return FusionConfig(
+        temperature=float(recipe.temperature),
+        fusion=recipe.fusion,
+        reference_fallback=bool(recipe.reference_fallback),
     )
-    base.temperature = float(getattr(recipe, "temperature", 1.0))
-    base.fusion = getattr(recipe, "fusion", "mince")
-    base.reference_fallback = bool(getattr(recipe, "reference_fallback", False))
-    base.ce_unit = getattr(recipe, "ce_unit", None) or base.ce_unit
-    base.avg_weighting = getattr(recipe, "avg_weighting", None) or base.avg_weighting
-    return base
 
 
 class FuseLLMStrategy(Strategy):
@@ -85,140 +50,148 @@ class FuseLLMStrategy(Strategy):
 
     def input_paths(self) -> list[Path]:
         refs = [self.recipe.target, *self.recipe.sources]
-        return [p for p in (_local_path(r) for r in refs) if p is not None]
+        return [Path(r.path) for r in refs if getattr(r, "path", None)]
 
     def plan(self) -> dict[str, Any]:
         r = self.recipe
         train = r.train
-        k = int(getattr(r, "top_k", 10))
         return {
-            "target": str(_local_path(r.target) or "from_scratch"),
-            "sources": [str(_local_path(s) or "from_scratch") for s in r.sources],
-            "lambda": getattr(r, "lam", 0.9),
-            "top_k": k,
-            "temperature": getattr(r, "temperature", 1.0),
-            "fusion": getattr(r, "fusion", "mince"),
-            "align": getattr(r, "align", "offsets"),
-            "mode": getattr(r, "mode", "online"),
-            "reference_fallback": bool(getattr(r, "reference_fallback", False)),
+            "target": getattr(r.target, "path", "from_scratch"),
+            "sources": [getattr(s, "path", "from_scratch") for s in r.sources],
+            "lambda": r.lam,
+            "top_k": r.top_k,
+            "temperature": r.temperature,
+            "fusion": r.fusion,
+            "align": r.align,
+            "mode": r.mode,
+            "reference_fallback": r.reference_fallback,
             "steps": train.steps,
             "seq_len": train.seq_len,
             # int32 id + fp16 logit per candidate, per source position (source sequences
             # may be longer than the target's; this is per target-length block).
-            "offline_store_bytes_per_chunk_per_source": train.seq_len * k * 6,
+            "offline_store_bytes_per_chunk_per_source": train.seq_len * r.top_k * 6,
         }
 
-    # ------------------------------------------------------------------ run
+    def prepare(self, workdir: Path) -> Prepared:
+        from fusekit.io.hashing import folder_hash
 
-    def run(self, workdir: Path) -> dict[str, Any]:
+        target, *sources = model_inputs([self.recipe.target, *self.recipe.sources])
+        # The target, when it is also a source, goes first: MinCE ties go to it.
+        target_hash = folder_hash(target.path)
+        is_target = [folder_hash(s.path) == target_hash for s in sources]
+        order = sorted(range(len(sources)), key=lambda i: not is_target[i])
+        inputs = {"target": target}
+        inputs.update({f"source_{n}": sources[i] for n, i in enumerate(order)})
+        return Prepared(
+            inputs=inputs,
+            plan=self.plan(),
+            state={"source_is_target": [is_target[i] for i in order]},
+        )
+
+    def units(self, prepared: Prepared) -> list[str]:
+        return [self.main_unit]  # steps: 0 still saves the target, unchanged
+
+    def build(self, prepared: Prepared, unit: str) -> Built:
         import torch
 
-        from fusekit.io.hashing import folder_hash
         from fusekit.io.loading import load_causal_lm, load_tokenizer
-        from fusekit.strategies.fusellm.batching import (
-            FusionCollator,
-            FusionDataset,
-            SourceExamples,
-        )
+        from fusekit.io.saving import config_dtype
+        from fusekit.strategies.fusellm.batching import FusionCollator, FusionDataset
         from fusekit.strategies.fusellm.data import chunk_texts, encode_chunks
-        from fusekit.strategies.fusellm.prepare import prepare_source
-        from fusekit.training.args import to_training_arguments
-        from fusekit.training.data import pad_id
-        from fusekit.training.trainer import LossLog, training_summary
 
         r, spec = self.recipe, self.recipe.train
-        workdir = Path(workdir)
-        target_dir = _resolve(r.target)
-        source_dirs = [_resolve(s) for s in r.sources]
-        tokenizer = load_tokenizer(target_dir)
-        model = load_causal_lm(target_dir, dtype=torch.float32)
+        target = prepared.inputs["target"]
+        tokenizer = load_tokenizer(target.path, trust_remote_code=target.trust_remote_code)
+        model = load_causal_lm(
+            target.path,
+            dtype=torch.float32,
+            allow_pickle=target.allow_pickle,
+            trust_remote_code=target.trust_remote_code,
+        )
+        save_dtype = config_dtype(target.path)
         if spec.steps == 0:
-            model.save_pretrained(workdir, safe_serialization=True)
-            tokenizer.save_pretrained(workdir)
-            return {"trained": False, "steps": 0}
-
-        align = getattr(r, "align", "offsets")
-        mode = getattr(r, "mode", "online")
-        lam, top_k = float(getattr(r, "lam", 0.9)), int(getattr(r, "top_k", 10))
-        # The target, when it is also a source, goes first: MinCE ties go to it.
-        target_hash = folder_hash(target_dir)
-        hashes = [folder_hash(d) for d in source_dirs]
-        order = sorted(range(len(source_dirs)), key=lambda i: hashes[i] != target_hash)
-        source_dirs, hashes = [source_dirs[i] for i in order], [hashes[i] for i in order]
-
+            return Built(model, None, None, tokenizer=tokenizer, save_dtype=save_dtype)
         chunks = chunk_texts(_texts(r), tokenizer, spec.seq_len)
         if not chunks:
             raise DataError("fusellm: the training data produced no text chunks")
         target_encs = encode_chunks(tokenizer, chunks, spec.seq_len)
-        cache = Path(getattr(r, "cache_dir", None) or _cache_root())
-        examples, vocab_maps, models, source_stats = [], [], [], []
-        dtype = torch.bfloat16 if spec.precision == "bf16" else torch.float32
-        for n, (sdir, shash) in enumerate(zip(source_dirs, hashes, strict=True)):
-            stok = load_tokenizer(sdir)
-            if not getattr(stok, "is_fast", False):
-                raise FusekitError(f"source {sdir}: fusellm needs a fast (tokenizers) tokenizer")
-            smodel = load_causal_lm(sdir, dtype=dtype)
-            prepared = prepare_source(
-                stok,
-                tokenizer,
-                chunks,
-                target_encs,
-                align=align,
-                max_len=_source_max_len(smodel, spec.seq_len),
-                cache_dir=cache / "vocab_maps",
-                desc=f"align source {n}",
+        sources = [m for name, m in prepared.inputs.items() if name.startswith("source_")]
+        examples, vocab_maps, models, stats = [], [], [], []
+        for n, source in enumerate(sources):
+            example, vocab_map, smodel, stat = self._source(
+                n, source, tokenizer, chunks, target_encs
             )
-            store = None
-            if mode == "offline":
-                store = _extract(smodel, stok, prepared, shash, top_k, spec, cache, n)
-                del smodel
-            else:
+            examples.append(example)
+            vocab_maps.append(vocab_map)
+            stats.append({**stat, "is_target": prepared.state["source_is_target"][n]})
+            if smodel is not None:
                 models.append(smodel)
-            examples.append(SourceExamples(prepared.encodings, prepared.align, store, pad_id(stok)))
-            vocab_maps.append(prepared.vocab_map)
-            source_stats.append(
-                {"path": str(sdir), "is_target": shash == target_hash, **prepared.stats}
-            )
+        from fusekit.strategies.fusellm.trainer import FuseLLMTrainer
+        from fusekit.training.data import pad_id
 
-        log = LossLog(workdir / "train_log.jsonl")
-        trainer = _build_trainer(
-            r,
-            model,
-            FusionDataset(target_encs, examples),
-            FusionCollator(pad_id(tokenizer), [e.pad_id for e in examples]),
-            to_training_arguments(spec, workdir / ".checkpoints"),
-            log,
-            vocab_maps,
-            models if mode == "online" else None,
-            lam,
-            top_k,
+        return Built(
+            model=model,
+            dataset=FusionDataset(target_encs, examples),
+            collator=FusionCollator(pad_id(tokenizer), [e.pad_id for e in examples]),
+            tokenizer=tokenizer,
+            trainer_class=FuseLLMTrainer,
+            trainer_kwargs={
+                "lam": r.lam,
+                "fusion_config": fusion_config_of(r),
+                "vocab_maps": vocab_maps,
+                "top_k": r.top_k,
+                "source_models": models if r.mode == "online" else None,
+            },
+            after_fit=lambda trainer: {"fusion": trainer.fusion_summary()},
+            save_dtype=save_dtype,
+            details={"chunks": len(chunks), "mode": r.mode, "align": r.align, "sources": stats},
         )
-        start = time.perf_counter()
-        result = trainer.train()
-        seconds = time.perf_counter() - start
-        model.save_pretrained(workdir, safe_serialization=True)
-        tokenizer.save_pretrained(workdir)
-        shutil.rmtree(workdir / ".checkpoints", ignore_errors=True)
-        training = training_summary(trainer, result, log, seconds)
-        return {
-            "trained": True,
-            "steps": training["steps"],
-            "seconds": training["seconds"],
-            "chunks": len(chunks),
-            "mode": mode,
-            "align": align,
-            "sources": source_stats,
-            "fusion": trainer.fusion_summary(),
-            "final_loss": training["final_loss"],
-            "training": training,  # loss curve and counts, as every strategy reports them
-        }
+
+    def _source(
+        self, n: int, source: Any, tokenizer: Any, chunks: list[str], target_encs: list[Any]
+    ) -> tuple[Any, Any, Any, dict[str, Any]]:
+        """One source: tokenizer, vocabulary map, alignment, and its model or top-k store."""
+        import torch
+
+        from fusekit.io.hashing import folder_hash
+        from fusekit.io.loading import load_causal_lm, load_tokenizer
+        from fusekit.strategies.fusellm.batching import SourceExamples
+        from fusekit.strategies.fusellm.prepare import prepare_source
+        from fusekit.training.data import pad_id
+
+        r, spec = self.recipe, self.recipe.train
+        stok = load_tokenizer(source.path, trust_remote_code=source.trust_remote_code)
+        if not getattr(stok, "is_fast", False):
+            raise FusekitError(f"source {source.path}: fusellm needs a fast (tokenizers) tokenizer")
+        dtype = torch.bfloat16 if spec.precision == "bf16" else torch.float32
+        smodel = load_causal_lm(
+            source.path,
+            dtype=dtype,
+            allow_pickle=source.allow_pickle,
+            trust_remote_code=source.trust_remote_code,
+        )
+        prepared = prepare_source(
+            stok,
+            tokenizer,
+            chunks,
+            target_encs,
+            align=r.align,
+            max_len=_source_max_len(smodel, spec.seq_len),
+            cache_dir=_cache_root() / "vocab_maps",
+            desc=f"align source {n}",
+        )
+        store = None
+        if r.mode == "offline":
+            shash = folder_hash(source.path)
+            store = _extract(smodel, stok, prepared, shash, r.top_k, spec, _cache_root(), n)
+            smodel = None
+        example = SourceExamples(prepared.encodings, prepared.align, store, pad_id(stok))
+        return example, prepared.vocab_map, smodel, {"path": source.path, **prepared.stats}
 
 
 def _cache_root() -> Path:
-    try:
-        from fusekit.sources import cache_root
-    except ImportError:  # pragma: no cover
-        return Path.home() / ".cache" / "fusekit"
+    from fusekit.sources import cache_root
+
     return cache_root()
 
 
@@ -263,32 +236,3 @@ def _extract(
         desc=f"extract source {n}",
     )
     return StoreReader(store_dir)
-
-
-def _build_trainer(
-    recipe: Any,
-    model: Any,
-    dataset: Any,
-    collator: Any,
-    args: Any,
-    log: Any,
-    vocab_maps: list[Any],
-    source_models: list[Any] | None,
-    lam: float,
-    top_k: int,
-) -> Any:
-    from fusekit.strategies.fusellm.trainer import FuseLLMTrainer
-
-    model.train()
-    return FuseLLMTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        data_collator=collator,
-        callbacks=[log],
-        lam=lam,
-        fusion_config=fusion_config_of(recipe),
-        vocab_maps=vocab_maps,
-        top_k=top_k,
-        source_models=source_models,
-    )

@@ -22,14 +22,10 @@ import torch
 from fusekit.strategies.fusellm.extract import source_outputs
 from fusekit.strategies.fusellm.fusion import FusionConfig, SourceBatch, fuse
 from fusekit.strategies.fusellm.losses import fused_objective, next_token_mask
-
-try:  # the project's trainer base (freeze mask, loss log); plain Trainer otherwise
-    from fusekit.training.trainer import FusekitTrainer as _Base
-except ImportError:  # pragma: no cover - only while the training package is absent
-    from transformers import Trainer as _Base
+from fusekit.training.trainer import FusekitTrainer
 
 
-class FuseLLMTrainer(_Base):  # type: ignore[misc,valid-type]
+class FuseLLMTrainer(FusekitTrainer):
     """Continual training on ``lam·CLM + (1−lam)·fusion``.
 
     ``vocab_maps[s]`` maps source ``s``'s ids to target ids (``-1`` = none);

@@ -1,0 +1,5 @@
+"""``python -m fusekit`` is the ``fusekit`` command."""
+
+from fusekit.cli import main
+
+main()

@@ -1,0 +1,33 @@
+"""Scoring one model on each evaluation set of a recipe, with each set's natural metric."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def default_metric(records: list[dict[str, Any]]) -> str:
+    """Exact match for prompt/completion data, bits per byte for text."""
+    return "exact_match" if records and "completion" in records[0] else "bpb"
+
+
+def evaluate_sets(
+    model: Any, eval_refs: list[Any], *, name: str | None = None
+) -> list[dict[str, Any]]:
+    """One result per set; ``name`` labels the model (a run scores its temporary folder,
+    which must be reported under the output's name, not the vanishing temporary one)."""
+    from fusekit.evaluation.harness import evaluate
+    from fusekit.recipe.common import data_label
+    from fusekit.training.data import load_records
+
+    results = []
+    for ref in eval_refs:
+        records = load_records(ref)
+        result = evaluate(model, records, default_metric(records), progress=False)
+        result["data"] = data_label(ref)
+        if name is not None:
+            result["model_name"] = name
+            if isinstance(model, (str, Path)):
+                result["model"] = name
+        results.append(result)
+    return results

@@ -1,0 +1,141 @@
+"""The stages after ``prepare``: build -> fit -> save -> evaluate, per unit, then the report.
+
+``run_stages`` is the same code in one process and under ``accelerate launch``: with
+``--accelerate-config`` the parent writes a job file and every rank runs
+``run_stages`` on it (``fusekit.training.worker``).  Each rank builds its own copy
+of each unit through the strategy's ``build`` (rank 0 first, so caches such as
+vocabulary maps or stored top-k are written once); ``Trainer`` shards the data;
+rank 0 alone saves, evaluates and reports.  Preparing, provenance and the atomic
+rename stay in the parent, so ranks never race on the output folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from fusekit.errors import FusekitError
+from fusekit.result import StageResult, TrainingRecord
+from fusekit.strategies.base import Prepared, Strategy
+
+WORKER_ENV = "FUSEKIT_TRAINING_WORKER"
+
+
+class StageContext(BaseModel):
+    """What every rank needs besides the recipe and ``Prepared``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workdir: str
+    checkpoint_root: str
+    fingerprint: dict[str, Any]
+    resume: bool = False
+    output_name: str
+    distributed: bool = False
+
+
+def unit_fingerprint(ctx: StageContext, unit: str) -> dict[str, Any]:
+    return {**ctx.fingerprint, "unit": unit}
+
+
+@contextlib.contextmanager
+def _rank0_first(distributed: bool) -> Iterator[None]:
+    if not distributed:
+        yield
+        return
+    from accelerate import PartialState
+
+    with PartialState().main_process_first():
+        yield
+
+
+def _is_main(distributed: bool) -> bool:
+    if not distributed:
+        return True
+    from accelerate import PartialState
+
+    return bool(PartialState().is_main_process)
+
+
+def run_stages(
+    strategy: Strategy, prepared: Prepared, ctx: StageContext, callbacks: Sequence[Any] = ()
+) -> StageResult | None:
+    """Build, fit, save and evaluate each unit; the report (None on ranks other than 0)."""
+    from fusekit.training.fit import fit
+
+    workdir = Path(ctx.workdir)
+    main = _is_main(ctx.distributed)
+    records: dict[str, TrainingRecord | None] = {}
+    scores: dict[str, dict[str, Any]] = {}
+    details: dict[str, Any] = {}
+    spec = getattr(strategy.recipe, "train", None)
+    units = strategy.units(prepared)
+    for unit in units:
+        with _rank0_first(ctx.distributed):
+            built = strategy.build(prepared, unit)
+        records[unit] = fit(
+            built,
+            spec,
+            Path(ctx.checkpoint_root) / unit,
+            fingerprint=unit_fingerprint(ctx, unit),
+            resume=ctx.resume,
+            label=unit,
+            log_path=workdir / "train_log.jsonl" if unit == strategy.main_unit else None,
+            callbacks=callbacks,
+            clear_stale=False,  # api.run cleared them before any rank started
+        )
+        details.update(built.details)
+        if main:
+            strategy.save(built, unit, workdir)
+            scores[unit] = strategy.evaluate(built, unit, workdir, ctx.output_name)
+        del built
+    if strategy.main_unit not in units and main:
+        scores[strategy.main_unit] = strategy.evaluate(
+            None, strategy.main_unit, workdir, ctx.output_name
+        )
+    if not main:
+        return None
+    return strategy.report(prepared, records, scores, details)
+
+
+def run_distributed(
+    strategy: Strategy, prepared: Prepared, ctx: StageContext, config: Path
+) -> StageResult:
+    """``run_stages`` on every rank of ``accelerate launch --config_file config``."""
+    from fusekit.recipe import recipe_to_dict
+
+    if not config.is_file():
+        raise FusekitError(f"accelerate config {config} does not exist")
+    root = Path(ctx.checkpoint_root)
+    root.mkdir(parents=True, exist_ok=True)
+    job = root / "job.json"
+    for stale in (job.with_suffix(".result.json"), job.with_suffix(".error.json")):
+        stale.unlink(missing_ok=True)
+    job.write_text(
+        json.dumps(
+            {
+                "recipe": recipe_to_dict(strategy.recipe),
+                "prepared": prepared.model_dump(mode="json"),
+                "context": ctx.model_copy(update={"distributed": True}).model_dump(mode="json"),
+            }
+        )
+    )
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+        "-m", "fusekit.training.worker", str(job),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env={**os.environ, WORKER_ENV: "1"}, check=False)
+    error = job.with_suffix(".error.json")
+    if error.is_file():
+        raise FusekitError(json.loads(error.read_text())["error"])
+    if proc.returncode != 0:
+        raise RuntimeError(f"distributed training failed (exit {proc.returncode}): {' '.join(cmd)}")
+    return StageResult.model_validate_json(job.with_suffix(".result.json").read_text())

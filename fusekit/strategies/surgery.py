@@ -1,0 +1,51 @@
+"""What the two surgery strategies share: the surgery writes the output, training follows.
+
+``prepare`` (the strategy's own) writes the spliced or expanded model straight
+into the output folder; when the recipe trains, the one ``build`` here loads that
+folder back as a causal-LM unit, with the strategy's freeze mask, and the
+default ``save`` writes the trained weights over the untrained ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fusekit.errors import DataError
+from fusekit.result import StageResult, TrainingRecord
+from fusekit.strategies.base import Built, Prepared, Strategy
+
+
+class SurgeryStrategy(Strategy):
+    """Base of ``depth_upscaling`` and ``block_expansion``."""
+
+    def check_training_data(self) -> None:
+        """Refuse a training section without data before any surgery is done."""
+        if self.trains() and self.recipe.train_data() is None:
+            raise DataError("train needs data: set train.data (or data.train) in the recipe")
+
+    def trainable(self, prepared: Prepared) -> Any:
+        """The freeze mask of the trained unit (None: every parameter trains)."""
+        return None
+
+    def build(self, prepared: Prepared, unit: str) -> Built:
+        from fusekit.training.run import causal_lm_unit
+
+        trust = any(m.trust_remote_code for m in prepared.inputs.values())
+        return causal_lm_unit(
+            prepared.state["folder"],
+            self.recipe.train_data(),
+            self.recipe.train,
+            trainable=self.trainable(prepared),
+            trust_remote_code=trust,
+        )
+
+    def report(
+        self,
+        prepared: Prepared,
+        records: dict[str, TrainingRecord | None],
+        scores: dict[str, dict[str, Any]],
+        details: dict[str, Any],
+    ) -> StageResult:
+        result = super().report(prepared, records, scores, details)
+        result.details = {**prepared.state["details"], **result.details}
+        return result

@@ -1,0 +1,213 @@
+"""``fit``: the one ``transformers.Trainer`` run behind every strategy and baseline.
+
+What it adds to ``Trainer``:
+
+* **Checkpoints on by default** in a stable folder beside the output
+  (``.OUT.checkpoints/<unit>/``), every tenth of the run unless ``train.save_steps``
+  says otherwise, so ``--resume`` works after a crash without configuring anything.
+* **A fingerprint** of what determines the weights (the recipe without output,
+  logging and resume fields, the inputs' content hashes, the plan) written into
+  every checkpoint once it is complete.  Resuming a checkpoint whose fingerprint
+  differs is refused, naming the fields that differ: continuing another run's
+  optimizer state would give weights that no recipe describes.
+* **Numerical guards**: a non-finite loss stops the run naming the step (see
+  ``FusekitTrainer``).
+* **The training record** (``TrainingRecord``): steps, the loss curve over the
+  whole run (resumed runs included), ``resumed_from_step`` and ``world_size``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fusekit.errors import FusekitError
+from fusekit.result import TrainingRecord
+
+FINGERPRINT_FILE = "fusekit-fingerprint.json"
+
+
+class ResumeMismatchError(FusekitError):
+    """A checkpoint was made by a run with other data, settings or inputs."""
+
+
+def default_save_steps(spec: Any) -> int:
+    """Checkpoint every tenth of the run: at most 10 % of the work is lost to a crash."""
+    if spec.save_steps:
+        return int(spec.save_steps)
+    if spec.steps:
+        return max(1, math.ceil(spec.steps / 10))
+    return 500
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay leaves (compared whole)."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(flatten(item, f"{prefix}{key}."))
+        return out if out or not prefix else {prefix[:-1]: {}}
+    return {prefix[:-1]: value}
+
+
+def fingerprint_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The flattened field names whose values differ between two fingerprints."""
+    a, b = flatten(old), flatten(new)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def _step(path: Path) -> int:
+    return int(path.name.rsplit("-", 1)[1])
+
+
+def complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
+    """``checkpoint-N`` folders whose fingerprint was written (written last), oldest first."""
+    if not checkpoint_dir.is_dir():
+        return []
+    found = [
+        p
+        for p in checkpoint_dir.glob("checkpoint-*")
+        if p.name.rsplit("-", 1)[1].isdigit() and (p / FINGERPRINT_FILE).is_file()
+    ]
+    return sorted(found, key=_step)
+
+
+def resume_point(checkpoint_dir: Path, fingerprint: dict[str, Any]) -> Path | None:
+    """The newest complete checkpoint to continue from, or None; refuses another run's."""
+    found = complete_checkpoints(checkpoint_dir)
+    if not found:
+        return None
+    latest = found[-1]
+    old = json.loads((latest / FINGERPRINT_FILE).read_text())
+    changed = fingerprint_diff(old, fingerprint)
+    if changed:
+        shown = ", ".join(changed[:6]) + (
+            f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+        )
+        raise ResumeMismatchError(
+            f"cannot resume from {latest}: it was made with different {shown}; "
+            "restore those settings, or run without --resume to start over"
+        )
+    return latest
+
+
+def _fingerprint_callback(fingerprint: dict[str, Any]) -> Any:
+    from transformers import TrainerCallback
+
+    class WriteFingerprint(TrainerCallback):
+        """Marks a checkpoint complete: Trainer calls ``on_save`` after writing all of it."""
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if not state.is_world_process_zero:
+                return
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                tmp = folder / (FINGERPRINT_FILE + ".tmp")
+                tmp.write_text(json.dumps(fingerprint, indent=1, sort_keys=True, default=str))
+                tmp.replace(folder / FINGERPRINT_FILE)
+
+    return WriteFingerprint()
+
+
+def _step_counter() -> Any:
+    from transformers import TrainerCallback
+
+    class CountSteps(TrainerCallback):
+        """Counts the optimizer steps this process really ran (resume skips the rest)."""
+
+        def __init__(self) -> None:
+            self.steps = 0
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.steps += 1
+
+    return CountSteps()
+
+
+def fit(
+    built: Any,
+    spec: Any,
+    checkpoint_dir: str | Path,
+    *,
+    fingerprint: dict[str, Any],
+    resume: bool = False,
+    label: str = "model",
+    log_path: str | Path | None = None,
+    callbacks: Sequence[Any] = (),
+    clear_stale: bool = True,
+) -> TrainingRecord:
+    """Train ``built.model`` per ``spec``; returns the training record.  ``steps: 0`` trains nothing.
+
+    ``resume`` continues the newest complete checkpoint in ``checkpoint_dir`` (after
+    checking its fingerprint); without it, checkpoints left there are removed first.
+    """
+    from fusekit.training.args import to_training_arguments
+    from fusekit.training.trainer import FusekitTrainer
+
+    if spec.steps == 0:
+        return TrainingRecord(trained=False)
+    checkpoint_dir = Path(checkpoint_dir)
+    start_from = resume_point(checkpoint_dir, fingerprint) if resume else None
+    if resume and start_from is None:
+        print(
+            f"fusekit: {label}: no checkpoint to resume from; starting at step 0", file=sys.stderr
+        )
+    if clear_stale and not resume and checkpoint_dir.exists():
+        _remove_tree(checkpoint_dir)
+    if start_from is not None:
+        print(
+            f"fusekit: {label}: resuming from {start_from.name} (step {_step(start_from)})",
+            file=sys.stderr,
+        )
+    args = to_training_arguments(
+        spec, checkpoint_dir, save_strategy="steps", save_steps=default_save_steps(spec)
+    )
+    counter = _step_counter()
+    trainer_class = built.trainer_class or FusekitTrainer
+    trainer = trainer_class(
+        model=built.model,
+        args=args,
+        train_dataset=built.dataset,
+        data_collator=built.collator,
+        callbacks=[_fingerprint_callback(fingerprint), counter, *callbacks],
+        trainable=built.trainable,
+        **built.trainer_kwargs,
+    )
+    clock = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
+    seconds = time.perf_counter() - clock
+    built.model.eval()
+    history = trainer.state.log_history
+    if log_path is not None and trainer.is_world_process_zero():
+        with open(log_path, "w", encoding="utf-8") as fh:
+            for row in history:
+                fh.write(json.dumps({"unit": label, **row}) + "\n")
+    curve = [(int(r["step"]), float(r["loss"])) for r in history if "loss" in r]
+    report = getattr(trainer, "trainable_report", {})
+    extra = built.after_fit(trainer) if built.after_fit is not None else {}
+    return TrainingRecord(
+        trained=True,
+        steps=int(result.global_step),
+        final_loss=curve[-1][1] if curve else float(result.training_loss),
+        mean_loss=float(result.training_loss),
+        loss_curve=curve,
+        seconds=round(seconds, 2),
+        examples=len(built.dataset),
+        trainable_parameters=report.get("trainable_parameters"),
+        total_parameters=report.get("total_parameters"),
+        trainable_share=report.get("trainable_share"),
+        resumed_from_step=_step(start_from) if start_from else None,
+        steps_run=counter.steps,
+        world_size=int(trainer.args.world_size),
+        extra=extra,
+    )
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,71 @@
+"""Every strategy trains on two gloo ranks through ``fusekit run --accelerate-config``.
+
+accelerate's MULTI_CPU type launches through mpirun; its torchrun launcher (the
+MULTI_GPU type) starts CPU ranks that ``Trainer`` joins with gloo when no GPU
+exists.  Each rank rebuilds its units through the strategy's ``build``; rank 0
+saves; the parent writes provenance and renames the output into place.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.pipeline.conftest import fusekit_cli, recipe_for, weights, write_corpus, write_recipe
+
+DISTRIBUTED = ("finetune", "block_expansion", "depth_upscaling", "calm", "fusellm")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_cpu_ranks(path: Path) -> Path:
+    path.write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_processes: 2\n"
+        "num_machines: 1\nmachine_rank: 0\nmain_process_ip: 127.0.0.1\n"
+        f"main_process_port: {_free_port()}\nmixed_precision: 'no'\nuse_cpu: false\n"
+    )
+    return path
+
+
+@pytest.mark.parametrize("strategy", DISTRIBUTED)
+def test_two_gloo_ranks_write_one_complete_output(
+    strategy: str, models: dict[str, Path], tmp_path: Path
+) -> None:
+    if shutil.which("accelerate") is None:
+        pytest.skip("accelerate launcher not on PATH")
+    data = write_corpus(tmp_path / "corpus.jsonl")
+    recipe = recipe_for(strategy, models, data)
+    recipe["train"]["steps"] = 2
+    path = write_recipe(tmp_path / "recipe.yaml", recipe)
+    out = tmp_path / "out"
+    config = two_cpu_ranks(tmp_path / "two_cpu_ranks.yaml")
+    proc = fusekit_cli("run", str(path), "-o", str(out), "--accelerate-config", str(config))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((out / "fusekit.json").read_text())
+    assert record["training"]["world_size"] == 2 and record["training"]["steps"] == 2
+    assert weights(out) and (out / "README.md").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+    # trained: the output's tensors differ from an untrained build of the same recipe
+    recipe["train"]["steps"] = 0
+    zero = write_recipe(tmp_path / "zero.yaml", recipe)
+    assert fusekit_cli("run", str(zero), "-o", str(tmp_path / "zero")).returncode == 0
+    before, after = weights(tmp_path / "zero"), weights(out)
+    assert before.keys() == after.keys()
+    assert any(not bool((before[k] == after[k]).all()) for k in before)
+
+
+def test_a_missing_accelerate_config_is_one_line(models: dict[str, Path], tmp_path: Path) -> None:
+    data = write_corpus(tmp_path / "corpus.jsonl")
+    path = write_recipe(tmp_path / "recipe.yaml", recipe_for("finetune", models, data))
+    out = tmp_path / "out"
+    proc = fusekit_cli("run", str(path), "-o", str(out), "--accelerate-config", "nope.yaml")
+    assert proc.returncode == 2 and "nope.yaml does not exist" in proc.stderr
+    assert not out.exists()
