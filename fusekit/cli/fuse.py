@@ -13,7 +13,8 @@ from fusekit.cli.recipes import print_summary
 from fusekit.errors import FusekitError
 from fusekit.registry import canonical_tag
 
-# Which options belong to which strategy; anything else given is refused by name.
+# Which options belong to which built-in strategy; anything else given is refused by
+# name.  Other registered strategies take their fields with --set key=value.
 _OPTIONS = {
     "depth_upscaling": {"model", "remove", "slices"},
     "block_expansion": {"model", "groups", "blocks_per_group"},
@@ -40,12 +41,16 @@ def build_recipe(strategy: str, opts: dict[str, Any]) -> dict[str, Any]:
     """The recipe mapping that ``fusekit fuse`` options stand for."""
     tag = canonical_tag(strategy)
     given = {k for k, v in opts.items() if v not in (None, [], ())}
-    stray = given & (set().union(*_OPTIONS.values()) - _OPTIONS[tag])
+    stray = given & (set().union(*_OPTIONS.values()) - _OPTIONS.get(tag, set()))
     if stray:
         flags = ", ".join(sorted(_FLAG.get(s, "--" + s.replace("_", "-")) for s in stray))
         raise FusekitError(f"{flags} do(es) not apply to --strategy {tag}")
     recipe: dict[str, Any] = {"strategy": tag}
     data = opts["data"]
+    if tag not in _OPTIONS:  # a registered strategy of its own: fields come from --set
+        if data is not None or opts["steps"] is not None:
+            recipe["train"] = _train(opts, data, None)
+        return recipe
     if tag == "depth_upscaling":
         recipe["model"] = opts["model"]
         if opts["remove"] is not None:

@@ -1,7 +1,12 @@
 """Recipes: YAML files validated by pydantic, one model per strategy.
 
-See ``docs/recipes.md`` for every field.
+The shared pieces (model references, data, the train spec) live here; each
+strategy's own model lives beside it (``fusekit/strategies/<tag>/recipe.py``) and
+is re-exported here lazily (each of those modules imports this package's
+``common``, so importing them eagerly here would be circular).  See ``docs/recipes.md`` for every field.
 """
+
+from typing import Any
 
 from fusekit.recipe.common import (
     DataSpec,
@@ -22,19 +27,8 @@ from fusekit.recipe.loading import (
     read_recipe_data,
     recipe_to_dict,
 )
-from fusekit.recipe.strategies import (
-    STRATEGY_RECIPES,
-    BlockExpansionRecipe,
-    CalmRecipe,
-    DepthUpscalingRecipe,
-    FinetuneRecipe,
-    FuseLLMRecipe,
-    LoraSpec,
-    Recipe,
-)
 
 __all__ = [
-    "STRATEGY_RECIPES",
     "BlockExpansionRecipe",
     "CalmRecipe",
     "DataSpec",
@@ -44,7 +38,6 @@ __all__ = [
     "FuseLLMRecipe",
     "LocalModel",
     "LoraSpec",
-    "Recipe",
     "ScratchModel",
     "ScratchSpec",
     "TaskData",
@@ -58,3 +51,21 @@ __all__ = [
     "read_recipe_data",
     "recipe_to_dict",
 ]
+
+_STRATEGY_MODELS = {
+    "BlockExpansionRecipe": "block_expansion",
+    "CalmRecipe": "calm",
+    "DepthUpscalingRecipe": "depth_upscaling",
+    "FinetuneRecipe": "finetune",
+    "LoraSpec": "finetune",
+    "FuseLLMRecipe": "fusellm",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _STRATEGY_MODELS:
+        import importlib
+
+        module = importlib.import_module(f"fusekit.strategies.{_STRATEGY_MODELS[name]}.recipe")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

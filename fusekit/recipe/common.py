@@ -272,3 +272,15 @@ class BaseRecipe(Strict):
 
     def eval_data(self) -> list[Any]:
         return list(self.data.eval) if self.data is not None else []
+
+
+class SurgeryRecipe(BaseRecipe):
+    """Fields the surgery strategies (depth up-scaling, block expansion) share."""
+
+    shard_size: str = "2GB"
+
+    @field_validator("shard_size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        parse_size(value)
+        return value

@@ -16,9 +16,10 @@ _TAGS = {"local-model", "scratch-model", "task-data", "file-data", "function-aft
 
 
 def _adapter() -> TypeAdapter[Any]:
-    from fusekit.recipe.strategies import Recipe
+    """The union of every registered strategy's recipe (the JSON schema's root)."""
+    from fusekit.registry import recipe_union
 
-    return TypeAdapter(Recipe)
+    return TypeAdapter(recipe_union())
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:
@@ -135,8 +136,10 @@ def parse_recipe(
         data["strategy"] = canonical_tag(str(data["strategy"]))
     except Exception as exc:
         raise RecipeError([f"{source}: strategy: {exc}"]) from None
+    from fusekit.registry import recipe_model
+
     try:
-        return _adapter().validate_python(data)
+        return recipe_model(data["strategy"]).model_validate(data)
     except ValidationError as err:
         raise RecipeError(format_validation_error(err, source)) from None
 

@@ -16,28 +16,33 @@ from pathlib import Path
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from fusekit.recipe import common, strategies
+from fusekit.recipe import common
+from fusekit.strategies.block_expansion.recipe import BlockExpansionRecipe
+from fusekit.strategies.calm.recipe import CalmRecipe
+from fusekit.strategies.depth_upscaling.recipe import DepthUpscalingRecipe, Slice, SliceSource
+from fusekit.strategies.finetune.recipe import FinetuneRecipe, LoraSpec
+from fusekit.strategies.fusellm.recipe import FuseLLMRecipe
 
 _SECTIONS: list[tuple[str, type[BaseModel]]] = [
-    ("strategy: depth_upscaling", strategies.DepthUpscalingRecipe),
-    ("strategy: block_expansion", strategies.BlockExpansionRecipe),
-    ("strategy: calm", strategies.CalmRecipe),
-    ("strategy: fusellm", strategies.FuseLLMRecipe),
-    ("strategy: finetune (baseline)", strategies.FinetuneRecipe),
-    ("lora (LoraSpec)", strategies.LoraSpec),
+    ("strategy: depth_upscaling", DepthUpscalingRecipe),
+    ("strategy: block_expansion", BlockExpansionRecipe),
+    ("strategy: calm", CalmRecipe),
+    ("strategy: fusellm", FuseLLMRecipe),
+    ("strategy: finetune (baseline)", FinetuneRecipe),
+    ("lora (LoraSpec)", LoraSpec),
     ("train (TrainSpec)", common.TrainSpec),
     ("data (DataSpec)", common.DataSpec),
     ("a built-in task as data (TaskData)", common.TaskData),
     ("a data file (FileData)", common.FileData),
     ("a local model (LocalModel)", common.LocalModel),
     ("from_scratch (ScratchSpec)", common.ScratchSpec),
-    ("slices[i] (Slice)", strategies.Slice),
-    ("slices[i].sources[j] (SliceSource)", strategies.SliceSource),
+    ("slices[i] (Slice)", Slice),
+    ("slices[i].sources[j] (SliceSource)", SliceSource),
 ]
 
 _INTRO = """# Recipe reference
 
-Generated from the pydantic models in `fusekit/recipe/` by
+Generated from the pydantic models in `fusekit/recipe/` and `fusekit/strategies/*/recipe.py` by
 `python -m fusekit.recipe.reference docs/`; the JSON schema is in
 `docs/recipe.schema.json` (point your editor's YAML plugin at it).
 
@@ -58,8 +63,9 @@ Rules that hold everywhere:
 
 def _type_name(annotation: object) -> str:
     text = repr(annotation) if not isinstance(annotation, type) else annotation.__name__
-    for prefix in ("typing.", "fusekit.recipe.common.", "fusekit.recipe.strategies.", "pathlib."):
+    for prefix in ("typing.", "fusekit.recipe.common.", "pathlib."):
         text = text.replace(prefix, "")
+    text = re.sub(r"fusekit\.strategies\.\w+\.recipe\.", "", text)
     text = text.replace("Annotated[", "").replace("NoneType", "None")
     if "_embed_is_minus_one" in text:
         return "list (per augment) of [augment_layer, anchor_layer] pairs; -1 or 'embed' = embeddings \\| None"

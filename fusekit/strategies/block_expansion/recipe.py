@@ -1,0 +1,35 @@
+"""The ``block_expansion`` recipe (LLaMA Pro)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from fusekit.recipe.common import ModelRef, SurgeryRecipe
+
+
+class BlockExpansionRecipe(SurgeryRecipe):
+    """LLaMA Pro block expansion: ``groups`` (N) × ``blocks_per_group`` (P), or ``positions``."""
+
+    strategy: Literal["block_expansion"]
+    model: ModelRef
+    groups: int | None = Field(None, ge=1)
+    blocks_per_group: int = Field(1, ge=1)
+    positions: list[int] | None = Field(
+        None, description="insert a copy after each of these original layers (0-based)"
+    )
+    zero: Literal["auto", "output_proj", "post_norm"] = Field(
+        "auto",
+        description="how copies become identities: auto = post-norm gains on post-norm "
+        "architectures (Gemma 2/3, OLMo 2), output projections otherwise",
+    )
+    trainable: Literal["new", "all"] = Field(
+        "new", description="train only the inserted blocks (LLaMA Pro) or the whole model"
+    )
+
+    @model_validator(mode="after")
+    def _one_form(self) -> BlockExpansionRecipe:
+        if (self.groups is None) == (self.positions is None):
+            raise ValueError("give exactly one of groups (with blocks_per_group) or positions")
+        return self
