@@ -20,12 +20,25 @@ def eval_(
     metric: str = typer.Option("bpb", "--metric", help="bpb | perplexity | exact_match | mc"),
     batch_size: int = typer.Option(8, "--batch-size"),
     json_out: Path | None = typer.Option(None, "--json", help="also write the result as JSON"),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="load pickled (.bin) weights: runs code from the file"
+    ),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="run model code shipped in the model folder"
+    ),
 ) -> None:
     """Evaluate one model on one data set and print the result."""
     from fusekit.api import evaluate
     from fusekit.evaluation.report import terminal_table
 
-    result = evaluate(path, data, metric, batch_size=batch_size)
+    result = evaluate(
+        path,
+        data,
+        metric,
+        batch_size=batch_size,
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+    )
     typer.echo(terminal_table([result]))
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -45,24 +45,27 @@ def canonical_metric(name: str) -> str:
     return key
 
 
-def load_model(path: str | Path, *, tokenizer: Any = None) -> tuple[Any, Any]:
+def load_model(
+    path: str | Path,
+    *,
+    tokenizer: Any = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> tuple[Any, Any]:
     """``(model, tokenizer)`` from a local folder: a CALM output or a Hugging Face model.
 
     A folder with ``composition.json`` is a CALM composition, re-attached to its
     base models by ``fusekit.strategies.calm.io.load_composed``; any other
-    folder must hold a causal LM and its tokenizer.  Nothing is downloaded.
+    folder must hold a causal LM and its tokenizer.  Nothing is downloaded;
+    pickled weights and model code in the folder load only when opted in.
     """
+    from fusekit.io.loading import load_causal_lm, load_tokenizer
+    from fusekit.strategies.calm.io import load_composed
+
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise ModelIOError(f"{folder}: no such model folder")
     if (folder / "composition.json").is_file():
-        try:
-            from fusekit.strategies.calm.io import load_composed
-        except ImportError as exc:
-            raise ModelIOError(
-                f"{folder}: is a CALM composition, but this fusekit cannot load compositions "
-                f"(fusekit.strategies.calm.io: {exc})"
-            ) from exc
         model = load_composed(folder)
         if tokenizer is None:
             tokenizer = getattr(model, "tokenizer", None)
@@ -73,25 +76,9 @@ def load_model(path: str | Path, *, tokenizer: Any = None) -> tuple[Any, Any]:
         raise ModelIOError(
             f"{folder}: not a model folder (no config.json, and no composition.json)"
         )
-    try:
-        from fusekit.io.loading import load_causal_lm, load_tokenizer
-    except ImportError:
-        return _load_with_transformers(folder, tokenizer)
-    model = load_causal_lm(folder)
-    return model, tokenizer if tokenizer is not None else load_tokenizer(folder)
-
-
-def _load_with_transformers(folder: Path, tokenizer: Any) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True)
-        if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelIOError(f"{folder}: cannot load the model ({first})") from exc
-    model.eval()
+    model = load_causal_lm(folder, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
     return model, tokenizer
 
 
@@ -218,6 +205,8 @@ def evaluate(
     progress: bool = True,
     max_new_tokens: int | None = None,
     stop: Sequence[str] = (),
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a model on data with one metric; returns the JSON-able result described above.
 
@@ -227,6 +216,7 @@ def evaluate(
     records (see ``fusekit.evaluation.data``).  ``max_length``/``stride``: the
     scoring window (default: the model's context, capped at 4096, and disjoint
     windows).  ``max_new_tokens``/``stop``: exact-match generation overrides.
+    ``allow_pickle``/``trust_remote_code``: the same opt-ins as in recipes.
     Wrong input raises ``DataError`` (data, metric) or ``ModelIOError`` (model).
     """
     from fusekit.evaluation.adapters import as_scorable
@@ -238,7 +228,12 @@ def evaluate(
     label = data_label(data)
     located = _open_data(data, label)  # bad or empty data fails before any model loads
     if isinstance(path_or_model, (str, Path)):
-        model, tokenizer = load_model(path_or_model, tokenizer=tokenizer)
+        model, tokenizer = load_model(
+            path_or_model,
+            tokenizer=tokenizer,
+            allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
+        )
         model_path: str | None = str(path_or_model)
         model_name = Path(path_or_model).expanduser().resolve().name
     else:

@@ -90,6 +90,8 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM
 
     folder = check_model_folder(path, allow_pickle=allow_pickle)
+    if not trust_remote_code:
+        _refuse_remote_code(folder)
     has_safetensors = bool(_safetensors_files(folder))
     kwargs: dict[str, Any] = {
         "local_files_only": True,
@@ -104,6 +106,19 @@ def load_causal_lm(
         raise ModelIOError(f"cannot load a causal LM from {folder}: {_first_line(exc)}") from exc
     model.eval()
     return model
+
+
+def _refuse_remote_code(folder: Path) -> None:
+    """A folder whose config maps auto classes to its own code runs that code on load."""
+    try:
+        auto_map = json.loads((folder / "config.json").read_text()).get("auto_map")
+    except (ValueError, OSError):
+        return  # transformers reports a broken config itself
+    if auto_map:
+        raise ModelIOError(
+            f"{folder} ships its own model code (auto_map in config.json); set "
+            "trust_remote_code: true (CLI: --trust-remote-code) to run it, if you trust it"
+        )
 
 
 def _torch_dtype(dtype: Any) -> Any:

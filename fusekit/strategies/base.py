@@ -140,9 +140,16 @@ class Strategy(ABC):
 
 
 def _input(ref: Any, path: Path) -> ModelInput:
+    """The folder every stage loads: with ``allow_pickle``, a pickled checkpoint's
+    safetensors copy (converted once), so surgery and loaders read one format."""
+    allow_pickle = bool(getattr(ref, "allow_pickle", False))
+    if allow_pickle:
+        from fusekit.io.convert import safetensors_folder
+
+        path = safetensors_folder(path)
     return ModelInput(
         path=str(path),
-        allow_pickle=bool(getattr(ref, "allow_pickle", False)),
+        allow_pickle=allow_pickle,
         trust_remote_code=bool(getattr(ref, "trust_remote_code", False)),
     )
 

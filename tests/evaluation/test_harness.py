@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -83,22 +81,18 @@ def test_a_composed_model_object(model: Any, tokenizer: Any) -> None:
     assert composed["model_name"] == "ComposedLike"
 
 
-def test_a_calm_folder_loads_through_load_composed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: Any, tokenizer: Any
-) -> None:
-    folder = tmp_path / "calm-out"
-    folder.mkdir()
-    (folder / "composition.json").write_text("{}", encoding="utf-8")
-    fake = types.ModuleType("fusekit.strategies.calm.io")
-    fake.load_composed = lambda path: ComposedLike(model, tokenizer)  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "fusekit.strategies.calm.io", fake)
-    result = evaluate(folder, CORPUS, progress=False)
-    assert result["value"] == pytest.approx(
-        evaluate(model, CORPUS, tokenizer=tokenizer, progress=False)["value"], rel=1e-6
-    )
-    monkeypatch.setitem(sys.modules, "fusekit.strategies.calm.io", None)
-    with pytest.raises(ModelIOError, match="CALM composition"):
-        evaluate(folder, CORPUS, progress=False)
+def test_a_calm_folder_loads_through_load_composed(tmp_path: Path) -> None:
+    """A real composition folder: at initialisation it scores exactly as its anchor."""
+    from fusekit.strategies.calm.build import compose_from_paths
+    from fusekit.strategies.calm.io import save_composition
+    from tests.pipeline.conftest import save_llama, write_corpus
+
+    anchor, augment = save_llama(tmp_path / "anchor", seed=0), save_llama(tmp_path / "aug", 1)
+    save_composition(compose_from_paths(anchor, [augment], every=2), tmp_path / "calm-out")
+    data = write_corpus(tmp_path / "heldout.jsonl")
+    composed = evaluate(tmp_path / "calm-out", data, progress=False)
+    assert composed["value"] == evaluate(anchor, data, progress=False)["value"]
+    assert composed["model_name"] == "calm-out"
 
 
 @pytest.mark.parametrize(

@@ -93,3 +93,18 @@ def weights(folder: Path) -> dict[str, Any]:
     for file in sorted(folder.glob("*.safetensors")):
         tensors.update({f"{file.name}:{k}": v for k, v in load_file(file).items()})
     return tensors
+
+
+@pytest.fixture(scope="session")
+def pickled(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Model ``a`` with its weights as ``pytorch_model.bin`` only."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    folder = tmp_path_factory.mktemp("pickled") / "a-bin"
+    shutil.copytree(models["a"], folder)
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    return folder

@@ -7,9 +7,9 @@ from typing import Any, ClassVar
 
 from fusekit.io.arch import arch_facts
 from fusekit.io.config import load_config
-from fusekit.io.refs import local_settings, peek_model, resolve_model
+from fusekit.io.refs import local_settings, peek_model
 from fusekit.io.writer import DEFAULT_SHARD_BYTES
-from fusekit.strategies.base import ModelInput, Prepared
+from fusekit.strategies.base import ModelInput, Prepared, model_input
 from fusekit.strategies.depth_upscaling.plan import LayerSource, slices_plan, solar_plan
 from fusekit.strategies.depth_upscaling.splice import load_configs, splice, splice_plan
 from fusekit.strategies.surgery import SurgeryStrategy
@@ -26,7 +26,7 @@ class DepthUpscalingStrategy(SurgeryStrategy):
     ) -> tuple[list[LayerSource], dict[str, Path], str, dict[str, Any]] | None:
         """(plan, key -> folder, base key, key -> config); None if a model is untrained."""
         r = self.recipe
-        resolve = resolve_model if materialize else peek_model
+        resolve = _materialized if materialize else peek_model
         folders: dict[str, Path] = {}
         refs: dict[str, Any] = {}
         missing: list[Any] = []
@@ -111,6 +111,11 @@ class DepthUpscalingStrategy(SurgeryStrategy):
         refs = [r.model] if r.model is not None else []
         refs += [s.sources[0].model for s in r.slices or [] if s.sources[0].model is not None]
         return any(_remote(ref)["trust_remote_code"] for ref in refs)
+
+
+def _materialized(ref: Any) -> Path:
+    """The folder surgery reads: trained if from scratch, converted if pickled."""
+    return Path(model_input(ref).path)
 
 
 def _remote(ref: Any) -> dict[str, bool]:
