@@ -113,8 +113,8 @@ def is_compare_file(path: str | Path) -> bool:
     """A YAML file with ``runs:`` or ``parents:`` and no ``strategy:`` is a compare file."""
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return False
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False  # the recipe reader names the problem
     return (
         isinstance(data, dict) and "strategy" not in data and ("runs" in data or "parents" in data)
     )

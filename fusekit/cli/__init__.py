@@ -7,8 +7,34 @@ from fusekit.cli.app import app
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point.
+
+    Usage mistakes (a missing argument, an unknown option) are one
+    ``fusekit: error: …`` line and exit 2 like every other user error, instead of
+    the framed box typer prints; ``--help`` and a bare ``fusekit`` still show help.
+    """
+    import sys
+
+    from typer.main import get_command
+
+    command = get_command(app)
+    try:
+        code = command.main(prog_name="fusekit", standalone_mode=False)
+    except Exception as exc:
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if "NoArgsIsHelpError" in names:
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(0)
+        if "UsageError" not in names:
+            raise
+        ctx = getattr(exc, "ctx", None)
+        where = f"{ctx.command_path} --help" if ctx is not None else "fusekit --help"
+        print(f"fusekit: error: {exc.format_message()} (see {where})", file=sys.stderr)  # type: ignore[attr-defined]
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("fusekit: interrupted; nothing was written", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 __all__ = ["app", "main"]

@@ -6,6 +6,7 @@ and ``fusekit strategies`` stay instant.
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from collections.abc import Callable
@@ -26,15 +27,45 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _close_progress_bars() -> None:
+    """End any progress bar left open by the failure, so the error starts its own line."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def fail(lines: list[str]) -> typer.Exit:
     """Print ``fusekit: error: …`` lines and return the exit to raise (status 2)."""
+    _close_progress_bars()
     for line in lines:
         print(f"fusekit: error: {line}", file=sys.stderr)
     return typer.Exit(2)
 
 
+_OS_ADVICE = {
+    errno.EACCES: "permission denied; choose a folder you can write to, or fix its permissions",
+    errno.EPERM: "operation not permitted; choose a folder you can write to",
+    errno.EROFS: "the filesystem is read-only; choose a writable folder",
+    errno.ENOSPC: "no space left on the device; free some space or choose another folder",
+    errno.EDQUOT: "disk quota exceeded; free some space or choose another folder",
+    errno.EISDIR: "is a folder; give a file path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
+}
+
+
+def os_error_line(exc: OSError) -> str | None:
+    """One line naming the path and what to do, for OS errors a user can fix (else None)."""
+    advice = _OS_ADVICE.get(exc.errno or -1)
+    if advice is None:
+        return None
+    path = exc.filename if exc.filename is not None else "(unknown path)"
+    return f"{path}: {advice}"
+
+
 def user_errors(func: F) -> F:
-    """Turn ``FusekitError`` into one line per problem and exit status 2, no traceback."""
+    """Turn ``FusekitError`` (and OS errors a user can fix: permissions, a full disk, a
+    folder where a file belongs) into one line per problem and exit status 2."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -42,6 +73,11 @@ def user_errors(func: F) -> F:
             return func(*args, **kwargs)
         except FusekitError as exc:
             raise fail(exc.lines()) from None
+        except OSError as exc:
+            line = os_error_line(exc)
+            if line is None:
+                raise
+            raise fail([line]) from None
         except KeyboardInterrupt:
             print("fusekit: interrupted; nothing was written", file=sys.stderr)
             raise typer.Exit(130) from None

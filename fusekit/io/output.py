@@ -32,6 +32,13 @@ def _real(path: Path) -> Path:
 
 def check_output(out: Path, *, overwrite: bool = False, inputs: Sequence[Path] = ()) -> None:
     """Raise ``OutputExistsError`` if writing ``out`` is not allowed; writes nothing."""
+    for parent in out.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputExistsError(
+                    f"output {out}: {parent} is a file, not a folder; choose another -o"
+                )
+            break
     real_out = _real(out)
     for given in inputs:
         real_in = _real(Path(given))
@@ -107,6 +114,10 @@ def atomic_output(
     parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(parent, out.name)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=parent))
+    # mkdtemp makes the folder 0700; the output is an ordinary folder, so follow the umask
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
     try:
         yield tmp
         _fsync_tree(tmp)

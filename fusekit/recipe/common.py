@@ -211,7 +211,10 @@ def parse_size(text: str | int) -> int:
     match = _SIZE.match(text)
     if not match:
         raise ValueError(f"size {text!r} is not like '500MB' or '2GB'")
-    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    size = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    if size <= 0:
+        raise ValueError(f"size {text!r} must be positive, like '500MB' or '2GB'")
+    return size
 
 
 class TrainSpec(Strict):

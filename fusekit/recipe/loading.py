@@ -105,13 +105,41 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
             raise RecipeError([f"--set {key}: {'.'.join(parts[:i])} is not a mapping"])
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping names the same key twice (YAML would silently keep the last)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``SafeLoader`` that refuses duplicate keys, naming both lines."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                continue  # complex keys: left to the recipe model to refuse
+            if key in seen:
+                raise DuplicateKeyError(
+                    f"key {key!r} appears twice (lines {seen[key]} and {line}); keep one"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_recipe_data(path: str | Path) -> dict[str, Any]:
     """The raw mapping in a YAML recipe file."""
     p = Path(path)
     if not p.is_file():
         raise RecipeError([f"{p}: recipe file does not exist"])
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError([f"{p}: not UTF-8 text (byte {exc.start}); save it as UTF-8"]) from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except DuplicateKeyError as exc:
+        raise RecipeError([f"{p}: {exc}"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

@@ -95,13 +95,13 @@ class Strategy(ABC):
     def prepare(self, workdir: Path) -> Prepared:
         """Resolve inputs and do parent-only work (surgery) into ``workdir``."""
 
-    def trains(self) -> bool:
+    def has_training(self) -> bool:
         spec = getattr(self.recipe, "train", None)
         return spec is not None and spec.steps != 0
 
     def units(self, prepared: Prepared) -> list[str]:
         """The units to build and fit, main first; none when nothing trains."""
-        return [self.main_unit] if self.trains() else []
+        return [self.main_unit] if self.has_training() else []
 
     def build(self, prepared: Prepared, unit: str) -> Built:
         """Model, data and loss of ``unit``; called in every rank."""

@@ -20,10 +20,10 @@ class SurgeryStrategy(Strategy):
 
     def check_training_data(self) -> None:
         """Refuse a training section without data before any surgery is done."""
-        if self.trains() and self.recipe.train_data() is None:
+        if self.has_training() and self.recipe.train_data() is None:
             raise DataError("train needs data: set train.data (or data.train) in the recipe")
 
-    def trainable(self, prepared: Prepared) -> Any:
+    def freeze_mask(self, prepared: Prepared) -> Any:
         """The freeze mask of the trained unit (None: every parameter trains)."""
         return None
 
@@ -35,7 +35,7 @@ class SurgeryStrategy(Strategy):
             prepared.state["folder"],
             self.recipe.train_data(),
             self.recipe.train,
-            trainable=self.trainable(prepared),
+            trainable=self.freeze_mask(prepared),
             trust_remote_code=trust,
         )
 

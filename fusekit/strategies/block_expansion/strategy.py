@@ -67,7 +67,7 @@ class BlockExpansionStrategy(SurgeryStrategy):
             state={"folder": str(workdir), "details": details},
         )
 
-    def trainable(self, prepared: Prepared) -> Any:
+    def freeze_mask(self, prepared: Prepared) -> Any:
         if self.recipe.trainable == "all":
             return None
         config = load_config(Path(prepared.inputs["model"].path))

@@ -190,14 +190,14 @@ def _generate_shared(
     else:
         logits = _shared_logits(model, ids, mask, prompt_len)
     ones = torch.ones(batch, 1, dtype=mask.dtype)
-    for step in range(max_new_tokens):
+    for n_new in range(max_new_tokens):
         nxt = pick_next(logits, do_sample, temperature, top_k, generator)
         if stops:
             nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
             done = done | torch.isin(nxt, torch.tensor(stops))
         out = torch.cat([out, nxt[:, None]], 1)
         mask = torch.cat([mask, ones], 1)
-        if bool(done.all()) or step == max_new_tokens - 1:
+        if bool(done.all()) or n_new == max_new_tokens - 1:
             break
         if not use_cache:
             logits = _shared_logits(model, out, mask, prompt_len)
@@ -308,18 +308,18 @@ def _generate_offsets(
     anchor_cache = _new_cache(model.anchor) if use_cache else None
     cached = 0  # anchor positions held in anchor_cache
     new: list[int] = []
-    for step in range(max_new_tokens + 1):
+    for n_new in range(max_new_tokens + 1):
         text = tok.decode(ids, skip_special_tokens=True)
         source = prompt_text if encoder else text
         floor = len(ids)  # anchor positions from here on must be (re)computed
         memories: list[Memory | None] = []
         for k, fol in enumerate(followers):
-            if encoder and step > 0:
+            if encoder and n_new > 0:
                 memories.append(fol.memory)
                 continue
             if model.shared_tokenizer[k]:
                 target = _augment_tokens(model, k, source, ids, ends)
-            elif step == 0 or not use_cache:
+            elif n_new == 0 or not use_cache:
                 target = encode_text(model.augment_tokenizers[k], source)
             else:
                 target = retokenize_tail(model.augment_tokenizers[k], source, fol.tokens)
@@ -336,7 +336,7 @@ def _generate_offsets(
             else:
                 fol.memory, fol.tokens = fol.full(target), target
             memories.append(fol.memory)
-        if step == max_new_tokens:
+        if n_new == max_new_tokens:
             break
         keys, _ = offset_keys(ends, is_augment=False)
         if use_cache:
@@ -368,9 +368,9 @@ def _generate_offsets(
         if trace is not None:
             trace.setdefault("logits", []).append(logits[0, -1])
         if forced is not None:
-            if step >= len(forced):
+            if n_new >= len(forced):
                 break
-            nxt = int(forced[step])
+            nxt = int(forced[n_new])
         else:
             nxt = int(pick_next(logits[:, -1], do_sample, temperature, top_k, generator)[0])
         new.append(nxt)

@@ -48,7 +48,12 @@ def default_pairs(n_augment_layers: int, n_anchor_layers: int, every: int = 4) -
     """Every ``every``-th augment block paired with evenly spaced anchor layers (see module doc)."""
     if every < 1:
         raise PlanError(f"every must be >= 1, got {every}")
-    n = max(1, n_augment_layers // every)
+    if every > n_augment_layers:
+        raise PlanError(
+            f"every: {every} pairs no layer of a {n_augment_layers}-layer augment; use every "
+            f"<= {n_augment_layers}, or list the layers in pairs"
+        )
+    n = n_augment_layers // every
     step = n_augment_layers / n
     pairs: list[LayerPair] = []
     for i in range(n):

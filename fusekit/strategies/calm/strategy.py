@@ -211,7 +211,7 @@ class CalmStrategy(Strategy):
 
     def units(self, prepared: Prepared) -> list[str]:
         # steps: 0 still saves the composition at initialisation; baselines only train
-        return [self.main_unit, *(self.recipe.baselines if self.trains() else [])]
+        return [self.main_unit, *(self.recipe.baselines if self.has_training() else [])]
 
     # ------------------------------------------------------------------ build
 
