@@ -137,7 +137,7 @@ def read_recipe_data(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise RecipeError([f"{p}: not UTF-8 text (byte {exc.start}); save it as UTF-8"]) from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
     except DuplicateKeyError as exc:
         raise RecipeError([f"{p}: {exc}"]) from None
     except yaml.YAMLError as exc:
