@@ -19,54 +19,13 @@ provenance and the model card — so a strategy supplies only its science:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from fusekit.result import StageResult, TrainingRecord
+from fusekit.stages import Built, ModelInput, Prepared
 
-
-class ModelInput(BaseModel):
-    """A model folder the output depends on, with the loading options its recipe gave."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    path: str
-    allow_pickle: bool = False
-    trust_remote_code: bool = False
-
-
-class Prepared(BaseModel):
-    """What ``prepare`` hands on: inputs, the plan, and the strategy's own JSON state."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    inputs: dict[str, ModelInput]
-    plan: dict[str, Any] = Field(default_factory=dict)
-    state: dict[str, Any] = Field(default_factory=dict)
-
-
-@dataclass
-class Built:
-    """One trainable unit: everything ``fit`` needs, and what the strategy keeps for later.
-
-    ``trainer_class`` is ``None`` for the shared ``FusekitTrainer`` (next-token loss);
-    strategies whose loss differs name their own subclass and its extra arguments.
-    ``after_fit`` turns the finished trainer into statistics for the training record.
-    """
-
-    model: Any
-    dataset: Any
-    collator: Any
-    tokenizer: Any = None
-    trainable: Any = None
-    trainer_class: Any = None
-    trainer_kwargs: dict[str, Any] = field(default_factory=dict)
-    after_fit: Any = None
-    save_dtype: Any = None
-    details: dict[str, Any] = field(default_factory=dict)
+__all__ = ["Built", "ModelInput", "Prepared", "Strategy", "model_input", "model_inputs"]
 
 
 class Strategy(ABC):

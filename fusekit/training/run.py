@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fusekit.strategies.base import Built
+from fusekit.stages import Built
 
 #: TrainSpec fields that do not change the weights (a resume may change them).
 _NOT_WEIGHTS = {"resume", "save_steps", "save_total_limit", "log_steps"}
