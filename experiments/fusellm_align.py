@@ -17,7 +17,7 @@ COMPARE = Path(__file__).resolve().parent.parent / "recipes/quickstart/fusellm-t
 
 def main() -> None:
     import fusekit
-    from fusekit.compare_recipe import load_compare
+    from fusekit.comparison.recipe import load_compare
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--align", nargs="+", default=["offsets", "mined", "em"])

@@ -52,7 +52,7 @@ def evaluate(path_or_model: Any, data: Any, metric: str = "bpb", **kwargs: Any) 
 
 def compare(recipes: Any, **kwargs: Any) -> Any:
     """Run several strategies on the same data and budget; returns a ``ComparisonTable``."""
-    from fusekit.compare import compare as _compare
+    from fusekit.comparison.runner import compare as _compare
 
     return _compare(recipes, **kwargs)
 

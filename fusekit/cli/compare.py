@@ -16,7 +16,7 @@ def compare_(
     set_: list[str] = typer.Option([], "--set", help="override: key.path=value"),
 ) -> None:
     """Run what is not cached, score everything on the same sets, write table/JSON/chart."""
-    from fusekit.compare import compare
+    from fusekit.comparison.runner import compare
 
     table = compare(spec, overrides=list(set_))
     typer.echo(table.to_markdown())

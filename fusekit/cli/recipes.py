@@ -28,7 +28,7 @@ def validate(
     set_: list[str] = typer.Option([], "--set", help="override: key.path=value"),
 ) -> None:
     """Check recipes without running them: one line per problem, exit 2 if any."""
-    from fusekit.compare_recipe import is_compare_file, load_compare
+    from fusekit.comparison.recipe import is_compare_file, load_compare
     from fusekit.recipe import load_recipe
 
     problems: list[str] = []

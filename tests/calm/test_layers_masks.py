@@ -21,8 +21,9 @@ def test_default_pairs_every_k_and_offset_convention() -> None:
     assert default_pairs(8, 8, 4) == [(3, 2), (7, 6)]
     # 8 augment blocks, k=2 against a 4-block anchor reaches the embedding output
     assert default_pairs(8, 4, 2) == [(1, -1), (3, 0), (5, 1), (7, 2)]
-    # fewer blocks than k: one pair from the last block
-    assert default_pairs(2, 4, 4) == [(1, 2)]
+    # fewer blocks than k cannot be paired as asked: an error, not a silent single pair
+    with pytest.raises(PlanError, match="every: 4 pairs no layer of a 2-layer augment"):
+        default_pairs(2, 4, 4)
 
 
 def test_check_pairs_accepts_embed_and_refuses_out_of_range() -> None:

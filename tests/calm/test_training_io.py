@@ -184,3 +184,18 @@ def test_offsets_dataset_cuts_long_texts_instead_of_truncating() -> None:
     n_tokens = len(anchor(text, add_special_tokens=False)["input_ids"])
     anchor_ids = [len(ex["input_ids"]) for ex in data.examples]
     assert max(anchor_ids) <= 32 and sum(anchor_ids[:-1]) >= n_tokens * 0.9
+
+
+def test_forward_returns_a_transformers_output(saved) -> None:
+    """``load_composed(dir)(input_ids=ids).logits`` as for any transformers causal LM."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    _, root = saved
+    loaded = load_composed(root / "out")
+    ids = random_ids(1, 8, seed=9)
+    with torch.no_grad():
+        out = loaded(input_ids=ids)
+    assert isinstance(out, CausalLMOutputWithPast) and out.loss is None
+    assert out.logits.shape[:2] == ids.shape and torch.equal(out["logits"], out.logits)
+    with torch.no_grad():
+        assert loaded(input_ids=ids, labels=ids).loss is not None

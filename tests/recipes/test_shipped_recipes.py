@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fusekit.compare_recipe import is_compare_file, load_compare
+from fusekit.comparison.recipe import is_compare_file, load_compare
 from fusekit.recipe import load_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").rglob("*.yaml"))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from fusekit.compare import compare
+from fusekit.comparison.runner import compare
 
 
 def _spec(tmp_path: Path, model: Path, corpus: Path) -> Path:
@@ -61,8 +61,8 @@ def test_loss_panel_reads_every_strategy_training_record() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fusekit.compare import ComparisonTable
-    from fusekit.compare_plot import _losses
+    from fusekit.comparison.plot import _losses
+    from fusekit.comparison.runner import ComparisonTable
 
     curve = [[1, 3.0], [2, 2.5]]
     runs = {

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from fusekit.errors import PlanError
 from fusekit.strategies.calm.composition import Composition, CrossBlock, Memory, RMSNorm
@@ -303,8 +304,11 @@ class ComposedModel(nn.Module):
         augment_inputs: list[dict[str, torch.Tensor] | None] | None = None,
         prompt_chars: torch.Tensor | None = None,
         **unused: Any,
-    ) -> dict[str, torch.Tensor]:
+    ) -> CausalLMOutputWithPast:
         """Teacher-forced composed forward; ``loss`` when ``labels`` are given.
+
+        Returns a ``CausalLMOutputWithPast`` like any transformers causal LM, so
+        ``out.logits`` and ``out["logits"]`` both work.
 
         ``augment_inputs[k]`` (different-tokenizer augments only) holds that
         model's own ``input_ids``, ``attention_mask`` and character-end ``keys``/
@@ -350,10 +354,8 @@ class ComposedModel(nn.Module):
         logits = self.anchor_forward(
             input_ids, attention_mask, positions, memories, q_keys, attention_mask.bool()
         )
-        result: dict[str, torch.Tensor] = {"logits": logits}
-        if labels is not None:
-            result["loss"] = causal_lm_loss(logits, labels)
-        return result
+        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        return CausalLMOutputWithPast(loss=loss, logits=logits)
 
     def generate(self, input_ids: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         """Iterative decoding with separate caches; see ``generation.generate``."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fusekit.compare_recipe import CompareSpec, deep_merge, load_compare
+from fusekit.comparison.recipe import CompareSpec, deep_merge, load_compare
 
 LOWER_IS_BETTER = {"bpb", "perplexity"}
 
@@ -139,7 +139,7 @@ def compare(spec: Any, *, overrides: list[str] | None = None) -> ComparisonTable
     (root / "results.md").write_text(table.to_markdown() + "\n")
     (root / "results.json").write_text(table.to_json() + "\n")
     try:
-        from fusekit.compare_plot import plot
+        from fusekit.comparison.plot import plot
 
         plot(table, spec, root / "results.png")
     except ImportError:
