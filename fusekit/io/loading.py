@@ -92,6 +92,7 @@ def load_causal_lm(
     folder = check_model_folder(path, allow_pickle=allow_pickle)
     if not trust_remote_code:
         _refuse_remote_code(folder)
+        _refuse_non_causal(folder)
     has_safetensors = bool(_safetensors_files(folder))
     kwargs: dict[str, Any] = {
         "local_files_only": True,
@@ -101,11 +102,43 @@ def load_causal_lm(
     if dtype is not None:
         kwargs["dtype"] = _torch_dtype(dtype)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            str(folder), output_loading_info=True, **kwargs
+        )
     except (OSError, ValueError, KeyError) as exc:
         raise ModelIOError(f"cannot load a causal LM from {folder}: {_first_line(exc)}") from exc
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        # transformers initialises missing tensors randomly and carries on: refuse instead
+        shown = ", ".join(missing[:3]) + (
+            f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        )
+        raise ModelIOError(
+            f"{folder} lacks tensors its architecture needs ({shown}); the checkpoint is "
+            "incomplete — copy it again or point to the complete folder"
+        )
     model.eval()
     return model
+
+
+def _refuse_non_causal(folder: Path) -> None:
+    """A checkpoint saved for another task (``BertForMaskedLM``) would load with a random head."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    try:
+        architectures = json.loads((folder / "config.json").read_text()).get("architectures")
+    except (ValueError, OSError):
+        return
+    if not architectures:
+        return
+    causal: set[str] = set()
+    for value in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        causal.update(value if isinstance(value, (list, tuple)) else [value])
+    if not any(name in causal for name in architectures):
+        raise ModelIOError(
+            f"{folder} holds a {architectures[0]}, not a causal language model; fusekit fuses "
+            "decoder LMs (…ForCausalLM)"
+        )
 
 
 def _refuse_remote_code(folder: Path) -> None:

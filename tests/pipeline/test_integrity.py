@@ -112,3 +112,33 @@ def test_a_recipe_with_no_problem_validates(models, tmp_path: Path) -> None:
                                     "groups": 2}))  # fmt: skip
     proc = fusekit_cli("validate", str(path))
     assert proc.returncode == 0 and "ok:" in proc.stdout
+
+
+def test_a_checkpoint_missing_a_tensor_is_refused(models, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "incomplete"
+    shutil.copytree(models["a"], broken)
+    state = load_file(broken / "model.safetensors")
+    del state["model.layers.1.mlp.up_proj.weight"]
+    save_file(state, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    data = write_corpus(tmp_path / "corpus.jsonl")
+    path = write_recipe(tmp_path / "r.yaml", recipe_for("finetune", {**models, "a": broken}, data))
+    proc = fusekit_cli("run", str(path), "-o", str(tmp_path / "out"))
+    _one_line(proc, "model.layers.1.mlp.up_proj.weight", "incomplete")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_masked_lm_is_not_taken_for_a_causal_lm(models, tmp_path: Path) -> None:
+    from transformers import BertConfig, BertForMaskedLM
+
+    bert = tmp_path / "bert"
+    BertForMaskedLM(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
+                               num_attention_heads=2, intermediate_size=64)).save_pretrained(bert)  # fmt: skip
+    shutil.copy(models["a"] / "tokenizer.json", bert / "tokenizer.json")
+    shutil.copy(models["a"] / "tokenizer_config.json", bert / "tokenizer_config.json")
+    data = write_corpus(tmp_path / "corpus.jsonl")
+    recipe = recipe_for("calm", models, data)
+    recipe["anchor"] = str(bert)
+    path = write_recipe(tmp_path / "r.yaml", recipe)
+    _one_line(fusekit_cli("run", str(path), "-o", str(tmp_path / "out")), "BertForMaskedLM")
