@@ -46,23 +46,35 @@ def unit_fingerprint(ctx: StageContext, unit: str) -> dict[str, Any]:
     return {**ctx.fingerprint, "unit": unit}
 
 
+def rank() -> int:
+    """This process's rank in the process group (0 when there is none).
+
+    Read from torch.distributed, not accelerate's ``PartialState``: on a CPU-only
+    machine launched with the torchrun launcher, PartialState reports a
+    non-distributed state (every rank "main") although the gloo group is up.
+    """
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 @contextlib.contextmanager
 def _rank0_first(distributed: bool) -> Iterator[None]:
+    """Rank 0 runs the block first (writing caches); the others wait, then run it."""
     if not distributed:
         yield
         return
-    from accelerate import PartialState
+    import torch.distributed as dist
 
-    with PartialState().main_process_first():
-        yield
+    if rank() != 0:
+        dist.barrier()
+    yield
+    if rank() == 0:
+        dist.barrier()
 
 
 def _is_main(distributed: bool) -> bool:
-    if not distributed:
-        return True
-    from accelerate import PartialState
-
-    return bool(PartialState().is_main_process)
+    return not distributed or rank() == 0
 
 
 def run_stages(

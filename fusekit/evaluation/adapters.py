@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from fusekit.errors import FusekitError
+from fusekit.io.kv_cache import cache_kwargs, output_cache
 
 # Context lengths beyond this are not used unless asked for: a 128k-token
 # window on a CPU would need hundreds of GB for the logits alone.
@@ -201,8 +202,8 @@ class ModelAdapter:
     ) -> torch.Tensor:
         """Logits computed through the KV cache: ``prefill`` tokens at once, then one at a time.
 
-        Needs a forward that accepts ``past_key_values``/``use_cache`` and returns
-        ``.past_key_values`` (every Hugging Face causal LM does).
+        Needs a forward that takes a KV cache (``cache``, or ``past_key_values`` before
+        transformers renamed it) and returns it (every Hugging Face causal LM does).
         """
         pieces: list[torch.Tensor] = []
         with _eval_mode(self.model):
@@ -211,18 +212,17 @@ class ModelAdapter:
                 attention_mask=attention_mask[:, :prefill],
                 use_cache=True,
             )
-            past = getattr(out, "past_key_values", None)
+            past = output_cache(out)
             if past is None:
-                raise TypeError(f"{type(self.model).__name__} returned no past_key_values")
+                raise TypeError(f"{type(self.model).__name__} returned no KV cache")
             pieces.append(_logits_of(out))
             for t in range(prefill, input_ids.shape[1]):
                 out = self.model(
                     input_ids=input_ids[:, t : t + 1],
                     attention_mask=attention_mask[:, : t + 1],
-                    past_key_values=past,
-                    use_cache=True,
+                    **cache_kwargs(self.model, past),
                 )
-                past = out.past_key_values
+                past = output_cache(out)
                 pieces.append(_logits_of(out))
         return torch.cat(pieces, dim=1)
 

@@ -17,14 +17,14 @@ def main(job_path: str) -> int:
     from accelerate import PartialState
 
     from fusekit.errors import FusekitError
-    from fusekit.pipeline import StageContext, run_stages
+    from fusekit.pipeline import StageContext, rank, run_stages
     from fusekit.recipe import parse_recipe
     from fusekit.registry import strategy_class
     from fusekit.strategies.base import Prepared
 
     job = Path(job_path)
     spec = json.loads(job.read_text())
-    state = PartialState()  # joins the process group that accelerate launch set up
+    PartialState()  # joins the process group that accelerate launch set up
     status = 0
     try:
         recipe = parse_recipe(spec["recipe"], source=str(job))
@@ -37,7 +37,7 @@ def main(job_path: str) -> int:
         if result is not None:
             job.with_suffix(".result.json").write_text(result.model_dump_json())
     except FusekitError as exc:
-        if state.is_main_process:
+        if rank() == 0:
             job.with_suffix(".error.json").write_text(json.dumps({"error": str(exc)}))
         status = 2
     if dist.is_available() and dist.is_initialized():

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from fusekit.io.kv_cache import cache_kwargs
 from fusekit.strategies.calm.build import compose_from_paths
 from fusekit.strategies.calm.masks import positions_from_mask
 from tests.calm.conftest import quick_train, random_ids
@@ -115,10 +116,10 @@ def test_identity_at_init_through_the_kv_cache(bases: dict[str, Path]) -> None:
                 )
             )
         ref_cache = DynamicCache()
-        ref = [model.anchor(ids[:, :6], past_key_values=ref_cache, use_cache=True).logits]
+        ref = [model.anchor(ids[:, :6], **cache_kwargs(model.anchor, ref_cache)).logits]
         for t in range(6, 10):
             ref.append(
-                model.anchor(ids[:, t : t + 1], past_key_values=ref_cache, use_cache=True).logits
+                model.anchor(ids[:, t : t + 1], **cache_kwargs(model.anchor, ref_cache)).logits
             )
     assert (torch.cat(steps, 1) - torch.cat(ref, 1)).abs().max().item() == 0.0
 

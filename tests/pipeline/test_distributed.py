@@ -48,7 +48,7 @@ def test_two_gloo_ranks_write_one_complete_output(
     out = tmp_path / "out"
     config = two_cpu_ranks(tmp_path / "two_cpu_ranks.yaml")
     proc = fusekit_cli("run", str(path), "-o", str(out), "--accelerate-config", str(config))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-12000:]
     record = json.loads((out / "fusekit.json").read_text())
     assert record["training"]["world_size"] == 2 and record["training"]["steps"] == 2
     assert weights(out) and (out / "README.md").is_file()

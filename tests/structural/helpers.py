@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from fusekit.io.kv_cache import cache_kwargs, output_cache
+
 
 def token_ids(batch: int = 2, length: int = 12, seed: int = 0) -> torch.Tensor:
     """Random ids above the special tokens; longer than the tiny models' sliding window."""
@@ -21,11 +23,11 @@ def uncached_logits(model: Any, ids: torch.Tensor) -> torch.Tensor:
 def cached_logits(model: Any, ids: torch.Tensor, prefill: int = 5) -> torch.Tensor:
     """Prefill ``prefill`` tokens, then feed the rest one at a time through the KV cache."""
     out = model(ids[:, :prefill], use_cache=True)
-    logits, past = [out.logits], out.past_key_values
+    logits, past = [out.logits], output_cache(out)
     for t in range(prefill, ids.shape[1]):
-        out = model(ids[:, t : t + 1], past_key_values=past, use_cache=True)
+        out = model(ids[:, t : t + 1], **cache_kwargs(model, past))
         logits.append(out.logits)
-        past = out.past_key_values
+        past = output_cache(out)
     return torch.cat(logits, dim=1)
 
 

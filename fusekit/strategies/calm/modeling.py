@@ -17,6 +17,7 @@ from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from fusekit.errors import PlanError
+from fusekit.io.kv_cache import cache_kwargs
 from fusekit.strategies.calm.composition import Composition, CrossBlock, Memory, RMSNorm
 from fusekit.strategies.calm.config import AUGMENT_MODES, AugmentLink, CompositionConfig
 from fusekit.strategies.calm.layers import EMBED, config_facts, decoder_layers
@@ -238,8 +239,7 @@ class ComposedModel(nn.Module):
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
-                use_cache=past_key_values is not None,
+                **cache_kwargs(self.augments[k], past_key_values),
             )
         except _StopAugment:
             pass
@@ -286,8 +286,7 @@ class ComposedModel(nn.Module):
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
-                use_cache=past_key_values is not None,
+                **cache_kwargs(self.anchor, past_key_values),
             )
         finally:
             self._inject = {}
