@@ -9,6 +9,12 @@ the file or field at fault and say what to do instead.
 from __future__ import annotations
 
 
+def listing(items: list[str], most: int = 3) -> str:
+    """``a, b, c and 4 more``: names for a one-line message that stays one line."""
+    shown = ", ".join(items[:most])
+    return shown + (f" and {len(items) - most} more" if len(items) > most else "")
+
+
 class FusekitError(Exception):
     """Base class: a problem with the user's input that they can fix."""
 

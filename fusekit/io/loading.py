@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fusekit.errors import ModelIOError
+from fusekit.errors import ModelIOError, listing
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 _TOKENIZER_FILES = (
@@ -110,11 +110,8 @@ def load_causal_lm(
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         # transformers initialises missing tensors randomly and carries on: refuse instead
-        shown = ", ".join(missing[:3]) + (
-            f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        )
         raise ModelIOError(
-            f"{folder} lacks tensors its architecture needs ({shown}); the checkpoint is "
+            f"{folder} lacks tensors its architecture needs ({listing(missing)}); the checkpoint is "
             "incomplete — copy it again or point to the complete folder"
         )
     model.eval()

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fusekit.errors import FusekitError
+from fusekit.errors import FusekitError, listing
 from fusekit.result import TrainingRecord
 
 FINGERPRINT_FILE = "fusekit-fingerprint.json"
@@ -87,11 +87,8 @@ def resume_point(checkpoint_dir: Path, fingerprint: dict[str, Any]) -> Path | No
     old = json.loads((latest / FINGERPRINT_FILE).read_text())
     changed = fingerprint_diff(old, fingerprint)
     if changed:
-        shown = ", ".join(changed[:6]) + (
-            f" and {len(changed) - 6} more" if len(changed) > 6 else ""
-        )
         raise ResumeMismatchError(
-            f"cannot resume from {latest}: it was made with different {shown}; "
+            f"cannot resume from {latest}: it was made with different {listing(changed, 6)}; "
             "restore those settings, or run without --resume to start over"
         )
     return latest

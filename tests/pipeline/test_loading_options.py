@@ -17,13 +17,18 @@ from tests.pipeline.conftest import STRATEGIES, fusekit_cli, recipe_for, weights
 _MODEL_KEYS = ("model", "anchor", "target")
 
 
-def _pickled_recipe(strategy: str, models: dict, pickled: Path, data: Path, allow: bool) -> dict:
-    recipe = recipe_for(strategy, {**models, "a": pickled}, data)
-    recipe["train"]["steps"] = 2
+def _with_model(strategy: str, models: dict, folder: Path, data: Path, steps: int, **opts) -> dict:
+    """``strategy``'s recipe with ``folder`` (and its loading options) as the main model."""
+    recipe = recipe_for(strategy, {**models, "a": folder}, data)
+    recipe["train"]["steps"] = steps
     for key in _MODEL_KEYS:
         if key in recipe:
-            recipe[key] = {"path": str(pickled), "allow_pickle": allow}
+            recipe[key] = {"path": str(folder), **opts}
     return recipe
+
+
+def _pickled_recipe(strategy: str, models: dict, pickled: Path, data: Path, allow: bool) -> dict:
+    return _with_model(strategy, models, pickled, data, 2, allow_pickle=allow)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -87,12 +92,7 @@ def test_local_model_code_runs_only_with_trust_remote_code(
     data = write_corpus(tmp_path / "corpus.jsonl")
 
     def recipe(trust: bool) -> dict:
-        r = recipe_for(strategy, {**models, "a": remote_code}, data)
-        r["train"]["steps"] = 1
-        for key in _MODEL_KEYS:
-            if key in r:
-                r[key] = {"path": str(remote_code), "trust_remote_code": trust}
-        return r
+        return _with_model(strategy, models, remote_code, data, 1, trust_remote_code=trust)
 
     with pytest.raises(FusekitError, match="trust_remote_code"):
         run(recipe(False), output=tmp_path / "no")
