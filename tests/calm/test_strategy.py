@@ -105,3 +105,18 @@ def test_anchor_mix_adds_the_anchor_task_with_its_own_table() -> None:
     recipe.anchor = SimpleNamespace(path="/somewhere")
     with pytest.raises(PlanError, match="anchor_mix needs"):
         mix_anchor_task(recipe, records, seed=0)
+
+
+def test_table_one_names_rows_as_the_paper_does() -> None:
+    from fusekit.strategies.calm.strategy import paper_label, table_one
+
+    assert paper_label("kv_arithmetic:held_out:heldout") == "KV-arithmetic, held-out keys"
+    assert paper_label("kv_arithmetic:held_in:heldout") == "KV-arithmetic, held-in keys"
+    assert paper_label("kv_substitution:heldout") == "KV-substitution"
+    assert paper_label("numeric_arithmetic:heldout") == "Numeric-arithmetic"
+    assert (
+        paper_label("my_notes") == "my_notes"
+        and paper_label("english:heldout") == "english:heldout"
+    )
+    table = table_one({"kv_substitution:heldout": {"calm": 0.5}})
+    assert table.splitlines()[2] == "| KV-substitution | 50.0 |"
