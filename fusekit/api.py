@@ -74,14 +74,15 @@ def _data_files(recipe: Any) -> dict[str, Path]:
 
 #: Recipe fields that do not change the trained weights, left out of the resume fingerprint.
 _NOT_WEIGHTS = ("name", "description", "output", "overwrite", "baselines")
-_NOT_WEIGHTS_TRAIN = ("resume", "save_steps", "save_total_limit", "log_steps")
 
 
 def weight_fields(recipe_dict: dict[str, Any]) -> dict[str, Any]:
     """The recipe without output, logging, checkpointing and resume settings."""
+    from fusekit.training.fit import NOT_WEIGHTS_TRAIN
+
     fields = {k: v for k, v in recipe_dict.items() if k not in _NOT_WEIGHTS}
     if isinstance(fields.get("train"), dict):
-        fields["train"] = {k: v for k, v in fields["train"].items() if k not in _NOT_WEIGHTS_TRAIN}
+        fields["train"] = {k: v for k, v in fields["train"].items() if k not in NOT_WEIGHTS_TRAIN}
     if isinstance(fields.get("data"), dict):
         fields["data"] = {k: v for k, v in fields["data"].items() if k != "eval"}
     return fields
@@ -113,7 +114,7 @@ def run(
     from fusekit.io.hashing import data_hash, folder_hash
     from fusekit.io.output import atomic_output
     from fusekit.io.provenance import versions, write_model_card, write_run_record
-    from fusekit.pipeline import StageContext, run_distributed, run_stages
+    from fusekit.pipeline import StageContext, run_distributed, run_stages, unit_fingerprint
     from fusekit.training.fit import complete_checkpoints, resume_point
 
     recipe = _as_recipe(recipe, overrides)
@@ -157,7 +158,7 @@ def run(
             units = strategy.units(prepared)
             if resume:  # refuse another run's checkpoints before any work
                 for unit in units:
-                    resume_point(root / unit, {**ctx.fingerprint, "unit": unit})
+                    resume_point(root / unit, unit_fingerprint(ctx, unit))
             elif root.exists():
                 if any(complete_checkpoints(root / unit) for unit in units):
                     print(f"fusekit: starting over; removing the checkpoints in {root} "
@@ -207,13 +208,6 @@ def _leftovers(root: Path) -> None:
               file=sys.stderr)  # fmt: skip
     else:
         shutil.rmtree(root, ignore_errors=True)
-
-
-def evaluate_sets(model: Any, eval_refs: list[Any], *, name: str | None = None) -> list[dict]:
-    """Score one model on each evaluation set of a recipe, with each set's natural metric."""
-    from fusekit.evaluation.sets import evaluate_sets as _sets
-
-    return _sets(model, eval_refs, name=name)
 
 
 def build(recipe: Any, *, output: str | Path | None = None, overwrite: bool | None = None) -> Any:

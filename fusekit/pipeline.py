@@ -124,8 +124,6 @@ def run_distributed(
     """``run_stages`` on every rank of ``accelerate launch --config_file config``."""
     from fusekit.recipe import recipe_to_dict
 
-    if not config.is_file():
-        raise FusekitError(f"accelerate config {config} does not exist")
     root = Path(ctx.checkpoint_root)
     root.mkdir(parents=True, exist_ok=True)
     job = root / "job.json"

@@ -90,7 +90,7 @@ def _scores(root: Path, model_dir: Path, name: str, spec: CompareSpec) -> list[d
     """
     from pydantic import TypeAdapter
 
-    from fusekit.api import evaluate_sets
+    from fusekit.evaluation.sets import evaluate_sets
     from fusekit.io.hashing import folder_hash
     from fusekit.recipe.common import DataRef, data_label
 

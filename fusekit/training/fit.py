@@ -32,6 +32,9 @@ from fusekit.result import TrainingRecord
 
 FINGERPRINT_FILE = "fusekit-fingerprint.json"
 
+#: TrainSpec fields that do not change the weights: a resume may change them.
+NOT_WEIGHTS_TRAIN = frozenset({"resume", "save_steps", "save_total_limit", "log_steps"})
+
 
 class ResumeMismatchError(FusekitError):
     """A checkpoint was made by a run with other data, settings or inputs."""
@@ -156,7 +159,7 @@ def fit(
             f"fusekit: {label}: no checkpoint to resume from; starting at step 0", file=sys.stderr
         )
     if clear_stale and not resume and checkpoint_dir.exists():
-        _remove_tree(checkpoint_dir)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     if start_from is not None:
         print(
             f"fusekit: {label}: resuming from {start_from.name} (step {_step(start_from)})",
@@ -204,7 +207,3 @@ def fit(
         world_size=int(trainer.args.world_size),
         extra=extra,
     )
-
-
-def _remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

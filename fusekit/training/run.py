@@ -12,9 +12,6 @@ from typing import Any
 
 from fusekit.stages import Built
 
-#: TrainSpec fields that do not change the weights (a resume may change them).
-_NOT_WEIGHTS = {"resume", "save_steps", "save_total_limit", "log_steps"}
-
 
 def causal_lm_unit(
     model_dir: str | Path,
@@ -87,7 +84,7 @@ def train_causal_lm(
     Returns the training record as JSON.  ``spec.steps == 0`` trains and writes nothing.
     """
     from fusekit.io.saving import save_trained
-    from fusekit.training.fit import fit
+    from fusekit.training.fit import NOT_WEIGHTS_TRAIN, fit
 
     out_dir = Path(out_dir)
     if spec.steps == 0:
@@ -100,7 +97,7 @@ def train_causal_lm(
         checkpoints,
         fingerprint={
             "model": str(model_dir),
-            "spec": spec.model_dump(mode="json", exclude=_NOT_WEIGHTS),
+            "spec": spec.model_dump(mode="json", exclude=set(NOT_WEIGHTS_TRAIN)),
         },
         resume=spec.resume,
     )

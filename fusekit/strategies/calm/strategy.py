@@ -220,15 +220,14 @@ class CalmStrategy(Strategy):
         return [Path(r.path) for r in refs if _scratch_spec(r) is None and hasattr(r, "path")]
 
     def prepare(self, workdir: Path) -> Prepared:
-        from fusekit.strategies.calm.build import composition_config
+        from fusekit.strategies.calm.build import plan_composition
 
         anchor, *augments = model_inputs([self.recipe.anchor, *self.recipe.augment])
         inputs = {"anchor": anchor, **{f"augment_{k}": a for k, a in enumerate(augments)}}
-        config = composition_config(
-            _config_of(anchor.path), [_config_of(a.path) for a in augments], **self._shape()
+        # every base is a folder now (from-scratch ones trained): plan from their configs
+        plan = plan_composition(
+            Path(anchor.path), [Path(a.path) for a in augments], **self._shape()
         )
-        plan = {**self.plan(), "composition_parameters": config.parameter_count()}
-        plan["pairs"] = [[list(p) for p in a.pairs] for a in config.augments]
         return Prepared(inputs=inputs, plan=plan)
 
     def units(self, prepared: Prepared) -> list[str]:
@@ -358,11 +357,11 @@ class CalmStrategy(Strategy):
                 result = evaluate_one(model, recs)
                 evaluation.append({**result, "data": label, "model_name": name, "model": name})
                 row[unit] = float(result["value"])
+                chance = chance_level(recs)  # of the data alone: once, with the main unit
+                if chance is not None:
+                    row["chance"] = chance
             else:
                 row[unit] = score(model, recs)
-            chance = chance_level(recs)
-            if chance is not None:
-                row["chance"] = chance
         return {"table": table, "evaluation": evaluation}
 
     def report(
@@ -373,20 +372,13 @@ class CalmStrategy(Strategy):
         details: dict[str, Any],
     ) -> StageResult:
         table: dict[str, dict[str, float]] = {}
-        for unit in records:  # calm first, then the baselines, chance last
+        for unit in records:  # calm first, then the baselines
             for label, row in scores.get(unit, {}).get("table", {}).items():
-                merged = table.setdefault(label, {})
-                chance = row.get("chance")
-                merged.update({k: v for k, v in row.items() if k != "chance"})
-                if chance is not None:
-                    merged["chance"] = chance
-        for row in table.values():
+                table.setdefault(label, {}).update(row)
+        for row in table.values():  # chance as the last column
             if "chance" in row:
                 row["chance"] = row.pop("chance")
-        return StageResult(
-            training=records.get(self.main_unit),
-            baselines={k: v for k, v in records.items() if k != self.main_unit and v},
-            evaluation=scores.get(self.main_unit, {}).get("evaluation", []),
-            tables=table_one(table) if table else None,
-            details={**details, "eval": table},
-        )
+        result = super().report(prepared, records, scores, details)
+        result.tables = table_one(table) if table else None
+        result.details["eval"] = table
+        return result
