@@ -37,30 +37,19 @@ def _as_recipe(recipe: Any, overrides: list[str] | None = None) -> Any:
 
 def local_model_paths(recipe: Any) -> list[Path]:
     """Every local model folder a recipe names (the output may never touch one)."""
-    from pydantic import BaseModel
+    from fusekit.checks import local_models
 
-    from fusekit.recipe.common import LocalModel
-
-    found: list[Path] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, LocalModel):
-            found.append(Path(node.path))
-        elif isinstance(node, BaseModel):
-            for name in type(node).model_fields:
-                walk(getattr(node, name))
-        elif isinstance(node, (list, tuple)):
-            for item in node:
-                walk(item)
-
-    walk(recipe)
-    return found
+    return [Path(ref.path) for ref in local_models(recipe)]
 
 
 def plan(recipe: Any, overrides: list[str] | None = None) -> dict[str, Any]:
     """What ``run`` would do (``--dry-run``): reads no weights, writes nothing."""
+    from fusekit.checks import check_inputs
+
     recipe = _as_recipe(recipe, overrides)
-    return {"strategy": recipe.strategy, **strategy_class(recipe.strategy)(recipe).plan()}
+    strategy = strategy_class(recipe.strategy)(recipe)
+    check_inputs(recipe, strategy)
+    return {"strategy": recipe.strategy, **strategy.plan()}
 
 
 def _data_files(recipe: Any) -> dict[str, Path]:
@@ -111,6 +100,7 @@ def run(
     continues from the checkpoints an interrupted run left in ``.OUT.checkpoints/``;
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects for every fit.
     """
+    from fusekit.checks import check_inputs
     from fusekit.io.hashing import data_hash, folder_hash
     from fusekit.io.output import atomic_output
     from fusekit.io.provenance import versions, write_model_card, write_run_record
@@ -128,12 +118,15 @@ def run(
     spec = recipe.train
     resume = bool(spec is not None and spec.resume) if resume is None else resume
     strategy = strategy_class(recipe.strategy)(recipe)
+    check_inputs(recipe, strategy)  # every folder and data file, before any work
     root = checkpoint_root(out)
     start = time.perf_counter()
     overwrite = recipe.overwrite if overwrite is None else overwrite
     recipe_dict = recipe_to_dict(recipe)
+    tmp_name = [""]  # the temporary folder, to keep it out of error messages
     try:
         with atomic_output(out, overwrite=overwrite, inputs=local_model_paths(recipe)) as tmp:
+            tmp_name[0] = str(tmp)
             prepared = strategy.prepare(Path(tmp))
             inputs = {
                 name: InputRecord(path=m.path, hash=folder_hash(m.path))
@@ -188,8 +181,10 @@ def run(
                 base_models=[r.path for r in inputs.values()],
                 strategy=recipe.strategy,
             )
-    except BaseException:
+    except BaseException as exc:
         _leftovers(root)
+        if isinstance(exc, FusekitError) and tmp_name[0]:
+            exc.replace_path(tmp_name[0], str(out))
         raise
     shutil.rmtree(root, ignore_errors=True)
     print(f"fusekit: wrote {out}", file=sys.stderr)

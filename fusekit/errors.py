@@ -24,6 +24,11 @@ class FusekitError(Exception):
         """One line per problem; most errors carry exactly one."""
         return [str(self)]
 
+    def replace_path(self, old: str, new: str) -> None:
+        """Say ``new`` where the message says ``old``: a run's temporary folder is gone by
+        the time the user reads the line, so messages name the output instead."""
+        self.args = tuple(a.replace(old, new) if isinstance(a, str) else a for a in self.args)
+
 
 class RecipeError(FusekitError):
     """A recipe (YAML or ``--set`` override) is invalid.
@@ -37,6 +42,10 @@ class RecipeError(FusekitError):
 
     def lines(self) -> list[str]:
         return list(self.problems)
+
+    def replace_path(self, old: str, new: str) -> None:
+        self.problems = [p.replace(old, new) for p in self.problems]
+        super().replace_path(old, new)
 
 
 class ModelIOError(FusekitError):

@@ -26,7 +26,8 @@ def main() -> None:
             exc.show()  # type: ignore[attr-defined]
             sys.exit(0)
         if "UsageError" not in names:
-            raise
+            _report_bug()
+            sys.exit(1)
         ctx = getattr(exc, "ctx", None)
         where = f"{ctx.command_path} --help" if ctx is not None else "fusekit --help"
         print(f"fusekit: error: {exc.format_message()} (see {where})", file=sys.stderr)  # type: ignore[attr-defined]
@@ -35,6 +36,19 @@ def main() -> None:
         print("fusekit: interrupted; nothing was written", file=sys.stderr)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _report_bug() -> None:
+    """A fault of fusekit (never the user's input): the traceback and where to report it."""
+    import sys
+    import traceback
+
+    traceback.print_exc()
+    print(
+        "fusekit: internal error: this is a bug in fusekit, not a problem with your input; "
+        "please file an issue with the command and the traceback above",
+        file=sys.stderr,
+    )
 
 
 __all__ = ["app", "main"]

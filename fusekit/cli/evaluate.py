@@ -26,10 +26,24 @@ def eval_(
     trust_remote_code: bool = typer.Option(
         False, "--trust-remote-code", help="run model code shipped in the model folder"
     ),
+    base: list[str] = typer.Option(
+        [],
+        "--base",
+        help="NAME=DIR: where a CALM output's moved base now is (anchor, augment0, …); "
+        "its hash is still checked",
+    ),
 ) -> None:
     """Evaluate one model on one data set and print the result."""
     from fusekit.api import evaluate
+    from fusekit.errors import FusekitError
     from fusekit.evaluation.report import terminal_table
+
+    bases: dict[str, str] = {}
+    for item in base:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise FusekitError(f"--base {item!r}: give NAME=DIR, e.g. --base anchor=/models/a")
+        bases[name.strip()] = folder
 
     result = evaluate(
         path,
@@ -38,8 +52,10 @@ def eval_(
         batch_size=batch_size,
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
+        bases=bases,
     )
     typer.echo(terminal_table([result]))
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        from fusekit.io.output import write_file
+
+        write_file(json_out, json.dumps(result, indent=2) + "\n")

@@ -27,9 +27,12 @@ def validate(
     recipes: list[Path] = typer.Argument(..., help="recipe YAML files"),
     set_: list[str] = typer.Option([], "--set", help="override: key.path=value"),
 ) -> None:
-    """Check recipes without running them: one line per problem, exit 2 if any."""
+    """Check recipes and the folders and data they name, without running them: one line
+    per problem, exit 2 if any."""
+    from fusekit.checks import check_inputs
     from fusekit.comparison.recipe import is_compare_file, load_compare
     from fusekit.recipe import load_recipe
+    from fusekit.registry import strategy_class
 
     problems: list[str] = []
     for path in recipes:
@@ -38,7 +41,9 @@ def validate(
                 spec = load_compare(path, set_)
                 kind = f"compare: {len(spec.runs)} runs, {len(spec.parents)} parents"
             else:
-                kind = load_recipe(path, set_).strategy
+                recipe = load_recipe(path, set_)
+                check_inputs(recipe, strategy_class(recipe.strategy)(recipe))
+                kind = recipe.strategy
         except FusekitError as exc:
             problems.extend(exc.lines())
         else:

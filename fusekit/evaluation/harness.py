@@ -18,7 +18,7 @@ generation), ``multiple_choice`` (log-likelihood); aliases ``ppl``, ``em``,
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -51,11 +51,13 @@ def load_model(
     tokenizer: Any = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
+    bases: Mapping[str, str | Path] | None = None,
 ) -> tuple[Any, Any]:
     """``(model, tokenizer)`` from a local folder: a CALM output or a Hugging Face model.
 
     A folder with ``composition.json`` is a CALM composition, re-attached to its
-    base models by ``fusekit.strategies.calm.io.load_composed``; any other
+    base models by ``fusekit.strategies.calm.io.load_composed`` (``bases`` re-points
+    moved ones by name); any other
     folder must hold a causal LM and its tokenizer.  Nothing is downloaded;
     pickled weights and model code in the folder load only when opted in.
     """
@@ -66,7 +68,7 @@ def load_model(
     if not folder.is_dir():
         raise ModelIOError(f"{folder}: no such model folder")
     if (folder / "composition.json").is_file():
-        model = load_composed(folder)
+        model = load_composed(folder, bases=bases)
         if tokenizer is None:
             tokenizer = getattr(model, "tokenizer", None)
         if tokenizer is None:
@@ -207,6 +209,7 @@ def evaluate(
     stop: Sequence[str] = (),
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
+    bases: Mapping[str, str | Path] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model on data with one metric; returns the JSON-able result described above.
 
@@ -216,7 +219,8 @@ def evaluate(
     records (see ``fusekit.evaluation.data``).  ``max_length``/``stride``: the
     scoring window (default: the model's context, capped at 4096, and disjoint
     windows).  ``max_new_tokens``/``stop``: exact-match generation overrides.
-    ``allow_pickle``/``trust_remote_code``: the same opt-ins as in recipes.
+    ``allow_pickle``/``trust_remote_code``: the same opt-ins as in recipes;
+    ``bases``: moved base folders of a CALM output, by name (``anchor``, ``augment0``).
     Wrong input raises ``DataError`` (data, metric) or ``ModelIOError`` (model).
     """
     from fusekit.evaluation.adapters import as_scorable
@@ -233,6 +237,7 @@ def evaluate(
             tokenizer=tokenizer,
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
+            bases=bases,
         )
         model_path: str | None = str(path_or_model)
         model_name = Path(path_or_model).expanduser().resolve().name

@@ -27,7 +27,10 @@ class LazyCheckpoint:
         self._infos: dict[str, TensorInfo] = {}
         index = self.folder / "model.safetensors.index.json"
         if index.is_file():
-            weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+            try:
+                weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+            except (ValueError, KeyError, TypeError):
+                raise ModelIOError(f"{index} is not a valid safetensors index") from None
             files = list(dict.fromkeys(weight_map.values()))
         else:
             files = sorted(p.name for p in self.folder.glob("*.safetensors"))

@@ -69,7 +69,7 @@ def check_model_folder(path: str | Path, *, allow_pickle: bool = False) -> Path:
     raise ModelIOError(f"{folder} holds no weights (no *.safetensors files)")
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -91,8 +91,8 @@ def load_causal_lm(
 
     folder = check_model_folder(path, allow_pickle=allow_pickle)
     if not trust_remote_code:
-        _refuse_remote_code(folder)
-        _refuse_non_causal(folder)
+        refuse_remote_code(folder)
+        refuse_non_causal(folder)
     has_safetensors = bool(_safetensors_files(folder))
     kwargs: dict[str, Any] = {
         "local_files_only": True,
@@ -106,7 +106,7 @@ def load_causal_lm(
             str(folder), output_loading_info=True, **kwargs
         )
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelIOError(f"cannot load a causal LM from {folder}: {_first_line(exc)}") from exc
+        raise ModelIOError(f"cannot load a causal LM from {folder}: {first_line(exc)}") from exc
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         # transformers initialises missing tensors randomly and carries on: refuse instead
@@ -118,7 +118,7 @@ def load_causal_lm(
     return model
 
 
-def _refuse_non_causal(folder: Path) -> None:
+def refuse_non_causal(folder: Path) -> None:
     """A checkpoint saved for another task (``BertForMaskedLM``) would load with a random head."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -138,7 +138,7 @@ def _refuse_non_causal(folder: Path) -> None:
         )
 
 
-def _refuse_remote_code(folder: Path) -> None:
+def refuse_remote_code(folder: Path) -> None:
     """A folder whose config maps auto classes to its own code runs that code on load."""
     try:
         auto_map = json.loads((folder / "config.json").read_text()).get("auto_map")
@@ -179,4 +179,4 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> Any:
             str(folder), local_files_only=True, trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelIOError(f"cannot load the tokenizer in {folder}: {_first_line(exc)}") from exc
+        raise ModelIOError(f"cannot load the tokenizer in {folder}: {first_line(exc)}") from exc

@@ -139,3 +139,32 @@ def atomic_output(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_file(path: str | Path, text: str) -> None:
+    """Write a small result file whole or not at all (a temporary sibling, then a rename).
+
+    A device or pipe (``/dev/stdout``) is written directly.  OS errors carry the
+    path, so the CLI's one line can name it.
+    """
+    path = Path(path)
+    try:
+        if path.exists() and not path.is_file() and not path.is_dir():
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            return
+        if path.is_dir():
+            raise IsADirectoryError(21, "Is a directory", str(path))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise

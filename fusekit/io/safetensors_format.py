@@ -60,25 +60,48 @@ class TensorInfo:
 
 
 def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
-    """Tensor infos and ``__metadata__`` of one safetensors file, reading only its header."""
+    """Tensor infos and ``__metadata__`` of one safetensors file, reading only its header.
+
+    The header is checked against the file itself — a length that fits, JSON, known
+    dtype codes, byte ranges that match each shape and lie inside the file — so a
+    truncated or corrupt file is a ``ValueError`` naming what is wrong, before any
+    tensor is read (a bad offset would otherwise surface as garbage or a crash
+    deep inside a surgery).
+    """
+    file_size = path.stat().st_size
     with open(path, "rb") as fh:
         raw = fh.read(8)
         if len(raw) != 8:
-            raise ValueError(f"{path} is too short to be a safetensors file")
+            raise ValueError("too short to be a safetensors file")
         (size,) = struct.unpack("<Q", raw)
-        header: dict[str, Any] = json.loads(fh.read(size))
+        if size > file_size - 8:
+            raise ValueError(f"header length {size} exceeds the file's {file_size} bytes")
+        try:
+            header = json.loads(fh.read(size))
+        except (ValueError, UnicodeDecodeError):
+            raise ValueError("the header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
     base = 8 + size
     metadata = header.pop("__metadata__", None) or {}
-    infos = {
-        name: TensorInfo(
-            file=path,
-            dtype=entry["dtype"],
-            shape=tuple(entry["shape"]),
-            start=base + entry["data_offsets"][0],
-            end=base + entry["data_offsets"][1],
-        )
-        for name, entry in header.items()
-    }
+    infos = {}
+    for name, entry in header.items():
+        try:
+            dtype, shape, (begin, end) = (
+                entry["dtype"],
+                tuple(entry["shape"]),
+                entry["data_offsets"],
+            )
+        except (TypeError, KeyError, ValueError):
+            raise ValueError(f"tensor {name} has a malformed header entry") from None
+        if dtype not in DTYPES:
+            raise ValueError(f"tensor {name} has unknown dtype {dtype!r}")
+        info = TensorInfo(file=path, dtype=dtype, shape=shape, start=base + begin, end=base + end)
+        if not 0 <= begin <= end or info.nbytes != info.numel * DTYPES[dtype][1]:
+            raise ValueError(f"tensor {name}'s byte range does not match its shape {list(shape)}")
+        if info.end > file_size:
+            raise ValueError(f"tensor {name} ends past the end of the file (truncated?)")
+        infos[name] = info
     return infos, metadata
 
 

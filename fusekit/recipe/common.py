@@ -244,6 +244,14 @@ class TrainSpec(Strict):
     save_steps: int | None = Field(None, ge=1)
     save_total_limit: int = Field(2, ge=1)
     resume: bool = False
+    skip_nonfinite: bool = Field(
+        False,
+        description="skip an optimizer step whose loss or gradient is NaN/inf (counted in the "
+        "summary) instead of stopping the run",
+    )
+    report_to: str | list[str] = Field(
+        "none", description="Trainer loggers: none, tensorboard, wandb, … (when installed)"
+    )
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> TrainSpec:

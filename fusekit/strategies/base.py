@@ -54,6 +54,10 @@ class Strategy(ABC):
     def prepare(self, workdir: Path) -> Prepared:
         """Resolve inputs and do parent-only work (surgery) into ``workdir``."""
 
+    def needs_tokenizer(self) -> bool:
+        """Whether every input folder must carry a tokenizer (training and scoring do)."""
+        return True
+
     def has_training(self) -> bool:
         spec = getattr(self.recipe, "train", None)
         return spec is not None and spec.steps != 0

@@ -18,6 +18,11 @@ from fusekit.strategies.base import Built, Prepared, Strategy
 class SurgeryStrategy(Strategy):
     """Base of ``depth_upscaling`` and ``block_expansion``."""
 
+    def needs_tokenizer(self) -> bool:
+        """A surgery alone copies whatever tokenizer files there are; training and
+        scoring need one."""
+        return self.has_training() or bool(self.recipe.eval_data())
+
     def check_training_data(self) -> None:
         """Refuse a training section without data before any surgery is done."""
         if self.has_training() and self.recipe.train_data() is None:

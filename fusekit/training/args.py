@@ -31,7 +31,7 @@ def to_training_arguments(spec: Any, checkpoint_dir: Path, **overrides: Any) -> 
         save_strategy="steps" if spec.save_steps else "no",
         save_steps=spec.save_steps or 500,
         save_total_limit=spec.save_total_limit,
-        report_to="none",
+        report_to=spec.report_to,
         remove_unused_columns=False,
         dataloader_num_workers=0,
         bf16=spec.precision == "bf16",

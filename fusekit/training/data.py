@@ -18,10 +18,21 @@ from fusekit.errors import DataError
 Record = dict[str, Any]
 
 
+def _not_utf8(path: Path, exc: UnicodeDecodeError, where: str = "") -> DataError:
+    return DataError(
+        f"{path}: {where}byte {exc.start} is not UTF-8 ({exc.object[exc.start : exc.start + 1]!r});"
+        " save the file as UTF-8"
+    )
+
+
 def _read_jsonl(path: Path) -> list[Record]:
     records = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(path, exc, f"line {lineno}: ") from None
             if not line.strip():
                 continue
             try:
@@ -45,13 +56,20 @@ def _read_file(path: Path) -> list[Record]:
         return [dict(r) for r in datasets.load_from_disk(str(path))]
     if path.suffix == ".jsonl":
         return _read_jsonl(path)
-    if path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+    if path.suffix in (".json", ".txt"):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(path, exc) from None
+        if path.suffix == ".txt":
+            return [{"text": text}]
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
         if not isinstance(data, list):
             raise DataError(f"{path}: a .json data file holds a list of records")
         return data
-    if path.suffix == ".txt":
-        return [{"text": path.read_text(encoding="utf-8")}]
     if path.suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
@@ -76,6 +94,9 @@ def _check_shape(records: list[Record], where: str) -> list[Record]:
         raise DataError(
             f"{where}: record {i} has neither a 'text' string nor 'prompt' and 'completion' strings"
         )
+    if all("text" in rec and not rec["text"].strip() for rec in records):
+        # one empty document would "train" on nothing but the tokenizer's specials
+        raise DataError(f"{where}: holds no text (every record is empty)")
     return records
 
 
@@ -174,6 +195,24 @@ def pack_texts(tokenizer: Any, texts: Iterable[str], seq_len: int) -> list[list[
     if not blocks and stream:
         blocks = [stream]
     return blocks
+
+
+def predicted_tokens(dataset: Any) -> int:
+    """Whether any position of ``dataset`` is scored by the loss: >0 if so, else 0.
+
+    Labels follow Hugging Face's convention (the model shifts them), so position 0
+    is never predicted and ``-100`` is ignored; an example without labels (FuseLLM's)
+    is scored on every position.  Stops at the first example that predicts anything.
+    """
+    for i in range(len(dataset)):
+        example = dataset[i]
+        labels = example.get("labels")
+        if labels is None:
+            labels = example["input_ids"]
+        n = sum(1 for t in list(labels)[1:] if int(t) != -100)
+        if n:
+            return n
+    return 0
 
 
 class CausalLMDataset:

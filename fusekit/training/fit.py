@@ -10,8 +10,9 @@ What it adds to ``Trainer``:
   every checkpoint once it is complete.  Resuming a checkpoint whose fingerprint
   differs is refused, naming the fields that differ: continuing another run's
   optimizer state would give weights that no recipe describes.
-* **Numerical guards**: a non-finite loss stops the run naming the step (see
-  ``FusekitTrainer``).
+* **Numerical guards**: data that predicts no token is refused; a non-finite loss
+  or gradient stops the run naming the step, or with ``train.skip_nonfinite`` the
+  step is skipped and counted (see ``FusekitTrainer``).
 * **The training record** (``TrainingRecord``): steps, the loss curve over the
   whole run (resumed runs included), ``resumed_from_step`` and ``world_size``.
 """
@@ -27,13 +28,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fusekit.errors import FusekitError, listing
+from fusekit.errors import DataError, FusekitError, listing
 from fusekit.result import TrainingRecord
 
 FINGERPRINT_FILE = "fusekit-fingerprint.json"
 
 #: TrainSpec fields that do not change the weights: a resume may change them.
-NOT_WEIGHTS_TRAIN = frozenset({"resume", "save_steps", "save_total_limit", "log_steps"})
+NOT_WEIGHTS_TRAIN = frozenset(
+    {"resume", "save_steps", "save_total_limit", "log_steps", "report_to"}
+)
 
 
 class ResumeMismatchError(FusekitError):
@@ -148,10 +151,16 @@ def fit(
     checking its fingerprint); without it, checkpoints left there are removed first.
     """
     from fusekit.training.args import to_training_arguments
-    from fusekit.training.trainer import FusekitTrainer
+    from fusekit.training.data import predicted_tokens
+    from fusekit.training.trainer import FusekitTrainer, NonFiniteLossError
 
     if spec.steps == 0:
         return TrainingRecord(trained=False)
+    if not predicted_tokens(built.dataset):
+        raise DataError(
+            f"{label}: the training data predicts no token (every example is a single token or "
+            "fully masked); give longer documents or completions"
+        )
     checkpoint_dir = Path(checkpoint_dir)
     start_from = resume_point(checkpoint_dir, fingerprint) if resume else None
     if resume and start_from is None:
@@ -177,6 +186,7 @@ def fit(
         data_collator=built.collator,
         callbacks=[_fingerprint_callback(fingerprint), counter, *callbacks],
         trainable=built.trainable,
+        skip_nonfinite=spec.skip_nonfinite,
         **built.trainer_kwargs,
     )
     clock = time.perf_counter()
@@ -190,6 +200,17 @@ def fit(
                 fh.write(json.dumps({"unit": label, **row}) + "\n")
     curve = [(int(r["step"]), float(r["loss"])) for r in history if "loss" in r]
     report = getattr(trainer, "trainable_report", {})
+    skipped = list(getattr(trainer, "skipped_steps", []))
+    if skipped and counter.steps and len(skipped) >= counter.steps:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # they hold the untrained input
+        raise NonFiniteLossError(
+            f"{label}: every one of the {counter.steps} steps had a non-finite loss or gradient, "
+            "so nothing was trained; check the input weights for NaN, lower train.lr, or train "
+            "in fp32 (train.precision)"
+        )
+    if skipped:
+        print(f"fusekit: {label}: skipped {len(skipped)} step(s) with a non-finite loss or "
+              f"gradient ({listing([str(s) for s in skipped])})", file=sys.stderr)  # fmt: skip
     extra = built.after_fit(trainer) if built.after_fit is not None else {}
     return TrainingRecord(
         trained=True,
@@ -205,5 +226,6 @@ def fit(
         resumed_from_step=_step(start_from) if start_from else None,
         steps_run=counter.steps,
         world_size=int(trainer.args.world_size),
+        skipped_nonfinite_steps=len(skipped),
         extra=extra,
     )

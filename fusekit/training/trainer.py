@@ -58,29 +58,63 @@ def apply_freeze_mask(model: Any, trainable: Trainable) -> dict[str, Any]:
 
 
 class FusekitTrainer(Trainer):
-    """``Trainer`` that never builds optimizer state for frozen parameters.
+    """``Trainer`` with the freeze mask applied first and a guard on every step.
 
     ``Trainer`` already skips parameters with ``requires_grad=False`` when it
-    creates the optimizer; this subclass exists so strategies have one place to
-    hang their ``compute_loss`` and so the freeze mask is applied before that.
+    creates the optimizer; this subclass applies the mask before that, gives
+    strategies one place to hang their ``compute_loss``, and refuses non-finite
+    steps (see ``training_step``).
     """
 
-    def __init__(self, *args: Any, trainable: Trainable = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, trainable: Trainable = None, skip_nonfinite: bool = False, **kwargs: Any
+    ) -> None:
         model = kwargs.get("model") if "model" in kwargs else args[0]
         self.trainable_report = apply_freeze_mask(model, trainable)
+        self.skip_nonfinite = skip_nonfinite
+        self.skipped_steps: list[int] = []
         super().__init__(*args, **kwargs)
 
+    def create_optimizer(self, *args: Any, **kwargs: Any) -> Any:
+        """The optimizer, with ``step`` made a no-op for a step marked as skipped."""
+        optimizer = super().create_optimizer(*args, **kwargs)
+        step = optimizer.step
+
+        def guarded_step(*a: Any, **k: Any) -> Any:
+            if self.skipped_steps and self.skipped_steps[-1] == self.state.global_step + 1:
+                return None  # Adam's moments would still move the weights on zeroed grads
+            return step(*a, **k)
+
+        optimizer.step = guarded_step
+        return optimizer
+
     def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
-        """One step, refused when its loss is not finite.
+        """One micro-step, refused when its loss or its gradient is not finite.
 
         ``Trainer`` would log the running mean instead of a NaN and go on writing
         NaN weights; stopping at the first bad step names where it went wrong.
+        With ``train.skip_nonfinite`` the whole optimizer step is dropped instead
+        (its gradients zeroed, the update skipped) and counted in the summary.
         """
+        import torch
+
         loss = super().training_step(model, inputs, num_items_in_batch)
+        step = self.state.global_step + 1
+        what = None
         if not bool(loss.detach().isfinite().all()):
-            step = self.state.global_step + 1
+            what = f"training loss became {float(loss.detach().float().mean())}"
+        else:
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            if grads and not bool(torch.nn.utils.get_total_norm(grads).isfinite()):
+                what = "a gradient became non-finite (the loss was finite)"
+        if what is None:
+            return loss
+        if not self.skip_nonfinite:
             raise NonFiniteLossError(
-                f"training loss became {float(loss.detach().float().mean())} at step {step}; "
-                "lower train.lr, check the data, or train in fp32 (train.precision)"
+                f"{what} at step {step}; lower train.lr, check the data, train in fp32 "
+                "(train.precision), or set train.skip_nonfinite: true to skip such steps"
             )
-        return loss
+        model.zero_grad(set_to_none=True)
+        if not self.skipped_steps or self.skipped_steps[-1] != step:
+            self.skipped_steps.append(step)
+        return torch.zeros_like(loss.detach())

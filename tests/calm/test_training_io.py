@@ -117,9 +117,9 @@ def test_changed_base_is_refused(saved) -> None:
     cfg["rms_norm_eps"] = 1e-5 if cfg.get("rms_norm_eps") != 1e-5 else 1e-6
     (copy / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelIOError, match="check_hashes=False") as info:
-        load_composed(root / "out", anchor=copy)
+        load_composed(root / "out", bases={"anchor": copy})
     assert "\n" not in str(info.value)
-    assert load_composed(root / "out", anchor=copy, check_hashes=False) is not None
+    assert load_composed(root / "out", bases={"anchor": copy}, check_hashes=False) is not None
 
 
 def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:

@@ -2,15 +2,19 @@
 
 A composition folder holds ``composition.safetensors`` (Θ_C only, never a base
 weight) and ``composition.json``: the base models (path + content hash), the
-layer pairs, heads, mask, augment mode and what each tokenizer is.  Loading
-refuses a base whose content hash differs from the recorded one — a composition
-is meaningless on different bases — unless ``check_hashes=False``.
+layer pairs, heads, mask, augment mode and what each tokenizer is.  Each base is
+recorded both absolute and relative to the composition folder, so a project
+moved as a whole (outputs and bases together) still loads; a base moved on its
+own is re-pointed with ``bases={"anchor": DIR}`` (CLI: ``--base anchor=DIR``).
+Loading refuses a base whose content hash differs from the recorded one — a
+composition is meaningless on different bases — unless ``check_hashes=False``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,17 +64,24 @@ def save_composition(
     state = {k: v.detach().contiguous().cpu() for k, v in model.composition.state_dict().items()}
     save_file(state, str(out / WEIGHTS_NAME), metadata={"format": FORMAT})
     cfg = model.composition_config
+
+    def where(base: str | Path) -> dict[str, str]:
+        # relative to the folder the output is renamed to: its temporary sibling has
+        # the same parent, so the relative path holds for both
+        absolute = Path(base).resolve()
+        return {"path": str(absolute), "relative": os.path.relpath(absolute, out.resolve())}
+
     doc = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "anchor": {
-            "path": str(Path(anchor_path).resolve()),
+            **where(anchor_path),
             "hash": folder_hash(anchor_path),
             "tokenizer": _tokenizer_info(model.anchor_tokenizer, None),
         },
         "augments": [
             {
-                "path": str(Path(p).resolve()),
+                **where(p),
                 "hash": folder_hash(p),
                 "pairs": [list(pair) for pair in link.pairs],
                 "tokenizer": _tokenizer_info(tok, shared),
@@ -115,41 +126,83 @@ def is_composition(path: str | Path) -> bool:
     return (Path(path) / CONFIG_NAME).is_file()
 
 
+def base_names(n_augments: int) -> list[str]:
+    """The names ``bases=`` / ``--base NAME=DIR`` accept: anchor, augment0, augment1, …"""
+    return ["anchor", *(f"augment{k}" for k in range(n_augments))]
+
+
 def _checked_base(
-    role: str, recorded: dict[str, Any], override: str | Path | None, check_hashes: bool, file: Path
+    name: str, recorded: dict[str, Any], override: str | Path | None, check_hashes: bool, file: Path
 ) -> Path:
-    path = Path(override) if override is not None else Path(recorded["path"])
-    if not path.is_dir():
+    """The base folder to attach: the override, else the recorded relative path (the
+    project moved as a whole), else the recorded absolute one; hash-checked."""
+    if override is not None:
+        candidates = [Path(override).expanduser()]
+    else:
+        candidates = [Path(recorded["path"])]
+        if recorded.get("relative"):
+            candidates.insert(0, file.parent / recorded["relative"])
+    path = next((c for c in candidates if c.is_dir()), None)
+    if path is None:
         raise ModelIOError(
-            f"{file}: the {role} model folder {path} does not exist; pass its new location "
-            f"(load_composed(..., {'anchor' if role == 'anchor' else 'augments'}=...))"
+            f"{file}: the {name} model folder {candidates[-1]} does not exist; point to its new "
+            f"location with --base {name}=DIR (Python: load_composed(..., bases={{{name!r}: DIR}}))"
         )
     if check_hashes:
         found = folder_hash(path)
         if found != recorded["hash"]:
             raise ModelIOError(
-                f"{file}: the {role} model at {path} has changed (hash {found[:19]}… ≠ recorded "
-                f"{recorded['hash'][:19]}…); pass check_hashes=False (CLI: --no-check-hashes) "
-                "to load it anyway"
+                f"{file}: the {name} model at {path} has changed (hash {found[:19]}… ≠ recorded "
+                f"{recorded['hash'][:19]}…); point --base {name}=DIR at the folder it was trained "
+                "on (Python: check_hashes=False loads it anyway)"
             )
-    return path
+    return path.resolve()
+
+
+def _overrides(
+    bases: Mapping[str, str | Path] | None, n_augments: int, file: Path
+) -> dict[str, str | Path]:
+    names = base_names(n_augments)
+    given = dict(bases or {})
+    if n_augments == 1 and "augment" in given:
+        given["augment0"] = given.pop("augment")
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise ModelIOError(
+            f"{file} has no base named {unknown[0]!r}; its bases are {', '.join(names)}"
+        )
+    return given
+
+
+def _read_weights(weights: Path) -> dict[str, Any]:
+    """Θ_C, with a truncated or corrupt file as one line instead of a Rust panic."""
+    from safetensors.torch import load_file
+
+    from fusekit.io.safetensors_format import read_header
+
+    try:
+        read_header(weights)
+        return load_file(str(weights))
+    except Exception as exc:  # safetensors raises its own SafetensorError
+        raise ModelIOError(
+            f"{weights} is not a readable safetensors file ({str(exc).splitlines()[0]}); "
+            "the composition is damaged — train it again"
+        ) from None
 
 
 def load_composed(
     path: str | Path,
     *,
     check_hashes: bool = True,
-    anchor: str | Path | None = None,
-    augments: Sequence[str | Path] | None = None,
+    bases: Mapping[str, str | Path] | None = None,
     dtype: Any = None,
 ) -> Any:
     """A ``ComposedModel`` from a composition folder, attached to its recorded bases.
 
-    ``anchor``/``augments`` point at moved base folders; their hashes are still
-    checked unless ``check_hashes=False``.
+    ``bases`` re-points moved base folders by name (``anchor``, ``augment0``, … —
+    ``augment`` when there is one); their hashes are still checked unless
+    ``check_hashes=False``.
     """
-    from safetensors.torch import load_file
-
     from fusekit.strategies.calm.build import load_base
     from fusekit.strategies.calm.modeling import ComposedModel, Composition, CompositionConfig
     from fusekit.strategies.calm.tokens import same_tokenizer
@@ -161,13 +214,10 @@ def load_composed(
     if not weights.is_file():
         raise ModelIOError(f"{folder} has no {WEIGHTS_NAME}; the composition was not saved fully")
     recorded_augments = doc["augments"]
-    if augments is not None and len(augments) != len(recorded_augments):
-        raise ModelIOError(
-            f"{file} names {len(recorded_augments)} augment models but {len(augments)} were given"
-        )
-    anchor_path = _checked_base("anchor", doc["anchor"], anchor, check_hashes, file)
+    given = _overrides(bases, len(recorded_augments), file)
+    anchor_path = _checked_base("anchor", doc["anchor"], given.get("anchor"), check_hashes, file)
     augment_paths = [
-        _checked_base(f"augment {k}", rec, augments[k] if augments else None, check_hashes, file)
+        _checked_base(f"augment{k}", rec, given.get(f"augment{k}"), check_hashes, file)
         for k, rec in enumerate(recorded_augments)
     ]
     anchor_model, anchor_tok = load_base(anchor_path, dtype=dtype)
@@ -175,7 +225,7 @@ def load_composed(
     config = CompositionConfig.from_dict(doc["composition"])
     composition = Composition(config)
     try:
-        composition.load_state_dict(load_file(str(weights)), strict=True)
+        composition.load_state_dict(_read_weights(weights), strict=True)
     except RuntimeError as exc:
         raise ModelIOError(f"{weights} does not match {file}: {str(exc).splitlines()[0]}") from None
     composition.to(next(anchor_model.parameters()).device)
