@@ -45,8 +45,9 @@ def local_model_paths(recipe: Any) -> list[Path]:
 def plan(recipe: Any, overrides: list[str] | None = None) -> dict[str, Any]:
     """What ``run`` would do (``--dry-run``): reads no weights, writes nothing."""
     from fusekit.checks import check_inputs
+    from fusekit.io.gguf import with_converted_models
 
-    recipe = _as_recipe(recipe, overrides)
+    recipe = with_converted_models(_as_recipe(recipe, overrides))
     strategy = strategy_class(recipe.strategy)(recipe)
     check_inputs(recipe, strategy)
     return {"strategy": recipe.strategy, **strategy.plan()}
@@ -101,6 +102,7 @@ def run(
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects for every fit.
     """
     from fusekit.checks import check_inputs
+    from fusekit.io.gguf import conversion_record, with_converted_models
     from fusekit.io.hashing import data_hash, folder_hash
     from fusekit.io.output import atomic_output
     from fusekit.io.provenance import versions, write_model_card, write_run_record
@@ -108,6 +110,8 @@ def run(
     from fusekit.training.fit import complete_checkpoints, resume_point
 
     recipe = _as_recipe(recipe, overrides)
+    recipe_dict = recipe_to_dict(recipe)  # as the user wrote it (.gguf files, not the cache)
+    recipe = with_converted_models(recipe)
     out = output or recipe.output
     if not out:
         raise FusekitError("no output folder: give -o OUT or set output: in the recipe")
@@ -122,14 +126,15 @@ def run(
     root = checkpoint_root(out)
     start = time.perf_counter()
     overwrite = recipe.overwrite if overwrite is None else overwrite
-    recipe_dict = recipe_to_dict(recipe)
     tmp_name = [""]  # the temporary folder, to keep it out of error messages
     try:
         with atomic_output(out, overwrite=overwrite, inputs=local_model_paths(recipe)) as tmp:
             tmp_name[0] = str(tmp)
             prepared = strategy.prepare(Path(tmp))
             inputs = {
-                name: InputRecord(path=m.path, hash=folder_hash(m.path))
+                name: InputRecord(
+                    path=m.path, hash=folder_hash(m.path), converted_from=conversion_record(m.path)
+                )
                 for name, m in prepared.inputs.items()
             }
             data = {

@@ -22,6 +22,9 @@ class InputRecord(_Record):
 
     path: str
     hash: str
+    converted_from: dict[str, Any] | None = Field(
+        None, description="the GGUF file this folder was dequantised from, with its sha256"
+    )
 
 
 class TrainingRecord(_Record):

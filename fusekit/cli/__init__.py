@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fusekit.cli import compare, evaluate, fuse, recipes  # noqa: F401  (registers the commands)
+from fusekit.cli import compare, convert, evaluate, fuse, recipes  # noqa: F401  (registers the commands)
 from fusekit.cli.app import app
 
 

@@ -31,6 +31,7 @@ def validate(
     per problem, exit 2 if any."""
     from fusekit.checks import check_inputs
     from fusekit.comparison.recipe import is_compare_file, load_compare
+    from fusekit.io.gguf import with_converted_models
     from fusekit.recipe import load_recipe
     from fusekit.registry import strategy_class
 
@@ -41,7 +42,7 @@ def validate(
                 spec = load_compare(path, set_)
                 kind = f"compare: {len(spec.runs)} runs, {len(spec.parents)} parents"
             else:
-                recipe = load_recipe(path, set_)
+                recipe = with_converted_models(load_recipe(path, set_))
                 check_inputs(recipe, strategy_class(recipe.strategy)(recipe))
                 kind = recipe.strategy
         except FusekitError as exc:

@@ -61,10 +61,13 @@ def load_model(
     folder must hold a causal LM and its tokenizer.  Nothing is downloaded;
     pickled weights and model code in the folder load only when opted in.
     """
+    from fusekit.io.gguf import cached_folder, is_gguf
     from fusekit.io.loading import load_causal_lm, load_tokenizer
     from fusekit.strategies.calm.io import load_composed
 
     folder = Path(path).expanduser()
+    if is_gguf(folder):
+        folder = cached_folder(folder)
     if not folder.is_dir():
         raise ModelIOError(f"{folder}: no such model folder")
     if (folder / "composition.json").is_file():

@@ -17,6 +17,8 @@ def model_folder_problem(path: Path, *, allow_pickle: bool = False) -> str | Non
     if not path.exists():
         return f"model folder '{path}' does not exist"
     if not path.is_dir():
+        if path.suffix.lower() == ".gguf":
+            return None  # converted into a folder by fusekit.io.gguf
         return f"model path '{path}' is a file; give the folder that holds config.json"
     if not (path / "config.json").is_file():
         return f"model folder '{path}' has no config.json; is it a Hugging Face model folder?"

@@ -7,11 +7,14 @@ pipeline's resume, fingerprint and multi-process paths can be driven through
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import random
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +86,31 @@ def fusekit_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProc
         [sys.executable, "-m", "fusekit", *args],
         capture_output=True, text=True, env=env, cwd=cwd, timeout=600, check=False,
     )  # fmt: skip
+
+
+@dataclass
+class Outcome:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def cli(*args: str) -> Outcome:
+    """``fusekit ARGS`` in this process: the console script's own ``main``."""
+    from fusekit.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = ["fusekit", *args]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        sys.argv = argv
+    return Outcome(code, out.getvalue(), err.getvalue())
 
 
 def weights(folder: Path) -> dict[str, Any]:

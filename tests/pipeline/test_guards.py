@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipeline.conftest import recipe_for, write_corpus
-from tests.pipeline.test_refusals import cli
+from tests.pipeline.conftest import cli, recipe_for, write_corpus
 
 
 def _poison_step(step: int):

@@ -9,46 +9,18 @@ and every input byte-identical afterwards.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
-import io
 import json
 import shutil
 import struct
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.pipeline.conftest import recipe_for, save_llama, write_corpus, write_recipe
-
-
-@dataclass
-class Outcome:
-    code: int
-    stdout: str
-    stderr: str
-
-
-def cli(*args: str) -> Outcome:
-    """``fusekit ARGS`` in this process: the console script's own ``main``."""
-    from fusekit.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    argv = sys.argv
-    sys.argv = ["fusekit", *args]
-    code = 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = argv
-    return Outcome(code, out.getvalue(), err.getvalue())
+from tests.pipeline.conftest import cli, recipe_for, save_llama, write_corpus, write_recipe
 
 
 def snapshot(*paths: Path) -> dict[str, str]:
@@ -157,6 +129,11 @@ def _pickle_only(folder: Path) -> None:
     (folder / "model.safetensors").unlink()
 
 
+def _fake_gguf(tmp: Path) -> Path:
+    (tmp / "fake.gguf").write_bytes(b"PK\x03\x04 not a model")
+    return tmp / "fake.gguf"
+
+
 def _small_embedding(tmp: Path, models: dict[str, Path]) -> tuple[list[str], list[Path]]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -250,6 +227,17 @@ MODEL_CASES = {
     "no tokenizer for training": Case(_no_tokenizer, ("has no tokenizer",)),
     "model folder missing": Case(
         lambda tmp, m: (_expand(tmp / "nowhere", tmp), []), ("nowhere", "does not exist")
+    ),
+    "a .gguf that is not GGUF": Case(
+        lambda tmp, m: (_expand(_fake_gguf(tmp), tmp), [tmp / "fake.gguf"]),
+        ("fake.gguf", "not a GGUF file"),
+    ),
+    "convert of a file that is not GGUF": Case(
+        lambda tmp, m: (
+            ["convert", str(_fake_gguf(tmp)), "-o", str(tmp / "out")],
+            [tmp / "fake.gguf"],
+        ),
+        ("fake.gguf", "not a GGUF file"),
     ),
     "model path is a file": Case(
         lambda tmp, m: (_expand(Path(shutil.copy(m["a"] / "config.json", tmp)), tmp), []),
