@@ -79,6 +79,8 @@ def build_recipe(strategy: str, opts: dict[str, Any]) -> dict[str, Any]:
         return recipe
     if data is not None:  # surgery strategies train only when given data
         recipe["train"] = _train(opts, data, 100)
+    elif opts["steps"] == 0:
+        pass  # the contract: --steps 0 saves the untrained result, which needs no data
     elif any(opts[k] is not None for k in ("steps", "lr", "batch_size")):
         raise FusekitError(f"--strategy {tag} trains only with --data FILE; add it")
     return recipe

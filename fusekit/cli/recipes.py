@@ -95,6 +95,8 @@ def print_summary(result: Any) -> None:
         rows += [("steps", training.steps), ("final_loss", round(training.final_loss or 0.0, 4))]
         if training.resumed_from_step is not None:
             rows.append(("resumed_from_step", training.resumed_from_step))
+        if training.skipped_nonfinite_steps:
+            rows.append(("skipped_nonfinite_steps", training.skipped_nonfinite_steps))
         if training.world_size > 1:
             rows.append(("world_size", training.world_size))
     rows.append(("seconds", result.seconds))

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
+from typing import Any
 
 import torch
 
@@ -46,25 +47,53 @@ class SequenceScore:
         return -self.nats
 
 
+#: Positions whose full-vocabulary log-softmax is held at once: 1024 x 262k fp32 is 1 GiB,
+#: where a 4096-token window of Gemma-3 done in one piece would be 4 GiB.
+ROWS_PER_CHUNK = 1024
+#: Logits of one batch are capped to about this many bytes (the batch shrinks to fit).
+LOGITS_BUDGET = 1 << 30
+
+
 def window_nll(
-    logits: torch.Tensor, tokens: Sequence[int], score_from: int
+    logits: torch.Tensor, tokens: Sequence[int], score_from: int, rows: int = ROWS_PER_CHUNK
 ) -> tuple[float, int, bool]:
     """NLL of ``tokens[score_from:]`` given the logits ``[len(tokens), vocab]`` of one window.
 
     The logits at position ``j - 1`` predict token ``j``.  Log-softmax runs in
     float32 at least, whatever the model's dtype, so bf16 models do not lose
-    the small differences bits per byte measures.
+    the small differences bits per byte measures; it runs ``rows`` positions at a
+    time, so a long window of a large vocabulary never needs its whole fp32 copy.
     """
     n = len(tokens)
     if score_from < 1 or score_from >= n:
         return 0.0, 0, True
     dtype = torch.promote_types(logits.dtype, torch.float32)
-    step = logits[score_from - 1 : n - 1].to(dtype)
-    log_probs = torch.log_softmax(step, dim=-1)
     targets = torch.tensor(list(tokens[score_from:n]), dtype=torch.long, device=logits.device)
-    picked = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    greedy = bool((picked >= log_probs.max(dim=-1).values).all())
-    return float(-picked.sum().double()), n - score_from, greedy
+    total, greedy = 0.0, True
+    for a in range(score_from - 1, n - 1, rows):
+        b = min(a + rows, n - 1)
+        log_probs = torch.log_softmax(logits[a:b].to(dtype), dim=-1)
+        picked = log_probs.gather(-1, targets[a - score_from + 1 : b - score_from + 1, None])
+        greedy = greedy and bool((picked.squeeze(-1) >= log_probs.max(dim=-1).values).all())
+        total += float(-picked.double().sum())
+    return total, n - score_from, greedy
+
+
+def _batches(work: list[tuple[int, Window]], batch_size: int, vocab: int) -> list[list[Any]]:
+    """Longest-first batches of at most ``batch_size`` windows whose logits fit the budget."""
+    tokens_per_batch = max(1, LOGITS_BUDGET // (4 * max(vocab, 1)))
+    batches: list[list[Any]] = []
+    for item in work:
+        longest = batches[-1][0][1].end - batches[-1][0][1].begin if batches else 0
+        if (
+            batches
+            and len(batches[-1]) < batch_size
+            and (len(batches[-1]) + 1) * longest <= tokens_per_batch
+        ):
+            batches[-1].append(item)
+        else:
+            batches.append([item])
+    return batches
 
 
 def _score_chunk(
@@ -85,8 +114,7 @@ def _score_chunk(
     nats = [0.0] * len(requests)
     counts = [0] * len(requests)
     greedy = [True] * len(requests)
-    for start in range(0, len(work), batch_size):
-        batch = work[start : start + batch_size]
+    for batch in _batches(work, batch_size, len(model.tokenizer)):
         sequences = [list(requests[i].ids[w.begin : w.end]) for i, w in batch]
         input_ids, attention_mask = pad_batch(sequences, pad, left=False, device=model.device)
         logits = model.logits(input_ids, attention_mask)

@@ -86,3 +86,25 @@ def test_a_moved_project_still_loads_and_base_repoints(models, tmp_path: Path) -
     found = cli("eval", str(moved / "calm"), "--data", data, "--base", f"anchor={elsewhere}")
     assert found.code == 0, found.stderr[-2000:]
     assert json.loads((moved / "calm" / "composition.json").read_text()) == doc  # untouched
+
+
+def test_steps_zero_needs_no_data_for_a_surgery(models, tmp_path: Path) -> None:
+    out = tmp_path / "solar"
+    done = cli("fuse", "--strategy", "depth_upscaling", "--model", str(models["a"]),
+               "--remove", "1", "--steps", "0", "-o", str(out))  # fmt: skip
+    assert done.code == 0, done.stderr[-2000:]
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 6
+    refused = cli("fuse", "--strategy", "depth_upscaling", "--model", str(models["a"]),
+                  "--remove", "1", "--steps", "5", "-o", str(tmp_path / "x"))  # fmt: skip
+    assert refused.code == 2 and "--data" in refused.stderr
+
+
+def test_fusellm_summary_shows_the_alignment(models, tmp_path: Path) -> None:
+    from tests.pipeline.conftest import write_recipe
+
+    recipe = recipe_for("fusellm", models, write_corpus(tmp_path / "corpus.jsonl"))
+    recipe["train"]["steps"] = 2
+    done = cli("run", str(write_recipe(tmp_path / "r.yaml", recipe)), "-o", str(tmp_path / "o"))
+    assert done.code == 0, done.stderr[-2000:]
+    line = next(ln for ln in done.stdout.splitlines() if ln.startswith("source_0_alignment"))
+    assert "% positions aligned" in line and "% exact" in line and "% unmapped" in line

@@ -168,6 +168,13 @@ MODEL_CASES = {
         _surgery_on(lambda f: (f / "config.json").write_text('{"model_type": "llama",')),
         ("config.json", "not valid JSON", "line 1"),
     ),
+    "config.json not JSON, --dry-run": Case(
+        _surgery_on(
+            lambda f: (f / "config.json").write_text("{,}"),
+            lambda folder, tmp: [*_expand(folder, tmp), "--dry-run"],
+        ),
+        ("config.json", "not valid JSON"),
+    ),
     "config.json not UTF-8": Case(
         _surgery_on(lambda f: (f / "config.json").write_bytes(b'{"model_type": "ll\xe1ma"}')),
         ("config.json", "not UTF-8"),

@@ -27,11 +27,12 @@ def test_prompt_is_not_trained_on() -> None:
 
 
 def test_packing_fills_blocks_and_separates_documents() -> None:
-    tok = make_tokenizer()
+    tok = make_tokenizer()  # adds <bos> (1) in front of every encoding
     blocks = pack_texts(tok, ["the cat sat", "a dog ran to the house"], seq_len=4)
-    flat = [t for b in blocks for t in b]
-    assert all(len(b) == 4 for b in blocks)
-    assert flat[:5] == [1, *tok("the cat sat", add_special_tokens=False)["input_ids"], 2]
+    assert all(len(b) == 4 and b[0] == 1 for b in blocks)  # every block starts like an input
+    stream = [t for b in blocks for t in b[1:]]
+    plain = [tok(t, add_special_tokens=False)["input_ids"] for t in ("the cat sat", "a dog ran")]
+    assert stream[:7] == [*plain[0], 2, *plain[1]]  # documents packed, EOS between
     ds = CausalLMDataset(
         [{"text": "the cat sat " * 10}, {"prompt": "a", "completion": " dog"}], tok, 8
     )
@@ -72,3 +73,13 @@ def test_train_spec_reaches_the_optimizer(tmp_path: Path) -> None:
     assert to_training_arguments(TrainSpec(steps=1), tmp_path).adam_beta2 == 0.999
     with pytest.raises(ValueError, match="adam_beta2"):
         TrainSpec(steps=1, adam_beta2=1.0)
+
+
+def test_packing_without_bos_is_one_plain_stream() -> None:
+    from tokenizers import processors
+
+    tok = make_tokenizer()
+    tok._tokenizer.post_processor = processors.Sequence([])  # a tokenizer that adds no BOS
+    blocks = pack_texts(tok, ["the cat sat", "a dog ran to the house"], seq_len=4)
+    plain = tok("the cat sat", add_special_tokens=False)["input_ids"]
+    assert blocks[0] == [*plain, 2] and all(1 not in b for b in blocks)

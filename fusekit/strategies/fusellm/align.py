@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fusekit.strategies.fusellm.vocab import SPACE_MARKERS
+from fusekit.strategies.fusellm.vocab import SPACE_MARKERS, cdist_workers
 
 
 def strip_markers(token: str) -> str:
@@ -48,7 +48,7 @@ def edit_cost_matrix(source: Sequence[str], target: Sequence[str]) -> np.ndarray
 
     src_u, src_inv = np.unique(np.asarray(source, dtype=object).astype(str), return_inverse=True)
     tgt_u, tgt_inv = np.unique(np.asarray(target, dtype=object).astype(str), return_inverse=True)
-    workers = -1 if len(src_u) * len(tgt_u) > 100_000 else 1
+    workers = cdist_workers(len(src_u) * len(tgt_u))
     dist = process.cdist(
         list(src_u), list(tgt_u), scorer=Levenshtein.distance, dtype=np.int32, workers=workers
     )

@@ -144,7 +144,13 @@ class FuseLLMStrategy(Strategy):
             },
             after_fit=lambda trainer: {"fusion": trainer.fusion_summary()},
             save_dtype=save_dtype,
-            details={"chunks": len(chunks), "mode": r.mode, "align": r.align, "sources": stats},
+            details={
+                "chunks": len(chunks),
+                "mode": r.mode,
+                "align": r.align,
+                "sources": stats,
+                **{f"source_{n}_alignment": alignment_line(s) for n, s in enumerate(stats)},
+            },
         )
 
     def _source(
@@ -236,3 +242,14 @@ def _extract(
         desc=f"extract source {n}",
     )
     return StoreReader(store_dir)
+
+
+def alignment_line(stat: dict[str, Any]) -> str:
+    """One summary line of a source's token alignment and vocabulary map: a poor alignment
+    (few usable positions, many unmapped tokens) makes the fused loss mostly noise."""
+    vocab = stat.get("vocab", {})
+    return (
+        f"{100 * stat.get('aligned_positions', 0.0):.1f} % positions aligned; vocabulary "
+        f"{100 * vocab.get('exact', 0.0):.1f} % exact, {100 * vocab.get('nearest', 0.0):.1f} % "
+        f"nearest, {100 * vocab.get('unmapped', 0.0):.1f} % unmapped"
+    )

@@ -210,13 +210,27 @@ def _canon_index(table: TokenTable) -> dict[str, int]:
     return index
 
 
+def cdist_workers(pairs: int, threshold: int = 100_000) -> int:
+    """Threads for rapidfuzz's ``cdist``: torch's thread count (which follows
+    ``OMP_NUM_THREADS`` and ``torch.set_num_threads``), one for small problems.
+
+    ``workers=-1`` would take every core whatever the user asked for, and a run on
+    one thread is how results are made reproducible.
+    """
+    if pairs <= threshold:
+        return 1
+    import torch
+
+    return max(1, torch.get_num_threads())
+
+
 def _min_edit(queries: list[str], choices: list[str], block: int = 2048) -> np.ndarray:
     """For each query, the index of the first choice at minimum Levenshtein distance."""
     from rapidfuzz import process
     from rapidfuzz.distance import Levenshtein
 
     out = np.empty(len(queries), dtype=np.int64)
-    workers = -1 if len(queries) * len(choices) > 200_000 else 1
+    workers = cdist_workers(len(queries) * len(choices), 200_000)
     for start in range(0, len(queries), block):
         part = queries[start : start + block]
         dist = process.cdist(
