@@ -137,11 +137,42 @@ def write_model_card(
     }
     if base_models:
         front["base_model"] = list(base_models)
+        license_ = base_license(base_models)
+        if license_:
+            front["license"] = license_
     text = "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n"
     text += f"# {title}\n\n{body.rstrip()}\n"
     path = Path(folder) / "README.md"
     path.write_text(text)
     return path
+
+
+def card_metadata(folder: str | Path) -> dict[str, Any]:
+    """The YAML front matter of a folder's ``README.md`` (empty when it has none)."""
+    import yaml
+
+    path = Path(folder) / "README.md"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return {}
+    if not text.startswith("---\n") or "\n---" not in text[4:]:
+        return {}
+    try:
+        front = yaml.safe_load(text[4 : text.index("\n---", 4)])
+    except yaml.YAMLError:
+        return {}
+    return front if isinstance(front, dict) else {}
+
+
+def base_license(base_models: Sequence[str]) -> str | None:
+    """The license the bases' model cards declare, when they all declare the same one.
+
+    A fused model is a derivative of every base, so a license is carried only when
+    there is no choice to make; mixed or missing licenses are left to the user.
+    """
+    found = {str(card_metadata(b).get("license") or "") for b in base_models}
+    return found.pop() if len(found) == 1 and "" not in found else None
 
 
 def copy_tokenizer_and_generation_config(src: str | Path, dst: str | Path) -> list[str]:

@@ -55,3 +55,21 @@ def test_copy_tokenizer_and_generation_config(tmp_path: Path) -> None:
     assert {"tokenizer.json", "tokenizer_config.json", "generation_config.json"} <= set(copied)
     assert (out / "tokenizer.json").read_bytes() == (base / "tokenizer.json").read_bytes()
     assert not (out / "config.json").exists()
+
+
+def test_a_license_the_bases_share_is_carried(tmp_path: Path) -> None:
+    bases = []
+    for name, license_ in (("a", "apache-2.0"), ("b", "apache-2.0"), ("c", "mit")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "README.md").write_text(f"---\nlicense: {license_}\n---\n# {name}\n")
+        bases.append(str(tmp_path / name))
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def card(base_models: list[str]) -> dict:
+        write_model_card(out, title="t", body="b", base_models=base_models, strategy="calm")
+        return yaml.safe_load((out / "README.md").read_text().split("---")[1])
+
+    assert card(bases[:2])["license"] == "apache-2.0"
+    assert "license" not in card(bases)  # mixed: the user decides
+    assert "license" not in card([*bases[:1], str(tmp_path)])  # one base declares none

@@ -12,6 +12,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -161,3 +162,37 @@ def test_training_new_blocks_leaves_the_originals_bit_identical(real, gguf_files
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     layer = lambda k: int(k.split(".")[2]) if k.startswith("model.layers.") else None  # noqa: E731
     assert changed and all(layer(k) in new for k in changed)
+
+
+def test_fusellm_with_a_262k_source(real, gguf_files, tmp_path: Path) -> None:
+    """SmolLM2 continued with Gemma-3 as source: the vocabulary map, then a few steps."""
+    from fusekit.sources import cache_root
+    from fusekit.strategies.fusellm.vocab import map_vocab, mapping_stats, token_table
+
+    source, target = load(real["gemma3"])[1], load(real["smollm2"])[1]
+    vmap = map_vocab(source, target, cache_dir=cache_root() / "vocab_maps")  # the run's cache
+    assert vmap.shape == (len(source),) and (vmap >= 0).all()  # every source token lands
+    stats = mapping_stats(vmap, source, target)
+    assert stats["exact"] > 0.1 and stats["unmapped"] == 0.0  # 0.181 measured
+    src, tgt = token_table(source), token_table(target)
+    single = {c for c in tgt.canon if c is not None and len(c) == 1}
+    byte_tokens = [i for i in np.flatnonzero(src.is_byte_token) if src.canon[i] in single]
+    assert len(byte_tokens) == 235  # SmolLM2 lacks 21 single bytes (0x04, 0xC0, 0xF1-0xFF, …)
+    for i in byte_tokens:  # <0x0A> -> the target's token for byte 0x0A, never a neighbour
+        assert tgt.canon[vmap[i]] == src.canon[i]
+    assert vmap[source.eos_token_id] == target.eos_token_id  # specials by role
+
+    data = tmp_path / "mix.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in english(4) + code(4)))
+    recipe = {
+        "strategy": "fusellm", "target": str(gguf_files["smollm2"]),
+        "sources": [str(gguf_files["gemma3"])], "lambda": 0.5,
+        "train": {"data": str(data), "steps": 2, "seq_len": 32, "batch_size": 2, "lr": 1e-5},
+    }  # fmt: skip
+    out = tmp_path / "fused"
+    done = cli("run", str(write_recipe(tmp_path / "f.yaml", recipe)), "-o", str(out))
+    _ok(done)
+    assert "source_0_alignment" in done.stdout
+    record = json.loads((out / "fusekit.json").read_text())
+    assert record["training"]["steps"] == 2 and math.isfinite(record["training"]["final_loss"])
+    assert load(out)[0].config.vocab_size == 49152
