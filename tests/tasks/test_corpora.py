@@ -6,7 +6,6 @@ import hashlib
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -118,13 +117,12 @@ def test_documents_are_deterministic_across_processes():
     assert out.stdout.strip() == here
 
 
-def test_reading_two_million_characters_is_fast():
+def test_two_million_characters_of_code_are_there():
+    """Enough standard-library code for a from-scratch parent's budget (speed is a
+    benchmark's business, never a test's: a loaded machine would fail a threshold)."""
     corpora._split_documents.cache_clear()
-    start = time.perf_counter()
     docs = domain_documents("code", max_chars=2_000_000)
-    elapsed = time.perf_counter() - start
     assert sum(map(len, docs)) > 1_990_000
-    assert elapsed < 4.0  # typically ~0.3 s; generous for a loaded two-core machine
 
 
 def test_mixed_takes_equal_shares_and_seed_only_reorders():
