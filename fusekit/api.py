@@ -17,7 +17,7 @@ from typing import Any
 
 from fusekit.errors import FusekitError
 from fusekit.recipe import load_recipe, recipe_to_dict
-from fusekit.registry import list_strategies, strategy_class
+from fusekit.registry import list_strategies
 from fusekit.result import InputRecord, RunResult
 
 
@@ -44,22 +44,17 @@ def local_model_paths(recipe: Any) -> list[Path]:
 
 def plan(recipe: Any, overrides: list[str] | None = None) -> dict[str, Any]:
     """What ``run`` would do (``--dry-run``): reads no weights, writes nothing."""
-    from fusekit.checks import check_inputs
-    from fusekit.io.gguf import with_converted_models
+    from fusekit.checks import checked
 
-    recipe = with_converted_models(_as_recipe(recipe, overrides))
-    strategy = strategy_class(recipe.strategy)(recipe)
-    check_inputs(recipe, strategy)
+    recipe, strategy = checked(_as_recipe(recipe, overrides))
     return {"strategy": recipe.strategy, **strategy.plan()}
 
 
 def _data_files(recipe: Any) -> dict[str, Path]:
     """The training data files a recipe names (evaluation sets do not shape the weights)."""
-    from fusekit.recipe.common import FileData
+    from fusekit.checks import file_data
 
-    ref = recipe.train_data()
-    refs = ref if isinstance(ref, list) else [ref]
-    return {f"train:{r.label()}": Path(r.path) for r in refs if isinstance(r, FileData)}
+    return {f"train:{r.label()}": Path(r.path) for r in file_data(recipe.train_data())}
 
 
 #: Recipe fields that do not change the trained weights, left out of the resume fingerprint.
@@ -101,8 +96,8 @@ def run(
     continues from the checkpoints an interrupted run left in ``.OUT.checkpoints/``;
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects for every fit.
     """
-    from fusekit.checks import check_inputs
-    from fusekit.io.gguf import conversion_record, with_converted_models
+    from fusekit.checks import checked
+    from fusekit.io.gguf import conversion_record
     from fusekit.io.hashing import data_hash, folder_hash
     from fusekit.io.output import atomic_output
     from fusekit.io.provenance import versions, write_model_card, write_run_record
@@ -111,7 +106,6 @@ def run(
 
     recipe = _as_recipe(recipe, overrides)
     recipe_dict = recipe_to_dict(recipe)  # as the user wrote it (.gguf files, not the cache)
-    recipe = with_converted_models(recipe)
     out = output or recipe.output
     if not out:
         raise FusekitError("no output folder: give -o OUT or set output: in the recipe")
@@ -121,15 +115,13 @@ def run(
         raise FusekitError(f"accelerate config {config} does not exist")
     spec = recipe.train
     resume = bool(spec is not None and spec.resume) if resume is None else resume
-    strategy = strategy_class(recipe.strategy)(recipe)
-    check_inputs(recipe, strategy)  # every folder and data file, before any work
+    recipe, strategy = checked(recipe)  # every folder and data file, before any work
     root = checkpoint_root(out)
     start = time.perf_counter()
     overwrite = recipe.overwrite if overwrite is None else overwrite
-    tmp_name = [""]  # the temporary folder, to keep it out of error messages
+    tmp: Path | None = None  # the temporary folder, kept out of error messages
     try:
         with atomic_output(out, overwrite=overwrite, inputs=local_model_paths(recipe)) as tmp:
-            tmp_name[0] = str(tmp)
             prepared = strategy.prepare(Path(tmp))
             inputs = {
                 name: InputRecord(
@@ -188,8 +180,8 @@ def run(
             )
     except BaseException as exc:
         _leftovers(root)
-        if isinstance(exc, FusekitError) and tmp_name[0]:
-            exc.replace_path(tmp_name[0], str(out))
+        if isinstance(exc, FusekitError) and tmp is not None:
+            exc.replace_path(str(tmp), str(out))
         raise
     shutil.rmtree(root, ignore_errors=True)
     print(f"fusekit: wrote {out}", file=sys.stderr)

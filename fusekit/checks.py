@@ -37,7 +37,8 @@ def local_models(recipe: Any) -> list[Any]:
     return found
 
 
-def _file_refs(ref: Any) -> list[Any]:
+def file_data(ref: Any) -> list[Any]:
+    """The ``FileData`` parts of a data reference (one or a list); built-in tasks are not files."""
     from fusekit.recipe.common import FileData
 
     refs = ref if isinstance(ref, list) else [ref]
@@ -48,8 +49,19 @@ def check_data(recipe: Any) -> None:
     """Read every training and evaluation data file once, as the run will."""
     from fusekit.training.data import load_records
 
-    for ref in [*_file_refs(recipe.train_data()), *_file_refs(recipe.eval_data())]:
+    for ref in [*file_data(recipe.train_data()), *file_data(recipe.eval_data())]:
         load_records(ref)
+
+
+def checked(recipe: Any) -> tuple[Any, Any]:
+    """The recipe with ``.gguf`` references converted, its strategy, the pass made."""
+    from fusekit.io.gguf import with_converted_models
+    from fusekit.registry import strategy_class
+
+    recipe = with_converted_models(recipe)
+    strategy = strategy_class(recipe.strategy)(recipe)
+    check_inputs(recipe, strategy)
+    return recipe, strategy
 
 
 def check_inputs(recipe: Any, strategy: Any) -> None:
@@ -71,4 +83,4 @@ def check_inputs(recipe: Any, strategy: Any) -> None:
     check_data(recipe)
 
 
-__all__ = ["check_data", "check_inputs", "local_models"]
+__all__ = ["check_data", "check_inputs", "checked", "file_data", "local_models"]

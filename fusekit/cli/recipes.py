@@ -29,11 +29,9 @@ def validate(
 ) -> None:
     """Check recipes and the folders and data they name, without running them: one line
     per problem, exit 2 if any."""
-    from fusekit.checks import check_inputs
+    from fusekit.checks import checked
     from fusekit.comparison.recipe import is_compare_file, load_compare
-    from fusekit.io.gguf import with_converted_models
     from fusekit.recipe import load_recipe
-    from fusekit.registry import strategy_class
 
     problems: list[str] = []
     for path in recipes:
@@ -42,9 +40,7 @@ def validate(
                 spec = load_compare(path, set_)
                 kind = f"compare: {len(spec.runs)} runs, {len(spec.parents)} parents"
             else:
-                recipe = with_converted_models(load_recipe(path, set_))
-                check_inputs(recipe, strategy_class(recipe.strategy)(recipe))
-                kind = recipe.strategy
+                kind = checked(load_recipe(path, set_))[0].strategy
         except FusekitError as exc:
             problems.extend(exc.lines())
         else:

@@ -17,13 +17,13 @@ content hash, and the run's ``fusekit.json`` records the GGUF file and its hash.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from fusekit.errors import ModelIOError
+from fusekit.io.hashing import file_hash
 
 MAGIC = b"GGUF"
 RECORD = "fusekit-gguf.json"
@@ -31,14 +31,6 @@ RECORD = "fusekit-gguf.json"
 
 def is_gguf(path: str | Path) -> bool:
     return str(path).lower().endswith(".gguf")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_gguf(path: str | Path) -> Path:
@@ -98,16 +90,24 @@ def _plain(model: Any) -> Any:
 
 
 def convert(
-    path: str | Path, out: str | Path, *, dtype: str | None = None, overwrite: bool = False
+    path: str | Path,
+    out: str | Path,
+    *,
+    dtype: str | None = None,
+    overwrite: bool = False,
+    sha256: str | None = None,
 ) -> Path:
-    """Dequantise ``path`` into the model folder ``out`` (atomic: all or nothing)."""
+    """Dequantise ``path`` into the model folder ``out`` (atomic: all or nothing).
+
+    ``sha256``: the file's hash when the caller has it already (a GGUF file is
+    hundreds of MB; reading it twice is waste)."""
     import transformers
 
     from fusekit.io.loading import _torch_dtype
     from fusekit.io.output import atomic_output
 
     file = check_gguf(path)
-    sha = file_sha256(file)
+    sha = sha256 or file_hash(file)
     model, tokenizer = _load(file)
     plain = _plain(model)
     if dtype is not None:
@@ -132,11 +132,11 @@ def cached_folder(path: str | Path) -> Path:
     from fusekit.sources import cache_root
 
     file = check_gguf(path)
-    sha = file_sha256(file)
+    sha = file_hash(file)
     folder = cache_root() / "gguf" / f"{file.stem}-{sha[:16]}"
     if not (folder / RECORD).is_file():
         print(f"fusekit: converting {file.name} (GGUF, dequantised) into {folder}", file=sys.stderr)
-        convert(file, folder, overwrite=folder.exists())
+        convert(file, folder, overwrite=folder.exists(), sha256=sha)
     return folder
 
 

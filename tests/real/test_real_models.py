@@ -38,11 +38,12 @@ def _ok(result) -> None:
 
 
 def test_conversion_records_the_gguf_file(real, gguf_files) -> None:
-    from fusekit.io.gguf import conversion_record, file_sha256
+    from fusekit.io.gguf import conversion_record
+    from fusekit.io.hashing import file_hash
 
     for name, folder in real.items():
         record = conversion_record(folder)
-        assert record["sha256"] == file_sha256(gguf_files[name]) and record["dequantised"]
+        assert record["sha256"] == file_hash(gguf_files[name]) and record["dequantised"]
         assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
     assert json.loads((real["gemma3"] / "config.json").read_text())["vocab_size"] == 262144
 
