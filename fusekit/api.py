@@ -47,7 +47,15 @@ def plan(recipe: Any, overrides: list[str] | None = None) -> dict[str, Any]:
     from fusekit.checks import checked
 
     recipe, strategy = checked(_as_recipe(recipe, overrides))
-    return {"strategy": recipe.strategy, **strategy.plan()}
+    plan = {"strategy": recipe.strategy, **strategy.plan()}
+    if strategy.has_training():
+        t = recipe.train
+        plan["train"] = {
+            "steps": t.steps, "epochs": t.epochs, "batch_size": t.batch_size,
+            "grad_accum": t.grad_accum, "seq_len": t.seq_len, "lr": t.lr,
+            "precision": t.precision,
+        }  # fmt: skip
+    return plan
 
 
 def _data_files(recipe: Any) -> dict[str, Path]:

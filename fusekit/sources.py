@@ -145,6 +145,15 @@ def _config(spec: Any, tokenizer: Any) -> Any:
     )  # fmt: skip
 
 
+def scratch_config(spec: Any) -> Any:
+    """The config a from-scratch model will have, without training it (for plans).
+
+    Its vocabulary size comes from the task tokenizer, trained in-process in about
+    a second; the model itself is not built.
+    """
+    return _config(spec, _tokenizer(spec))
+
+
 def _training_data(spec: Any) -> list[Any]:
     from fusekit.recipe.common import TaskData
     from fusekit.tasks import KV_TASKS

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from fusekit.cli.app import app, user_errors
-from fusekit.cli.recipes import print_summary
+from fusekit.cli.app import app, fail, user_errors
+from fusekit.cli.recipes import print_summary, show_plan
 from fusekit.errors import FusekitError
 from fusekit.registry import canonical_tag
 
@@ -128,6 +127,7 @@ def fuse(
     seed: int | None = typer.Option(None, "--seed"),
     set_: list[str] = typer.Option([], "--set", help="override: key.path=value"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, write nothing"),
+    as_json: bool = typer.Option(False, "--json", help="with --dry-run: the plan as JSON"),
     overwrite: bool = typer.Option(False, "--overwrite"),
     resume: bool = typer.Option(
         False, "--resume", help="continue from the checkpoints an interrupted run left"
@@ -151,8 +151,10 @@ def fuse(
     if allow_pickle or trust_remote_code:
         _set_loading(data_dict, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     recipe = parse_recipe(data_dict, source="fusekit fuse", overrides=list(set_))
+    if as_json and not dry_run:
+        raise fail(["--json goes with --dry-run (a run's record is OUT/fusekit.json)"])
     if dry_run:
-        typer.echo(json.dumps(api.plan(recipe), indent=2))
+        show_plan(api.plan(recipe), as_json)
         return
     print_summary(
         api.run(

@@ -56,6 +56,7 @@ def run(
     output: Path | None = typer.Option(None, "-o", "--output", help="output folder"),
     set_: list[str] = typer.Option([], "--set", help="override: key.path=value"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, write nothing"),
+    as_json: bool = typer.Option(False, "--json", help="with --dry-run: the plan as JSON"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output"),
     accelerate_config: Path | None = typer.Option(
         None, "--accelerate-config", help="train under `accelerate launch` with this config"
@@ -68,8 +69,10 @@ def run(
     from fusekit import api
 
     overrides = list(set_)
+    if as_json and not dry_run:
+        raise fail(["--json goes with --dry-run (a run's record is OUT/fusekit.json)"])
     if dry_run:
-        typer.echo(json.dumps(api.plan(recipe, overrides), indent=2))
+        show_plan(api.plan(recipe, overrides), as_json)
         return
     result = api.run(
         recipe,
@@ -80,6 +83,13 @@ def run(
         resume=resume or None,
     )
     print_summary(result)
+
+
+def show_plan(plan: dict[str, Any], as_json: bool) -> None:
+    """``--dry-run``: the readable plan, or with ``--json`` the whole plan for machines."""
+    from fusekit.cli.plan_view import render_plan
+
+    typer.echo(json.dumps(plan, indent=2) if as_json else render_plan(plan))
 
 
 def print_summary(result: Any) -> None:

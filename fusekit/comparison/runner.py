@@ -110,6 +110,36 @@ def _scores(root: Path, model_dir: Path, name: str, spec: CompareSpec) -> list[d
     return results
 
 
+def plan_compare(spec: Any, *, overrides: list[str] | None = None) -> dict[str, Any]:
+    """What ``compare`` would do (``--dry-run``): each run's plan, whether its output is
+    already cached (then it is only scored), and the parents; trains and writes nothing."""
+    from fusekit import api
+    from fusekit.estimates import model_facts
+
+    if not isinstance(spec, CompareSpec):
+        spec = load_compare(spec, overrides)
+    root = Path(spec.output)
+    runs = []
+    for run in spec.runs:
+        recipe = deep_merge(spec.base, run.recipe)
+        out = root / "runs" / f"{run.name}-{_key(recipe)}"
+        runs.append(
+            {
+                "name": run.name,
+                "output": str(out),
+                "cached": (out / "fusekit.json").is_file(),
+                "plan": api.plan(recipe),
+            }
+        )
+    return {
+        "name": spec.name,
+        "output": str(root),
+        "parents": {p.name: model_facts(p.model).as_dict() for p in spec.parents},
+        "runs": runs,
+        "eval": [ref.label() for ref in spec.eval],
+    }
+
+
 def compare(spec: Any, *, overrides: list[str] | None = None) -> ComparisonTable:
     """Run a compare file (path or ``CompareSpec``); write table, JSON and chart; return the table."""
     from fusekit import api

@@ -173,8 +173,20 @@ def parse_recipe(
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Any:
-    """Read, override and validate a YAML recipe; raises ``RecipeError`` listing every problem."""
-    return parse_recipe(read_recipe_data(path), source=str(path), overrides=overrides)
+    """Read, override and validate a YAML recipe; raises ``RecipeError`` listing every problem.
+
+    A compare file (runs and parents, no strategy) is refused with the command that
+    runs it, rather than as a recipe missing its ``strategy``.
+    """
+    data = read_recipe_data(path)
+    if isinstance(data, dict) and "strategy" not in data and ("runs" in data or "parents" in data):
+        raise RecipeError(
+            [
+                f"{path}: a compare file (runs and parents), not a recipe; "
+                f"run it with: fusekit compare {path}"
+            ]
+        )
+    return parse_recipe(data, source=str(path), overrides=overrides)
 
 
 def recipe_to_dict(recipe: Any) -> dict[str, Any]:

@@ -8,9 +8,11 @@ default ``save`` writes the trained weights over the untrained ones.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from fusekit.errors import DataError
+from fusekit.estimates import ModelFacts, train_shape, training_memory
 from fusekit.result import StageResult, TrainingRecord
 from fusekit.strategies.base import Built, Prepared, Strategy
 
@@ -27,6 +29,43 @@ class SurgeryStrategy(Strategy):
         """Refuse a training section without data before any surgery is done."""
         if self.has_training() and self.recipe.train_data() is None:
             raise DataError("train needs data: set train.data (or data.train) in the recipe")
+
+    def with_estimates(
+        self, described: dict[str, Any], parent: ModelFacts, trainable: int
+    ) -> dict[str, Any]:
+        """The surgery's plan plus the parent's facts and, when the recipe trains, the
+        estimated memory of a training step on the result (``trainable`` parameters)."""
+        after = replace(
+            parent, layers=described["layers_after"], parameters=described["parameters_after"]
+        )
+        plan = {**described, "models": {"model": parent.as_dict()}}
+        if self.has_training():
+            batch, seq = train_shape(self.recipe.train)
+            plan["trainable_parameters"] = trainable
+            plan["training_memory_bytes"] = training_memory(
+                loaded=[after], trainable=trainable, backprop=[after], forward_only=[],
+                batch=batch, seq=seq,
+            )  # fmt: skip
+        return plan
+
+    def scratch_described(
+        self, parent: ModelFacts, layers: list[Any], marked: tuple[int, ...] = ()
+    ) -> dict[str, Any]:
+        """What a surgery on a from-scratch parent not trained yet will write, from its
+        config: every block has the same shape, so sizes follow from the layer count."""
+        from fusekit.io.restack import compact_layer_map
+
+        parameters = parent.parameters + (len(layers) - parent.layers) * parent.layer_parameters
+        return {
+            "architecture": parent.architecture,
+            "layers_before": {parent.name: parent.layers},
+            "layers_after": len(layers),
+            "layer_map": compact_layer_map(layers, marked),
+            "parameters_before": {parent.name: parent.parameters},
+            "parameters_after": parameters,
+            "disk_bytes": parameters * parent.disk_bytes_per_parameter,
+            "note": "the from-scratch parent is trained (and cached) on the first run",
+        }
 
     def freeze_mask(self, prepared: Prepared) -> Any:
         """The freeze mask of the trained unit (None: every parameter trains)."""

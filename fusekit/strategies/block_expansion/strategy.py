@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
+from fusekit.estimates import model_facts
 from fusekit.io.arch import arch_facts
 from fusekit.io.config import load_config
 from fusekit.io.refs import local_settings, peek_model
@@ -13,6 +14,7 @@ from fusekit.strategies.base import Prepared, model_input
 from fusekit.strategies.block_expansion.freeze import new_layer_param_filter
 from fusekit.strategies.block_expansion.plan import ExpansionPlan, expansion_plan
 from fusekit.strategies.block_expansion.surgery import expand, expansion_describe
+from fusekit.strategies.depth_upscaling.plan import LayerSource
 from fusekit.strategies.surgery import SurgeryStrategy
 
 
@@ -37,11 +39,20 @@ class BlockExpansionStrategy(SurgeryStrategy):
         }
 
     def plan(self) -> dict[str, Any]:
-        folder = peek_model(self.recipe.model)
+        r = self.recipe
+        parent = model_facts(r.model)
+        folder = peek_model(r.model)
         if folder is None:
-            return {"note": "a from-scratch model is trained on the first run; sizes follow then"}
-        config, plan = self._layout(folder)
-        return expansion_describe(folder, plan, config=config, **self._options())
+            plan = expansion_plan(parent.layers, r.groups, r.blocks_per_group or 1, r.positions)
+            layers = [LayerSource(parent.name, i) for i in plan.sources]
+            described = self.scratch_described(parent, layers, plan.new_layers)
+            described["new_layers"] = list(plan.new_layers)
+        else:
+            config, plan = self._layout(folder)
+            described = expansion_describe(folder, plan, config=config, **self._options())
+        new = len(plan.new_layers) * parent.layer_parameters
+        trainable = new if r.trainable == "new" else described["parameters_after"]
+        return self.with_estimates(described, parent, trainable)
 
     def input_paths(self) -> list[Path]:
         folder = peek_model(self.recipe.model)

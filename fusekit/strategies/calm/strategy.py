@@ -192,28 +192,45 @@ class CalmStrategy(Strategy):
         }
 
     def plan(self) -> dict[str, Any]:
-        from fusekit.strategies.calm.build import composition_config, plan_composition
+        from fusekit.estimates import model_facts, train_shape, training_memory
+        from fusekit.strategies.calm.build import composition_config
 
-        refs = [self.recipe.anchor, *self.recipe.augment]
-        if all(_scratch_spec(r) is None for r in refs):
-            return plan_composition(
-                Path(self.recipe.anchor.path),
-                [Path(a.path) for a in self.recipe.augment],
-                **self._shape(),
-            )
+        r = self.recipe
+        anchor = model_facts(r.anchor)
+        augments = [model_facts(a) for a in r.augment]
         config = composition_config(
-            _config_of(self.recipe.anchor),
-            [_config_of(a) for a in self.recipe.augment],
-            **self._shape(),
+            _config_of(r.anchor), [_config_of(a) for a in r.augment], **self._shape()
         )
-        return {
+        theta = config.parameter_count()
+        plan: dict[str, Any] = {
+            "anchor": anchor.name,
+            "augments": [a.name for a in augments],
             "pairs": [[list(p) for p in a.pairs] for a in config.augments],
             "heads": config.heads,
             "mask": config.mask,
             "augment_mode": config.augment_mode,
-            "composition_parameters": config.parameter_count(),
-            "note": "from-scratch bases are trained (and cached) before composing",
+            "composition_parameters": theta,
+            "anchor_parameters": anchor.parameters,
+            "share_of_anchor": theta / anchor.parameters,
+            # the output holds only the composition, in fp32; the bases stay where they are
+            "disk_bytes": theta * 4,
+            "models": {
+                "anchor": anchor.as_dict(),
+                **{f"augment_{i}": a.as_dict() for i, a in enumerate(augments)},
+            },
         }
+        if any(m.from_scratch for m in (anchor, *augments)):
+            plan["note"] = "from-scratch bases are trained (and cached) before composing"
+        if self.has_training():
+            batch, seq = train_shape(r.train)
+            plan["trainable_parameters"] = theta
+            # the augments run without gradients and stop at their last paired layer,
+            # so their logits are never formed; the anchor's activations are kept
+            plan["training_memory_bytes"] = training_memory(
+                loaded=[anchor, *augments], trainable=theta, backprop=[anchor], forward_only=[],
+                batch=batch, seq=seq,
+            )  # fmt: skip
+        return plan
 
     def input_paths(self) -> list[Path]:
         refs = [self.recipe.anchor, *self.recipe.augment]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
+from fusekit.estimates import model_facts
 from fusekit.io.arch import arch_facts
 from fusekit.io.config import load_config
 from fusekit.io.refs import local_settings, peek_model
@@ -58,18 +59,27 @@ class DepthUpscalingStrategy(SurgeryStrategy):
         return getattr(self.recipe, "shard_size", None) or DEFAULT_SHARD_BYTES
 
     def plan(self) -> dict[str, Any]:
+        r = self.recipe
+        parent = model_facts(r.model if r.model is not None else r.slices[0].sources[0].model)
         layout = self._layout(materialize=False)
         if layout is None:
-            return {"note": "a from-scratch model is trained on the first run; sizes follow then"}
-        layers, folders, base, configs = layout
-        return splice_plan(
-            folders,
-            layers,
-            base=base,
-            dtype=getattr(self.recipe, "dtype", None),
-            max_shard_bytes=self._shard_size(),
-            configs=configs,
-        )
+            # an untrained from-scratch parent: the plan follows from its config
+            if r.remove is not None:
+                layers = solar_plan(parent.layers, r.remove, parent.name)
+            else:
+                layers = slices_plan(r.slices, r.model, key=lambda ref: parent.name)
+            described = self.scratch_described(parent, layers)
+        else:
+            layers, folders, base, configs = layout
+            described = splice_plan(
+                folders,
+                layers,
+                base=base,
+                dtype=getattr(r, "dtype", None),
+                max_shard_bytes=self._shard_size(),
+                configs=configs,
+            )
+        return self.with_estimates(described, parent, described["parameters_after"])
 
     def input_paths(self) -> list[Path]:
         layout = self._layout(materialize=False)

@@ -17,12 +17,26 @@ class FinetuneStrategy(Strategy):
     tag: ClassVar[str] = "finetune"
 
     def plan(self) -> dict[str, Any]:
+        from fusekit.estimates import lora_parameters, model_facts, train_shape, training_memory
+
         r = self.recipe
+        model = model_facts(r.model)
+        lora = r.lora.peft_kwargs() if r.lora is not None else None
+        trainable = lora_parameters(r.model, lora) if lora is not None else model.parameters
+        batch, seq = train_shape(r.train)
+        memory = training_memory(
+            loaded=[model], trainable=trainable, backprop=[model], forward_only=[],
+            batch=batch, seq=seq,
+        )  # fmt: skip
         return {
             "method": "lora" if r.lora is not None else "full",
             "lora": r.lora.model_dump() if r.lora is not None else None,
             "steps": r.train.steps,
             "lr": r.train.lr,
+            "models": {"model": model.as_dict()},
+            "trainable_parameters": trainable,
+            "disk_bytes": model.parameters * model.disk_bytes_per_parameter,
+            "training_memory_bytes": memory,
         }
 
     def input_paths(self) -> list[Path]:

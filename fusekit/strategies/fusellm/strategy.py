@@ -70,6 +70,34 @@ class FuseLLMStrategy(Strategy):
             # int32 id + fp16 logit per candidate, per source position (source sequences
             # may be longer than the target's; this is per target-length block).
             "offline_store_bytes_per_chunk_per_source": train.seq_len * r.top_k * 6,
+            **self._estimates(),
+        }
+
+    def _estimates(self) -> dict[str, Any]:
+        """Sizes of the target and sources, and one training step's memory: the sources
+        run without gradients beside the target online, before training offline."""
+        from fusekit.estimates import model_facts, train_shape, training_memory
+
+        r = self.recipe
+        target = model_facts(r.target)
+        sources = [model_facts(s) for s in r.sources]
+        batch, seq = train_shape(r.train)
+        online = r.mode == "online"
+        return {
+            "models": {
+                "target": target.as_dict(),
+                **{f"source_{i}": s.as_dict() for i, s in enumerate(sources)},
+            },
+            "trainable_parameters": target.parameters,
+            "disk_bytes": target.parameters * target.disk_bytes_per_parameter,
+            "training_memory_bytes": training_memory(
+                loaded=[target, *sources] if online else [target],
+                trainable=target.parameters,
+                backprop=[target],
+                forward_only=sources if online else [],
+                batch=batch,
+                seq=seq,
+            ),
         }
 
     def prepare(self, workdir: Path) -> Prepared:

@@ -1,0 +1,164 @@
+"""``--dry-run``: a readable plan with disk and memory figures for every strategy and
+every shipped recipe, ``--json`` for machines, and nothing trained or written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fusekit.estimates import model_facts, training_memory
+from fusekit.recipe.common import LocalModel
+from tests.pipeline.conftest import STRATEGIES, cli, recipe_for, write_corpus, write_recipe
+from tests.pipeline.conftest import models as models  # the shared tiny models, a fixture
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = sorted((ROOT / "recipes").rglob("*.yaml"))
+
+
+def _files(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*")} if folder.exists() else set()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("plan") / "corpus.jsonl")
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_plans_disk_and_memory(
+    strategy: str, models: dict[str, Path], corpus: Path, tmp_path: Path
+) -> None:
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_for(strategy, models, corpus))
+    before = _files(tmp_path)
+    text = cli("run", str(recipe), "-o", str(tmp_path / "out"), "--dry-run")
+    assert text.code == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert lines[0].startswith(f"plan: {recipe_for(strategy, models, corpus)['strategy']}")
+    labels = {line.split()[0] for line in lines[1:] if line.strip()}
+    assert {"disk", "memory", "training", "parameters"} <= labels, text.stdout
+    assert "training step ~" in text.stdout and "{" not in lines[0]
+
+    as_json = cli("run", str(recipe), "-o", str(tmp_path / "out"), "--dry-run", "--json")
+    plan = json.loads(as_json.stdout)
+    assert plan["disk_bytes"] > 0 and plan["training_memory_bytes"]["total"] > 0
+    assert plan["trainable_parameters"] > 0 and plan["train"]["steps"] == 6
+    assert _files(tmp_path) == before  # nothing written, no checkpoint folder
+
+
+def test_surgery_plans_the_layer_map(models: dict[str, Path], tmp_path: Path) -> None:
+    out = cli("fuse", "--strategy", "block_expansion", "--model", str(models["a"]),
+              "--groups", "2", "-o", str(tmp_path / "o"), "--dry-run")  # fmt: skip
+    assert out.code == 0, out.stderr
+    assert "4 -> 6: [0:2] + [1]* + [2:4] + [3]*   (* new)" in out.stdout
+    assert "surgery ~" in out.stdout and "training step" not in out.stdout  # --steps 0: no training
+    assert not (tmp_path / "o").exists()
+
+
+def test_json_needs_dry_run(models: dict[str, Path], tmp_path: Path) -> None:
+    out = cli("fuse", "--strategy", "depth_upscaling", "--model", str(models["a"]),
+              "--remove", "1", "-o", str(tmp_path / "o"), "--json")  # fmt: skip
+    assert out.code == 2 and "--json goes with --dry-run" in out.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_compare_file_given_to_run_names_the_command(tmp_path: Path) -> None:
+    path = ROOT / "recipes" / "quickstart" / "depth-upscaling.yaml"
+    out = cli("run", str(path), "--dry-run")
+    assert out.code == 2
+    assert out.stderr.strip() == (
+        f"fusekit: error: {path}: a compare file (runs and parents), not a recipe; "
+        f"run it with: fusekit compare {path}"
+    )
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_shipped_recipe_plans_without_training(
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From-scratch parents are planned from their configs; none is trained."""
+    monkeypatch.setenv("FUSEKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # recipes write to out/…: it must stay absent
+    text = path.read_text()
+    compare = "runs:" in text and "strategy:" not in text.split("runs:")[0]
+    command = "compare" if compare else "run"
+    out = cli(command, str(path), "--dry-run")
+    assert out.code == 0, out.stderr
+    assert out.stdout.count("  disk ") >= 1 and out.stdout.count("  memory ") >= 1, out.stdout
+    plan = json.loads(cli(command, str(path), "--dry-run", "--json").stdout)
+    plans = [run["plan"] for run in plan["runs"]] if compare else [plan]
+    assert all(p["disk_bytes"] > 0 for p in plans)
+    assert all(p.get("training_memory_bytes", {}).get("total", 0) > 0 for p in plans)
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "cache" / "models").exists()
+
+
+def test_from_scratch_arithmetic_matches_the_header_plan(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """The config-only sizes of a parent not trained yet equal what the headers give."""
+    from fusekit.recipe import parse_recipe
+    from fusekit.registry import strategy_class
+    from fusekit.strategies.block_expansion.plan import expansion_plan
+    from fusekit.strategies.depth_upscaling.plan import LayerSource
+
+    recipe = parse_recipe(
+        {"strategy": "block_expansion", "model": str(models["a"]), "groups": 2}, source="t"
+    )
+    strategy = strategy_class("block_expansion")(recipe)
+    from_headers = strategy.plan()
+    parent = model_facts(LocalModel(path=str(models["a"])))
+    plan = expansion_plan(parent.layers, 2)
+    arithmetic = strategy.scratch_described(
+        parent, [LayerSource(parent.name, i) for i in plan.sources], plan.new_layers
+    )
+    for key in ("layers_after", "parameters_after", "disk_bytes", "layer_map"):
+        assert arithmetic[key] == from_headers[key], key
+
+
+def test_model_facts_count_tied_weights_once(tmp_path: Path) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                      num_attention_heads=2, tie_word_embeddings=True)  # fmt: skip
+    model = LlamaForCausalLM(cfg)
+    model.save_pretrained(tmp_path / "m")
+    facts = model_facts(LocalModel(path=str(tmp_path / "m")))
+    assert facts.parameters == sum(p.numel() for p in model.parameters())
+    assert facts.layer_parameters == sum(p.numel() for p in model.model.layers[0].parameters())
+    assert (facts.layers, facts.hidden, facts.vocab) == (3, 16, 100)
+    assert facts.disk_bytes_per_parameter == 4 and not facts.from_scratch
+    del torch
+
+
+def test_lora_parameters_match_peft(models: dict[str, Path]) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from fusekit.estimates import lora_parameters
+
+    kwargs: dict[str, Any] = {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}
+    real = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(models["a"]),
+        LoraConfig(task_type="CAUSAL_LM", **kwargs),
+    )
+    expected = real.get_nb_trainable_parameters()[0]
+    assert lora_parameters(LocalModel(path=str(models["a"])), kwargs) == expected
+
+
+def test_training_memory_parts() -> None:
+    from fusekit.estimates import ModelFacts
+
+    m = ModelFacts("m", "llama", layers=2, hidden=64, heads=4, vocab=1000, parameters=10_000,
+                   layer_parameters=3000, disk_bytes_per_parameter=2, from_scratch=False)  # fmt: skip
+    one = training_memory(loaded=[m, m], trainable=100, backprop=[m], forward_only=[m],
+                          batch=2, seq=16)  # fmt: skip
+    assert one["weights"] == 4 * 20_000 and one["optimizer"] == 12 * 100
+    assert one["logits"] == 4 * 2 * 16 * (3 * 1000 + 1000)
+    assert one["total"] == sum(v for k, v in one.items() if k != "total")
+    two = training_memory(loaded=[m], trainable=100, backprop=[m], forward_only=[],
+                          batch=4, seq=16)  # fmt: skip
+    assert two["activations"] == 2 * one["activations"]
