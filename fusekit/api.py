@@ -9,12 +9,12 @@ provenance, the model card — and a strategy supplies stages
 from __future__ import annotations
 
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fusekit import log
 from fusekit.errors import FusekitError
 from fusekit.recipe import load_recipe, recipe_to_dict
 from fusekit.registry import list_strategies
@@ -159,8 +159,10 @@ def run(
                     resume_point(root / unit, unit_fingerprint(ctx, unit))
             elif root.exists():
                 if any(complete_checkpoints(root / unit) for unit in units):
-                    print(f"fusekit: starting over; removing the checkpoints in {root} "
-                          "(--resume continues from them)", file=sys.stderr)  # fmt: skip
+                    log.info(
+                        f"fusekit: starting over; removing the checkpoints in {root} "
+                        "(--resume continues from them)"
+                    )
                 shutil.rmtree(root, ignore_errors=True)
             if config is not None and units:
                 stages = run_distributed(strategy, prepared, ctx, config)
@@ -192,7 +194,7 @@ def run(
             exc.replace_path(str(tmp), str(out))
         raise
     shutil.rmtree(root, ignore_errors=True)
-    print(f"fusekit: wrote {out}", file=sys.stderr)
+    log.info(f"fusekit: wrote {out}")
     return result
 
 
@@ -204,8 +206,7 @@ def _leftovers(root: Path) -> None:
         return
     units = [p for p in root.iterdir() if p.is_dir()]
     if any(complete_checkpoints(u) for u in units):
-        print(f"fusekit: checkpoints kept in {root}; rerun with --resume to continue",
-              file=sys.stderr)  # fmt: skip
+        log.info(f"fusekit: checkpoints kept in {root}; rerun with --resume to continue")
     else:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -99,7 +99,7 @@ def run_stages(
             Path(ctx.checkpoint_root) / unit,
             fingerprint=unit_fingerprint(ctx, unit),
             resume=ctx.resume,
-            label=unit,
+            label=strategy.tag if unit == "model" else unit,  # "block_expansion", "calm", "lora"
             log_path=workdir / "train_log.jsonl" if unit == strategy.main_unit else None,
             callbacks=callbacks,
             clear_stale=False,  # api.run cleared them before any rank started

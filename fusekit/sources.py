@@ -12,10 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
+from fusekit import log
 from fusekit.errors import ModelIOError
 
 
@@ -85,6 +85,7 @@ def _materialize_in_worker(spec: Any, threads: int) -> Path:
     import torch
 
     torch.set_num_threads(threads)  # the parent's count, however it was set
+    log.library_bars_off()
     return materialize(spec)
 
 
@@ -183,11 +184,10 @@ def materialize(spec: Any) -> Path:
     from fusekit.recipe.common import TrainSpec
     from fusekit.training.run import train_causal_lm
 
-    print(
+    log.info(
         f"fusekit: training from-scratch model on '{spec.task}' "
         f"({spec.arch}, d={spec.hidden_size}, {spec.layers} layers, {spec.steps} steps) "
-        f"-> {folder}",
-        file=sys.stderr,
+        f"-> {folder}"
     )
     folder.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(folder, overwrite=True) as tmp:
@@ -204,8 +204,9 @@ def materialize(spec: Any) -> Path:
             log_steps=max(1, spec.steps // 20),
         )  # fmt: skip
         summary = train_causal_lm(
-            tmp, _training_data(spec), train, tmp, checkpoint_dir=tmp / ".checkpoints"
-        )
+            tmp, _training_data(spec), train, tmp, checkpoint_dir=tmp / ".checkpoints",
+            label=f"{spec.task} (from scratch)",
+        )  # fmt: skip
         _remove_tree(tmp / ".checkpoints")
         write_provenance(
             tmp,

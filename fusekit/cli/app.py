@@ -69,6 +69,9 @@ def user_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from fusekit.log import library_bars_off
+
+        library_bars_off()  # the command's own lines report progress
         try:
             return func(*args, **kwargs)
         except FusekitError as exc:
@@ -83,3 +86,22 @@ def user_errors(func: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def _global_options(
+    log_level: str | None = typer.Option(
+        None, "--log-level", help="debug | info (default) | warning | error", metavar="LEVEL"
+    ),
+    quiet: bool = typer.Option(
+        False, "-q", "--quiet", help="warnings and errors only (--log-level warning)"
+    ),
+) -> None:
+    from fusekit.log import LEVELS, set_level
+
+    level = "warning" if quiet else (log_level or "").strip().lower() or None
+    if level is None:
+        return  # FUSEKIT_LOG_LEVEL, or info
+    if level not in LEVELS:
+        raise fail([f"--log-level {log_level!r}: choose one of {', '.join(LEVELS)}"])
+    set_level(level)

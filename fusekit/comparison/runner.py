@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fusekit import log
 from fusekit.comparison.recipe import CompareSpec, deep_merge, load_compare
 
 LOWER_IS_BETTER = {"bpb", "perplexity"}
@@ -100,7 +100,7 @@ def _scores(root: Path, model_dir: Path, name: str, spec: CompareSpec) -> list[d
     if cache.is_file():
         results = json.loads(cache.read_text())
     else:
-        print(f"fusekit: evaluating {name}", file=sys.stderr)
+        log.info(f"fusekit: evaluating {name}")
         results = evaluate_sets(model_dir, list(spec.eval))
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(results, indent=2, default=str))
@@ -159,7 +159,7 @@ def compare(spec: Any, *, overrides: list[str] | None = None) -> ComparisonTable
         recipe = deep_merge(spec.base, run.recipe)
         out = root / "runs" / f"{run.name}-{_key(recipe)}"
         if not (out / "fusekit.json").is_file():
-            print(f"fusekit: running {run.name}", file=sys.stderr)
+            log.info(f"fusekit: running {run.name}")
             api.run(recipe, output=out, overwrite=True)
         meta = json.loads((out / "fusekit.json").read_text())
         runs[run.name] = {"kind": "run", "path": str(out), "strategy": recipe["strategy"],
@@ -173,5 +173,5 @@ def compare(spec: Any, *, overrides: list[str] | None = None) -> ComparisonTable
 
         plot(table, spec, root / "results.png")
     except ImportError:
-        print("fusekit: install matplotlib (fusekit[plot]) for the chart", file=sys.stderr)
+        log.warning("fusekit: install matplotlib (fusekit[plot]) for the chart")
     return table

@@ -75,7 +75,12 @@ def multiple_choice(
     if progress:
         from tqdm.auto import tqdm
 
-        stream = tqdm(requests, desc="scoring choices", unit="choice", leave=False)
+        from fusekit.log import bars_disabled
+
+        stream = tqdm(
+            requests, desc="scoring choices", unit="choice", leave=False,
+            disable=bars_disabled(),
+        )  # fmt: skip
     scores = list(score_requests(scorable, stream, max_length=window, batch_size=batch_size))
     result = ChoiceResult()
     cursor = 0

@@ -100,7 +100,9 @@ def greedy_generate(
     if progress:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc="generating", unit="batch", leave=False)
+        from fusekit.log import bars_disabled
+
+        starts = tqdm(starts, desc="generating", unit="batch", leave=False, disable=bars_disabled())
     for start in starts:
         rows = order[start : start + batch_size]
         input_ids, attention_mask = pad_batch(

@@ -47,7 +47,9 @@ def _progress(items: Iterable[Any], enabled: bool, desc: str) -> Iterable[Any]:
         return items
     from tqdm.auto import tqdm
 
-    return tqdm(items, desc=desc, unit="doc", leave=False)
+    from fusekit.log import bars_disabled
+
+    return tqdm(items, desc=desc, unit="doc", leave=False, disable=bars_disabled())
 
 
 def score_texts(

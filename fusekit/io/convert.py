@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
+from fusekit import log
 from fusekit.errors import ModelIOError
 from fusekit.io.folders import PICKLED_SUFFIXES
 
@@ -49,8 +49,7 @@ def safetensors_folder(folder: str | Path) -> Path:
     target = cache_root() / "converted" / f"{folder.name}-{key}"
     if (target / "model.safetensors").is_file():
         return target
-    print(f"fusekit: converting the pickled weights of {folder} to safetensors -> {target}",
-          file=sys.stderr)  # fmt: skip
+    log.info(f"fusekit: converting the pickled weights of {folder} to safetensors -> {target}")
     target.parent.mkdir(parents=True, exist_ok=True)
     state: dict[str, torch.Tensor] = {}
     for shard in _pickled_shards(folder):

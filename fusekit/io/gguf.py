@@ -18,10 +18,10 @@ content hash, and the run's ``fusekit.json`` records the GGUF file and its hash.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
+from fusekit import log
 from fusekit.errors import ModelIOError
 from fusekit.io.hashing import file_hash
 
@@ -135,7 +135,7 @@ def cached_folder(path: str | Path) -> Path:
     sha = file_hash(file)
     folder = cache_root() / "gguf" / f"{file.stem}-{sha[:16]}"
     if not (folder / RECORD).is_file():
-        print(f"fusekit: converting {file.name} (GGUF, dequantised) into {folder}", file=sys.stderr)
+        log.info(f"fusekit: converting {file.name} (GGUF, dequantised) into {folder}")
         convert(file, folder, overwrite=folder.exists(), sha256=sha)
     return folder
 

@@ -185,10 +185,9 @@ def restack(
     written directly, so neither passes through torch; only a dtype cast reads a
     tensor into memory (one at a time).
     """
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        tqdm = None
+    from tqdm.auto import tqdm
+
+    from fusekit.log import bars_disabled
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -196,8 +195,8 @@ def restack(
     for t in tensors:
         writer.declare(t.name, t.shape, t.code)
     items: Any = tensors
-    if progress and tqdm is not None:
-        items = tqdm(tensors, desc="writing tensors", unit="tensor", disable=None)
+    if progress:
+        items = tqdm(tensors, desc="writing tensors", unit="tensor", disable=bars_disabled())
     with writer:
         for t in items:
             if t.fill is not None:

@@ -37,7 +37,9 @@ def to_training_arguments(spec: Any, checkpoint_dir: Path, **overrides: Any) -> 
         bf16=spec.precision == "bf16",
         fp16=spec.precision == "fp16",
         use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=False,
+        # fusekit.training.progress prints one labelled line per log step instead of the
+        # Trainer's bar and raw dicts, which interleave when models train side by side
+        disable_tqdm=True,
         # a NaN loss must stay visible (the guard in FusekitTrainer stops on it)
         logging_nan_inf_filter=False,
     )

@@ -22,12 +22,12 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fusekit import log
 from fusekit.errors import DataError, FusekitError, listing
 from fusekit.result import TrainingRecord
 
@@ -150,8 +150,11 @@ def fit(
     ``resume`` continues the newest complete checkpoint in ``checkpoint_dir`` (after
     checking its fingerprint); without it, checkpoints left there are removed first.
     """
+    from transformers import PrinterCallback
+
     from fusekit.training.args import to_training_arguments
     from fusekit.training.data import predicted_tokens
+    from fusekit.training.progress import progress_callback
     from fusekit.training.trainer import FusekitTrainer, NonFiniteLossError
 
     if spec.steps == 0:
@@ -164,16 +167,11 @@ def fit(
     checkpoint_dir = Path(checkpoint_dir)
     start_from = resume_point(checkpoint_dir, fingerprint) if resume else None
     if resume and start_from is None:
-        print(
-            f"fusekit: {label}: no checkpoint to resume from; starting at step 0", file=sys.stderr
-        )
+        log.info(f"fusekit: {label}: no checkpoint to resume from; starting at step 0")
     if clear_stale and not resume and checkpoint_dir.exists():
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     if start_from is not None:
-        print(
-            f"fusekit: {label}: resuming from {start_from.name} (step {_step(start_from)})",
-            file=sys.stderr,
-        )
+        log.info(f"fusekit: {label}: resuming from {start_from.name} (step {_step(start_from)})")
     args = to_training_arguments(
         spec, checkpoint_dir, save_strategy="steps", save_steps=default_save_steps(spec)
     )
@@ -184,11 +182,13 @@ def fit(
         args=args,
         train_dataset=built.dataset,
         data_collator=built.collator,
-        callbacks=[_fingerprint_callback(fingerprint), counter, *callbacks],
+        callbacks=[_fingerprint_callback(fingerprint), counter, progress_callback(label),
+                   *callbacks],
         trainable=built.trainable,
         skip_nonfinite=spec.skip_nonfinite,
         **built.trainer_kwargs,
-    )
+    )  # fmt: skip
+    trainer.remove_callback(PrinterCallback)  # raw dicts; progress_callback says it readably
     clock = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
     seconds = time.perf_counter() - clock
@@ -209,8 +209,8 @@ def fit(
             "in fp32 (train.precision)"
         )
     if skipped:
-        print(f"fusekit: {label}: skipped {len(skipped)} step(s) with a non-finite loss or "
-              f"gradient ({listing([str(s) for s in skipped])})", file=sys.stderr)  # fmt: skip
+        log.warning(f"fusekit: {label}: skipped {len(skipped)} step(s) with a non-finite loss "
+                    f"or gradient ({listing([str(s) for s in skipped])})")  # fmt: skip
     extra = built.after_fit(trainer) if built.after_fit is not None else {}
     return TrainingRecord(
         trained=True,

@@ -78,8 +78,11 @@ def train_causal_lm(
     trainable: Any = None,
     checkpoint_dir: str | Path | None = None,
     lora: dict[str, Any] | None = None,
+    label: str = "model",
 ) -> dict[str, Any]:
     """Train the model in ``model_dir`` on ``data`` and save it to ``out_dir``.
+
+    ``label`` names the model in progress lines.
 
     Returns the training record as JSON.  ``spec.steps == 0`` trains and writes nothing.
     """
@@ -100,6 +103,7 @@ def train_causal_lm(
             "spec": spec.model_dump(mode="json", exclude=set(NOT_WEIGHTS_TRAIN)),
         },
         resume=spec.resume,
+        label=label,
     )
     save_trained(built.model, built.tokenizer, out_dir, dtype=built.save_dtype)
     return record.model_dump(mode="json")

@@ -17,11 +17,13 @@ def main(job_path: str) -> int:
     from accelerate import PartialState
 
     from fusekit.errors import FusekitError
+    from fusekit.log import library_bars_off
     from fusekit.pipeline import StageContext, rank, run_stages
     from fusekit.recipe import parse_recipe
     from fusekit.registry import strategy_class
     from fusekit.strategies.base import Prepared
 
+    library_bars_off()
     job = Path(job_path)
     spec = json.loads(job.read_text())
     PartialState()  # joins the process group that accelerate launch set up

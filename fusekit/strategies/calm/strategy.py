@@ -9,10 +9,10 @@ byte for text), so the summary is the paper's table for the user's own data.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
+from fusekit import log
 from fusekit.errors import PlanError
 from fusekit.result import StageResult, TrainingRecord
 from fusekit.strategies.base import Built, Prepared, Strategy, model_inputs
@@ -91,17 +91,14 @@ def probe_kv_augments(recipe: Any, model: Any) -> dict[str, Any]:
         best = max(held_out[layer] for layer in paired)
         report[f"augment_{k}"] = {"layers": rows, "paired": paired, "best_paired": best}
         shown = ", ".join(f"{layer}: {100 * held_out[layer]:.0f}%" for layer in paired)
-        print(
-            f"fusekit: augment_{k} holds held-out keys' values (probe) at {shown}", file=sys.stderr
-        )
+        log.info(f"fusekit: augment_{k} holds held-out keys' values (probe) at {shown}")
         if best < PROBE_WARNING:
             top = max(held_out, key=lambda layer: held_out[layer])
-            print(
+            log.warning(
                 f"fusekit: warning: augment_{k}'s paired layers hold unseen keys' values at "
                 f"{100 * best:.0f}% at best (layer {top} reaches {100 * held_out[top]:.0f}%): "
                 "CALM cannot pass on more; pair the layers that probe high, or train the "
-                "augment with kv_lookup among its tasks",
-                file=sys.stderr,
+                "augment with kv_lookup among its tasks"
             )
     return report
 

@@ -247,6 +247,8 @@ def extract_to_store(
     from safetensors.numpy import save_file
     from tqdm.auto import tqdm
 
+    from fusekit.log import bars_disabled
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if rows_per_shard % batch_size:
@@ -291,7 +293,13 @@ def extract_to_store(
     rows_done = sum(s["stop"] - s["start"] for s in manifest["shards"])
     was_training = getattr(model, "training", False)
     model.eval()
-    bar = tqdm(total=len(rows), initial=rows_done, desc=desc, disable=not progress, unit="row")
+    bar = tqdm(
+        total=len(rows),
+        initial=rows_done,
+        desc=desc,
+        disable=True if not progress else bars_disabled(),
+        unit="row",
+    )
     try:
         for index in range(n_shards):
             if index in done:

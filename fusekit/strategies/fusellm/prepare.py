@@ -91,6 +91,7 @@ def prepare_source(
     """Map the vocabulary, tokenise every chunk with the source tokenizer and align it."""
     from tqdm.auto import tqdm
 
+    from fusekit.log import bars_disabled
     from fusekit.strategies.fusellm.data import encode_chunks
 
     vocab_method = "em" if align == "em" else "mined"
@@ -102,7 +103,7 @@ def prepare_source(
         zip(encodings, target_encodings, strict=True),
         total=len(encodings),
         desc=desc,
-        disable=not progress,
+        disable=True if not progress else bars_disabled(),
         unit="chunk",
     ):
         aligned.append(align_chunk(align, enc, tgt, vmap, src_table, tgt_table))
