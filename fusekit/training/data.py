@@ -46,14 +46,11 @@ def _read_jsonl(path: Path) -> list[Record]:
 
 
 def _read_file(path: Path) -> list[Record]:
-    if path.is_dir():
-        try:
-            import datasets  # optional: only for folders saved with save_to_disk
-        except ImportError:
-            raise DataError(
-                f"{path}: a datasets folder needs the 'datasets' package (pip install datasets)"
-            ) from None
-        return [dict(r) for r in datasets.load_from_disk(str(path))]
+    if path.is_dir() or path.suffix == ".parquet":
+        # one reader for both with evaluation: split choice, row locations, clear errors
+        from fusekit.evaluation.data import iter_records
+
+        return [dict(record) for _, record in iter_records(path)]
     if path.suffix == ".jsonl":
         return _read_jsonl(path)
     if path.suffix in (".json", ".txt"):
@@ -70,15 +67,9 @@ def _read_file(path: Path) -> list[Record]:
         if not isinstance(data, list):
             raise DataError(f"{path}: a .json data file holds a list of records")
         return data
-    if path.suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise DataError(
-                f"{path}: reading .parquet needs pyarrow (pip install pyarrow)"
-            ) from None
-        return pq.read_table(path).to_pylist()
-    raise DataError(f"{path}: unknown data format; use .jsonl, .json, .txt or .parquet")
+    raise DataError(
+        f"{path}: unknown data format; use .jsonl, .json, .txt, .parquet or a datasets folder"
+    )
 
 
 def _check_shape(records: list[Record], where: str) -> list[Record]:

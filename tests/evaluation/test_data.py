@@ -283,41 +283,20 @@ def test_training_without_pyarrow_or_datasets_says_what_to_install(
         load_records(saved)
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        pytest.param(
-            "dataset dict",
-            marks=pytest.mark.xfail(
-                raises=ValueError,
-                strict=True,
-                reason="known bug: training's reader calls dict() on a DatasetDict's split names",
-            ),
-        ),
-        pytest.param(
-            "not parquet",
-            marks=pytest.mark.xfail(
-                raises=ValueError,  # pyarrow.ArrowInvalid is a ValueError
-                strict=True,
-                reason="known bug: training's reader lets pyarrow's ArrowInvalid through",
-            ),
-        ),
-    ],
-)
-def test_training_reads_or_refuses_every_folder_and_file(tmp_path: Path, kind: str) -> None:
-    """Training data must be read, or refused with a ``DataError``, never crash on its way in."""
+def test_training_reads_a_dataset_dict_and_refuses_a_bad_parquet(tmp_path: Path) -> None:
+    """Training shares evaluation's reader: a ``DatasetDict`` folder (what
+    ``load_dataset(...).save_to_disk`` writes) reads its split; a corrupt parquet file
+    is a ``DataError`` naming the file, never pyarrow's own exception."""
     from fusekit.training.data import load_records
 
-    if kind == "dataset dict":
-        path = save_dataset(tmp_path / "dd", {"train": {"text": ["a"]}})
-    else:
-        path = tmp_path / "d.parquet"
-        path.write_bytes(b"PAR1 not really")
-    try:
-        records = load_records(path)
-    except DataError:
-        return
-    assert records == [{"text": "a"}]
+    saved = save_dataset(tmp_path / "dd", {"train": {"text": ["a", "b"]}})
+    assert load_records(saved) == [{"text": "a"}, {"text": "b"}]
+    bad = tmp_path / "d.parquet"
+    bad.write_bytes(b"PAR1 not really")
+    with pytest.raises(DataError, match=r"d\.parquet: not a readable parquet file"):
+        load_records(bad)
+    with pytest.raises(DataError, match=r"not a folder written by datasets' save_to_disk"):
+        load_records(tmp_path)
 
 
 def test_record_conversions_check_fields() -> None:
