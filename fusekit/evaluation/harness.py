@@ -151,6 +151,7 @@ def _exact_match_result(
 ) -> dict[str, Any]:
     from fusekit.evaluation.data import as_pair
     from fusekit.evaluation.generation import exact_match
+    from fusekit.evaluation.text_scoring import score_texts
 
     pairs = list(_records(located, as_pair))
     result = exact_match(
@@ -162,6 +163,16 @@ def _exact_match_result(
         progress=progress,
     )
     settings["max_new_tokens"] = result.max_new_tokens
+    # Exact match is all or nothing: a model that moves towards the answers without
+    # reaching them scores 0 throughout. The completions' bits per byte under the model
+    # (the same scoring as bpb on prompt/completion data) show that progress.
+    likelihood = score_texts(
+        model,
+        pairs,
+        max_length=settings["max_length"],
+        stride=settings["stride"],
+        batch_size=settings["batch_size"],
+    )
     return {
         "value": result.accuracy,
         "counts": {
@@ -169,7 +180,11 @@ def _exact_match_result(
             "correct": result.correct,
             "tokens": result.generated_tokens,
         },
-        "details": {"accuracy": result.accuracy},
+        "details": {
+            "accuracy": result.accuracy,
+            "completion_bpb": likelihood.bpb,
+            "completion_nats": likelihood.nats,
+        },
     }
 
 
@@ -253,7 +268,7 @@ def evaluate(
             settings["stride"] = stride
             body = _text_result(scorable, located, label, name, settings, progress)
         elif name == "exact_match":
-            settings = {"batch_size": batch_size, "max_new_tokens": max_new_tokens}
+            settings.update(max_new_tokens=max_new_tokens, stride=stride)
             body = _exact_match_result(scorable, located, settings, progress, stop)
         else:
             body = _choice_result(scorable, located, settings, progress)

@@ -74,6 +74,9 @@ def table_rows(
                     _count(counts.get("bytes")),
                 ]
             )
+            for name, value in _likelihood_details(result):
+                rows.append([rows[-1][0], rows[-1][1], name, format_value("bpb", value),
+                             rows[-1][4], "", ""])  # fmt: skip
         return header, rows
     if layout != "wide":
         raise ValueError(f"layout must be 'long' or 'wide', got {layout!r}")
@@ -88,9 +91,24 @@ def table_rows(
         if column not in columns:
             columns.append(column)
         cells[(model, column)] = format_value(column[0], result.get("value"))
+        for name, value in _likelihood_details(result):
+            extra = (name, column[1])
+            if extra not in columns:
+                columns.append(extra)
+            cells[(model, extra)] = format_value("bpb", value)
     header = ["model"] + [f"{metric} ({data})" for metric, data in columns]
     rows = [[model] + [cells.get((model, c), _MISSING) for c in columns] for model in models]
     return header, rows
+
+
+def _likelihood_details(result: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """An exact-match result's completion bits per byte, shown in a row of its own."""
+    value = (result.get("details") or {}).get("completion_bpb")
+    return (
+        [("completion_bpb", value)]
+        if result.get("metric") == "exact_match" and value is not None
+        else []
+    )
 
 
 def _is_numeric(cell: str) -> bool:

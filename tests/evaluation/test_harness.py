@@ -74,6 +74,27 @@ def test_exact_match_and_multiple_choice(
     json.dumps([em, mc])
 
 
+def test_exact_match_reports_completion_likelihood(
+    tmp_path: Path, model: Any, trained_model: Any, tokenizer: Any
+) -> None:
+    """All-or-nothing exact match hides progress; the completions' bits per byte show it,
+    computed exactly as ``bpb`` on the same prompt/completion records."""
+    from fusekit.evaluation.report import terminal_table
+
+    pairs = write_jsonl(tmp_path / "qa.jsonl", [{"prompt": p, "completion": c} for p, c in FACTS])
+    untrained = evaluate(model, pairs, "exact_match", tokenizer=tokenizer, progress=False)
+    trained = evaluate(trained_model, pairs, "exact_match", tokenizer=tokenizer, progress=False)
+    assert untrained["value"] == 0.0 and trained["value"] == 1.0
+    for result, net in ((untrained, model), (trained, trained_model)):
+        bpb = evaluate(net, pairs, "bpb", tokenizer=tokenizer, progress=False)
+        assert result["details"]["completion_bpb"] == pytest.approx(bpb["value"], rel=1e-9)
+    assert trained["details"]["completion_bpb"] < untrained["details"]["completion_bpb"]
+    table = terminal_table([untrained, trained]).splitlines()
+    assert [line.split()[2] for line in table[2:]] == ["exact_match", "completion_bpb"] * 2
+    wide = terminal_table([untrained, trained], layout="wide").splitlines()[0]
+    assert "exact_match (qa.jsonl)" in wide and "completion_bpb (qa.jsonl)" in wide
+
+
 def test_a_composed_model_object(model: Any, tokenizer: Any) -> None:
     direct = evaluate(model, CORPUS, tokenizer=tokenizer, progress=False)
     composed = evaluate(ComposedLike(model, tokenizer), CORPUS, progress=False)
