@@ -79,6 +79,19 @@ def _fsync_tree(root: Path) -> None:
         _fsync_path(Path(dirpath))
 
 
+def _readable_files(root: Path, mode: int) -> None:
+    """Give files written owner-only the umask's mode, like every other file.
+
+    safetensors' ``save_file`` creates its files 0600, so a model saved for a team
+    would be unreadable to the team; an output folder's files follow the umask.
+    """
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = Path(dirpath) / name
+            if path.stat().st_mode & 0o777 == 0o600 and mode != 0o600:
+                os.chmod(path, mode)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -120,6 +133,7 @@ def atomic_output(
     os.chmod(tmp, 0o777 & ~umask)
     try:
         yield tmp
+        _readable_files(tmp, 0o666 & ~umask)
         _fsync_tree(tmp)
         # Re-check: another process may have created OUT while we worked.
         check_output(out, overwrite=overwrite)

@@ -39,6 +39,23 @@ def test_success_renames_into_place(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
+def test_files_follow_the_umask(tmp_path: Path) -> None:
+    """safetensors writes 0600; an output folder is shared like any other folder."""
+    import torch
+    from safetensors.torch import save_file
+
+    before = os.umask(0o022)
+    try:
+        with atomic_output(tmp_path / "out") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp / "model.safetensors"))
+            (tmp / "fusekit.json").write_text("{}")
+    finally:
+        os.umask(before)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()}
+    assert modes == {"model.safetensors": 0o644, "fusekit.json": 0o644}
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+
+
 def test_exception_leaves_nothing(tmp_path: Path) -> None:
     out = tmp_path / "out"
     with pytest.raises(KeyError), atomic_output(out) as tmp:
