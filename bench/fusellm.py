@@ -7,7 +7,7 @@ Prints one table of times and ratios measured in this run on this machine:
 1. vocabulary mapping of two ~32k vocabularies (byte-level BPE and a
    SentencePiece-style Metaspace BPE with byte fallback, both trained here on the
    Python standard library's sources): fusekit's ``map_vocab`` (rapidfuzz cdist,
-   all cores) vs the reference's approach (per source token, a Python ``min``
+   torch's thread count) vs the reference's approach (per source token, a Python ``min``
    over the whole target vocabulary), timed on a sample and scaled to all tokens;
 2. DTW of one 2048 x 2048 pair of real tokenisations: ``dtw_align`` vs the
    reference's pure-Python DTW (numpy matrix, edit distance per cell) and vs a
