@@ -143,6 +143,26 @@ def plans_like_the_doc_sample(r: Ran) -> None:
     assert r.res.stdout.strip() == sample.text.strip(), f"{sample.where} is stale:\n{r.res.stdout}"
 
 
+_PROGRESS = re.compile(
+    r"fusekit: \[[\w ()]+\] (step \d+/\d+ \(\d+%\)  loss [\d.]+  grad_norm [\d.]+  "
+    r"lr [\d.e+-]+  .+ elapsed(, ~.+ left)?|trained \d+ steps in .+)"
+)
+
+
+def progress_sample(item: DocItem) -> None:
+    """The quick-start's terminal sample: its progress lines are what ``progress_line``
+    prints (a reformatted line would leave the sample stale), its table is Table 1's."""
+    from fusekit.training.progress import progress_line
+
+    lines = item.text.strip().splitlines()
+    progress = [line for line in lines if line.startswith("fusekit: [")]
+    assert progress and all(_PROGRESS.fullmatch(line) for line in progress), progress
+    example = progress_line("calm", 150, 3000, {"loss": 0.8721, "grad_norm": 0.855,
+                            "learning_rate": 1.99e-3}, elapsed=67.0, done_here=150)  # fmt: skip
+    assert _PROGRESS.fullmatch(example), example
+    assert "| KV-arithmetic, held-out keys |" in item.text
+
+
 def plans_every_run(compare_file: str) -> Check:
     """``fusekit compare --dry-run``: a plan for every run of the file, nothing trained."""
 
@@ -542,7 +562,7 @@ TABLE: dict[str, Entry] = {
     'pip install -c .ci/constraints.txt -e ".[dev]"': Entry(
         "install", "static: constraints.txt pins torch, the dev extra exists and is installed, "
         "CI installs the same way", static=install_command),
-    "OMP_NUM_THREADS=1 fusekit run recipes/quickstart/calm-kv-arithmetic.yaml": Entry(
+    "fusekit run recipes/quickstart/calm-kv-arithmetic.yaml": Entry(
         "calm-quickstart", "fast: + --dry-run (plan, nothing written); slow: as written, "
         "Table 1's claim checked",
         fast=(Run("docs_ws", plan_only("calm"), line="{doc} --dry-run"),),
@@ -656,6 +676,28 @@ TABLE: dict[str, Entry] = {
     """: Entry("accelerate-deepspeed", "static: accelerate's schema",
                static=accelerate_config_block),
     # docs/quickstart.md (its install, CALM and validate lines are README's entries above)
+    """
+    fusekit: augment_0 holds held-out keys' values (probe) at 0: 91%, 1: 98%, 3: 100%, 7: 100%
+    fusekit: [calm] step 10/3000 (0%)  loss 4.8679  grad_norm 1.47  lr 1.20e-04  5 s elapsed, ~23 min 32 s left
+    fusekit: [calm] step 150/3000 (5%)  loss 0.8721  grad_norm 0.855  lr 1.99e-03  1 min 07 s elapsed, ~21 min 17 s left
+    fusekit: [calm] step 3000/3000 (100%)  loss 0.0604  grad_norm 2.45  lr 6.08e-10  12 min 42 s elapsed
+    fusekit: [calm] trained 3000 steps in 12 min 42 s
+    fusekit: [lora] step 10/3000 (0%)  loss 4.8211  grad_norm 7.61  lr 1.20e-04  1 s elapsed, ~4 min 52 s left
+    fusekit: [lora] trained 3000 steps in 8 min 04 s
+    fusekit: wrote out/quickstart/calm-kv-arithmetic
+    output      out/quickstart/calm-kv-arithmetic
+    strategy    calm
+    steps       3000
+    final_loss  0.0604
+    seconds     1329.79
+    | data | anchor | augment_0 | calm | lora | chance |
+    |---|---:|---:|---:|---:|---:|
+    | KV-substitution | 0.0 | 100.0 | 0.0 | 0.0 | 1.0 |
+    | Numeric-arithmetic | 99.2 | 0.0 | 99.8 | 99.8 | 6.4 |
+    | KV-arithmetic, held-in keys | 3.8 | 0.0 | 95.2 | 7.2 | 6.8 |
+    | KV-arithmetic, held-out keys | 5.8 | 0.0 | 94.0 | 7.2 | 6.8 |
+    """: Entry("calm-quickstart-output", "static: its progress lines have progress_line's "
+               "format, its table Table 1's rows", static=progress_sample),
     "fusekit run recipes/examples/block-expansion.yaml -o out/expanded --dry-run": Entry(
         "example-dry-run", "fast: as written; prints exactly the text block after it, "
         "writes nothing", fast=(Run("docs_ws", plans_like_the_doc_sample),)),
