@@ -38,34 +38,37 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 
 
+#: (Gemma-3-shaped, SmolLM2-shaped) config fields per size; "real" is the published models.
+SHAPES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "real": (
+        {"vocab_size": 262144, "hidden_size": 640, "intermediate_size": 2048,
+         "num_hidden_layers": 18, "num_attention_heads": 4, "num_key_value_heads": 1,
+         "head_dim": 256, "sliding_window": 512, "max_position_embeddings": 32768},
+        {"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
+         "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+         "max_position_embeddings": 8192},
+    ),
+    "tiny": (
+        {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128,
+         "num_hidden_layers": 4, "num_attention_heads": 2, "num_key_value_heads": 1,
+         "head_dim": 32, "sliding_window": 16, "max_position_embeddings": 256},
+        {"vocab_size": 384, "hidden_size": 48, "intermediate_size": 96,
+         "num_hidden_layers": 6, "num_attention_heads": 4, "num_key_value_heads": 2,
+         "max_position_embeddings": 256},
+    ),
+}  # fmt: skip
+
+
 def configs(size: str) -> tuple[Any, Any]:
     """(anchor/source config, augment/target config) for ``size``."""
     from transformers import Gemma3TextConfig, LlamaConfig
 
     special = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
-    if size == "real":  # Gemma-3-270M and SmolLM2-135M as published
-        gemma = Gemma3TextConfig(
-            vocab_size=262144, hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
-            num_attention_heads=4, num_key_value_heads=1, head_dim=256, sliding_window=512,
-            max_position_embeddings=32768, **special,
-        )  # fmt: skip
-        smol = LlamaConfig(
-            vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-            num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-            tie_word_embeddings=True, **special,
-        )  # fmt: skip
-        return gemma, smol
-    gemma = Gemma3TextConfig(
-        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=16,
-        max_position_embeddings=256, **special,
-    )  # fmt: skip
-    smol = LlamaConfig(
-        vocab_size=384, hidden_size=48, intermediate_size=96, num_hidden_layers=6,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        tie_word_embeddings=True, **special,
-    )  # fmt: skip
-    return gemma, smol
+    gemma, smol = SHAPES[size]
+    return (
+        Gemma3TextConfig(**gemma, **special),
+        LlamaConfig(**smol, tie_word_embeddings=True, **special),
+    )
 
 
 def build(config: Any, device: str, dtype: torch.dtype, seed: int) -> Any:
