@@ -23,7 +23,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from fusekit.errors import DataError, FusekitError, ModelIOError
+from fusekit.errors import DataError, FusekitError, ModelIOError, PlanError
 
 METRICS = ("bpb", "perplexity", "exact_match", "multiple_choice")
 _ALIASES = {
@@ -166,13 +166,19 @@ def _exact_match_result(
     # Exact match is all or nothing: a model that moves towards the answers without
     # reaching them scores 0 throughout. The completions' bits per byte under the model
     # (the same scoring as bpb on prompt/completion data) show that progress.
-    likelihood = score_texts(
-        model,
-        pairs,
-        max_length=settings["max_length"],
-        stride=settings["stride"],
-        batch_size=settings["batch_size"],
-    )
+    details: dict[str, Any] = {"accuracy": result.accuracy}
+    try:
+        likelihood = score_texts(
+            model,
+            pairs,
+            max_length=settings["max_length"],
+            stride=settings["stride"],
+            batch_size=settings["batch_size"],
+        )
+    except PlanError:
+        pass  # a CALM augment in 'encoder' mode reads prompts only: no sequence likelihood
+    else:
+        details.update(completion_bpb=likelihood.bpb, completion_nats=likelihood.nats)
     return {
         "value": result.accuracy,
         "counts": {
@@ -180,11 +186,7 @@ def _exact_match_result(
             "correct": result.correct,
             "tokens": result.generated_tokens,
         },
-        "details": {
-            "accuracy": result.accuracy,
-            "completion_bpb": likelihood.bpb,
-            "completion_nats": likelihood.nats,
-        },
+        "details": details,
     }
 
 
