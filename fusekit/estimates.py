@@ -55,6 +55,14 @@ class ModelFacts:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def config_shape(self) -> dict[str, int]:
+        """Width, depth and heads under transformers' usual config names."""
+        return {
+            "hidden_size": self.hidden,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+        }
+
 
 #: a parameter of the first decoder block, whatever the family calls its block list
 _FIRST_BLOCK = re.compile(r"(^|\.)(layers|h|blocks)\.0\.")

@@ -146,13 +146,20 @@ def _config(spec: Any, tokenizer: Any) -> Any:
     )  # fmt: skip
 
 
+_SCRATCH_CONFIGS: dict[str, Any] = {}
+
+
 def scratch_config(spec: Any) -> Any:
     """The config a from-scratch model will have, without training it (for plans).
 
     Its vocabulary size comes from the task tokenizer, trained in-process in about
-    a second; the model itself is not built.
+    a second; the model itself is not built. A compare file's dry run plans the
+    same parent for every run, so each spec's config is made once per process.
     """
-    return _config(spec, _tokenizer(spec))
+    key = scratch_key(spec)
+    if key not in _SCRATCH_CONFIGS:
+        _SCRATCH_CONFIGS[key] = _config(spec, _tokenizer(spec))
+    return _SCRATCH_CONFIGS[key]
 
 
 def _training_data(spec: Any) -> list[Any]:

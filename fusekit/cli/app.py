@@ -43,6 +43,13 @@ def fail(lines: list[str]) -> typer.Exit:
     return typer.Exit(2)
 
 
+def check_json_flag(as_json: bool, dry_run: bool, record: str) -> None:
+    """``--json`` prints a dry run's plan; without ``--dry-run`` the line says where a
+    real run's record is (``record``) instead."""
+    if as_json and not dry_run:
+        raise fail([f"--json goes with --dry-run ({record})"])
+
+
 _OS_ADVICE = {
     errno.EACCES: "permission denied; choose a folder you can write to, or fix its permissions",
     errno.EPERM: "operation not permitted; choose a folder you can write to",

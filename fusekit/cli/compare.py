@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from fusekit.cli.app import app, fail, user_errors
+from fusekit.cli.app import app, check_json_flag, user_errors
 from fusekit.cli.plan_view import render_compare_plan
 
 
@@ -22,8 +22,7 @@ def compare_(
     """Run what is not cached, score everything on the same sets, write table/JSON/chart."""
     from fusekit.comparison.runner import compare, plan_compare
 
-    if as_json and not dry_run:
-        raise fail(["--json goes with --dry-run (the results are OUTPUT/results.json)"])
+    check_json_flag(as_json, dry_run, "the results are OUTPUT/results.json")
     if dry_run:
         plan = plan_compare(spec, overrides=list(set_))
         typer.echo(json.dumps(plan, indent=2) if as_json else render_compare_plan(plan))

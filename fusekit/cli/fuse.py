@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from fusekit.cli.app import app, fail, user_errors
+from fusekit.cli.app import app, check_json_flag, user_errors
 from fusekit.cli.recipes import print_summary, show_plan
 from fusekit.errors import FusekitError
 from fusekit.registry import canonical_tag
@@ -151,8 +151,7 @@ def fuse(
     if allow_pickle or trust_remote_code:
         _set_loading(data_dict, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     recipe = parse_recipe(data_dict, source="fusekit fuse", overrides=list(set_))
-    if as_json and not dry_run:
-        raise fail(["--json goes with --dry-run (a run's record is OUT/fusekit.json)"])
+    check_json_flag(as_json, dry_run, "a run's record is OUT/fusekit.json")
     if dry_run:
         show_plan(api.plan(recipe), as_json)
         return

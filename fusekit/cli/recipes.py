@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from fusekit.cli.app import app, fail, user_errors
+from fusekit.cli.app import app, check_json_flag, fail, user_errors
 from fusekit.errors import FusekitError
 
 
@@ -69,8 +69,7 @@ def run(
     from fusekit import api
 
     overrides = list(set_)
-    if as_json and not dry_run:
-        raise fail(["--json goes with --dry-run (a run's record is OUT/fusekit.json)"])
+    check_json_flag(as_json, dry_run, "a run's record is OUT/fusekit.json")
     if dry_run:
         show_plan(api.plan(recipe, overrides), as_json)
         return

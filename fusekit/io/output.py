@@ -71,25 +71,20 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_tree(root: Path) -> None:
-    """fsync every file and folder under ``root`` (writers that already did are cheap)."""
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            _fsync_path(Path(dirpath) / name)
-        _fsync_path(Path(dirpath))
-
-
-def _readable_files(root: Path, mode: int) -> None:
-    """Give files written owner-only the umask's mode, like every other file.
+def _finish_tree(root: Path, mode: int) -> None:
+    """Make every file under ``root`` readable as the umask allows, then fsync it all.
 
     safetensors' ``save_file`` creates its files 0600, so a model saved for a team
     would be unreadable to the team; an output folder's files follow the umask.
+    fsync runs on every file and folder (writers that already did are cheap).
     """
     for dirpath, _, files in os.walk(root):
         for name in files:
             path = Path(dirpath) / name
             if path.stat().st_mode & 0o777 == 0o600 and mode != 0o600:
                 os.chmod(path, mode)
+            _fsync_path(path)
+        _fsync_path(Path(dirpath))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -133,8 +128,7 @@ def atomic_output(
     os.chmod(tmp, 0o777 & ~umask)
     try:
         yield tmp
-        _readable_files(tmp, 0o666 & ~umask)
-        _fsync_tree(tmp)
+        _finish_tree(tmp, 0o666 & ~umask)
         # Re-check: another process may have created OUT while we worked.
         check_output(out, overwrite=overwrite)
         if out.exists():

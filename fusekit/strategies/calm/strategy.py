@@ -25,21 +25,6 @@ def _scratch_spec(ref: Any) -> Any:
     return getattr(ref, "from_scratch", None)
 
 
-def _config_of(ref: Any) -> dict[str, Any]:
-    """A config dict for planning: read from the folder, or taken from a from-scratch spec."""
-    import json
-
-    spec = _scratch_spec(ref)
-    if spec is not None:
-        return {
-            "hidden_size": spec.hidden_size,
-            "num_hidden_layers": spec.layers,
-            "num_attention_heads": spec.heads,
-        }
-    path = Path(getattr(ref, "path", ref)) / "config.json"
-    return json.loads(path.read_text())
-
-
 def mix_anchor_task(recipe: Any, records: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
     """D_C plus ``anchor_mix`` (a share of the result) examples of the anchor's own task.
 
@@ -196,7 +181,7 @@ class CalmStrategy(Strategy):
         anchor = model_facts(r.anchor)
         augments = [model_facts(a) for a in r.augment]
         config = composition_config(
-            _config_of(r.anchor), [_config_of(a) for a in r.augment], **self._shape()
+            anchor.config_shape(), [a.config_shape() for a in augments], **self._shape()
         )
         theta = config.parameter_count()
         plan: dict[str, Any] = {
