@@ -45,31 +45,38 @@ def main() -> None:
 
     folders = _folders()
     source, target = load_tokenizer(folders["gemma3"]), load_tokenizer(folders["smollm2"])
-    calls: list[tuple[list[str], list[str]]] = []
-    original = vocab._min_edit
+    stats: dict[str, int] = {}  # of the first call: the ordinary tokens (specials come after)
+    calls: list[float] = []
+    original = vocab.nearest
 
-    def recording(queries: list[str], choices: list[str], block: int = 2048) -> Any:
+    def recording(queries: list[str], choices: list[str], workers: int = 1, **_: Any) -> Any:
+        if calls:
+            return original(queries, choices, workers=workers)
         clock = time.perf_counter()
-        result = original(queries, choices, block)
-        calls.append((queries, choices, time.perf_counter() - clock))
+        stats.update(queries=len(queries), choices=len(choices))
+        result = original(queries, choices, workers=workers, stats=stats)
+        calls.append(time.perf_counter() - clock)
         return result
 
-    vocab._min_edit = recording
+    vocab.nearest = recording
+    vocab.token_table(source), vocab.token_table(target)  # what any map of the pair needs
+    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     clock = time.perf_counter()
     mapped = vocab.compute_vocab_map(source, target)
     seconds = time.perf_counter() - clock
-    vocab._min_edit = original
-    queries, choices, mined = calls[0]
-    pairs = len(queries) * len(choices)
-    stats = vocab.mapping_stats(mapped, source, target)
+    vocab.nearest = original
+    full = stats["queries"] * stats["choices"]
+    mined = calls[0]
+    stats_map = vocab.mapping_stats(mapped, source, target)
     print(f"threads {args.threads}; {len(source)} -> {len(target)} tokens; "
-          f"{len(queries)} left for MinED after the exact passes")  # fmt: skip
-    print(f"vocabulary map:  {seconds:6.1f} s  (exact {stats['exact']:.3f}, nearest "
-          f"{stats['nearest']:.3f}, unmapped {stats['unmapped']:.3f})")  # fmt: skip
-    print(f"MinED search:    {mined:6.1f} s  {pairs:.2e} Levenshtein pairs, "
-          f"{1e9 * mined / pairs:.1f} ns a pair")  # fmt: skip
+          f"{stats['queries']} left for MinED after the exact passes")  # fmt: skip
+    print(f"vocabulary map:  {seconds:6.1f} s  (exact {stats_map['exact']:.3f}, nearest "
+          f"{stats_map['nearest']:.3f}, unmapped {stats_map['unmapped']:.3f})")  # fmt: skip
+    print(f"MinED search:    {mined:6.1f} s  {stats['pairs']:.2e} Levenshtein pairs computed "
+          f"of {full:.2e} ({stats['pairs'] / full:.1%}; {stats['groups']} query groups)")  # fmt: skip
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS {peak:.0f} MB")
+    print(f"peak RSS {peak:.0f} MB; {loaded:.0f} MB with the two tokenizers and their token "
+          f"tables loaded, before the map")  # fmt: skip
 
 
 if __name__ == "__main__":

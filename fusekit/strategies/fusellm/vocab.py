@@ -17,7 +17,8 @@ space byte either way) but also gets right what string matching cannot:
   SentencePiece as ``é``; both are ``b"\\xc3\\xa9"``;
 * special tokens (BOS/EOS/PAD/UNK) are mapped by role, never by spelling.
 
-MinED runs in C++ (rapidfuzz ``cdist`` with Levenshtein, all cores), on the
+MinED runs in C++ (rapidfuzz ``cdist`` with Levenshtein, torch's thread count),
+pruned by a bound that skips pairs that cannot win (``mined.py``), on the
 byte strings read as latin-1 (one character per byte) and lower-cased like the
 reference; ties go to the lowest target id.  Results are cached on disk keyed
 by both tokenizers' contents, because a 32k x 32k search takes seconds and
@@ -37,6 +38,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from fusekit.strategies.fusellm.mined import nearest
 
 MAP_VERSION = 1
 SPACE_MARKERS = ("Ġ", "▁")
@@ -224,20 +227,10 @@ def cdist_workers(pairs: int, threshold: int = 100_000) -> int:
     return max(1, torch.get_num_threads())
 
 
-def _min_edit(queries: list[str], choices: list[str], block: int = 2048) -> np.ndarray:
+def _min_edit(queries: list[str], choices: list[str]) -> np.ndarray:
     """For each query, the index of the first choice at minimum Levenshtein distance."""
-    from rapidfuzz import process
-    from rapidfuzz.distance import Levenshtein
-
-    out = np.empty(len(queries), dtype=np.int64)
     workers = cdist_workers(len(queries) * len(choices), 200_000)
-    for start in range(0, len(queries), block):
-        part = queries[start : start + block]
-        dist = process.cdist(
-            part, choices, scorer=Levenshtein.distance, dtype=np.int32, workers=workers
-        )
-        out[start : start + len(part)] = dist.argmin(axis=1)  # argmin: first minimum
-    return out
+    return nearest(queries, choices, workers=workers)
 
 
 def compute_vocab_map(
