@@ -10,13 +10,20 @@ Training (batch 64 x 16 tokens):
     the same block through full masked attention (128 heads, null key: the
     KV-arithmetic quick-start's setting).
 
-Run: ``python bench/calm.py [--new-tokens 256] [--threads 1]``.
+``--real`` measures the same decoding and training ratios on the real pair instead:
+Gemma-3-270M as anchor composed with SmolLM2-135M-Instruct (different tokenizers, so
+the augment follows the anchor's decoded text), ``every=6`` (5 layer pairs), batch 1
+decoding and a training step on 4 x 128 anchor tokens of library source; needs the
+two GGUF packages (docs/real-models.md).
+
+Run: ``python bench/calm.py [--new-tokens 256] [--threads 1] [--real]``.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from timing import best_time
@@ -119,12 +126,84 @@ def bench_diagonal_block(batch: int = 64, length: int = 16, repeat: int = 50) ->
     return {"fast_ms": 1000 * t_fast / repeat, "full_ms": 1000 * t_full / repeat}
 
 
+PROMPT = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'
+
+
+def bench_real(new_tokens: int) -> None:
+    """Decoding and training ratios with Gemma-3-270M + SmolLM2-135M (cross-tokenizer)."""
+    from real_models import folders
+
+    from fusekit.strategies.calm.build import compose_from_paths
+    from fusekit.strategies.calm.collate import CalmCollator, encode_offsets_example
+    from fusekit.strategies.calm.modeling import causal_lm_loss
+
+    paths = folders()
+    model = compose_from_paths(paths["gemma3"], [paths["smollm2"]], every=6)
+    for block in (b for bl in model.composition.blocks for b in bl):  # not the identity
+        torch.nn.init.normal_(block.o_proj.weight, std=0.02)
+    anchor, augment = model.anchor, model.augments[0]
+    a_tok, g_tok = model.anchor_tokenizer, model.augment_tokenizers[0]
+    print(f"anchor Gemma-3-270M, augment SmolLM2-135M, "
+          f"{sum(len(a.pairs) for a in model.composition_config.augments)} layer pairs")  # fmt: skip
+    a_ids = a_tok(PROMPT, return_tensors="pt").input_ids
+    g_ids = g_tok(PROMPT, return_tensors="pt").input_ids
+    composed = best_time(
+        lambda: model.generate(a_ids, max_new_tokens=new_tokens, eos_token_id=[]), 1, warmup=True
+    )
+    out = model.generate(a_ids, max_new_tokens=new_tokens, eos_token_id=[])
+    text = a_tok.decode(out[0, a_ids.shape[1] :])
+    hf = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    alone_a = best_time(lambda: anchor.generate(a_ids, **hf), 1, warmup=True)
+    # the augment decodes as many of its own tokens as it read of the composed text
+    aug_new = len(g_tok(PROMPT + text, add_special_tokens=False).input_ids) - g_ids.shape[1]
+    hf_g = dict(hf, max_new_tokens=max(1, aug_new), min_new_tokens=max(1, aug_new))
+    alone_g = best_time(lambda: augment.generate(g_ids, **hf_g), 1, warmup=True)
+    print(f"decode {new_tokens} tokens, batch 1: composed {composed:.2f} s vs anchor "
+          f"{alone_a:.2f} s + augment {alone_g:.2f} s ({aug_new} tokens) -> composed/alone "
+          f"x{composed / (alone_a + alone_g):.2f}")  # fmt: skip
+
+    source = Path(argparse.__file__).read_text(encoding="utf-8")
+    texts = [source[i * 600 : (i + 1) * 600] for i in range(4)]
+    collate = CalmCollator(a_tok.pad_token_id or 0, [g_tok.pad_token_id or 0])
+    shared = model.shared_tokenizer
+    batch = collate([encode_offsets_example({"text": t}, a_tok, [g_tok], shared, 128)
+                     for t in texts])  # fmt: skip
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-4)
+
+    def composed_step() -> None:
+        loss = model(**batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    aug = batch["augment_inputs"][0]
+    anchor.requires_grad_(True)
+
+    def plain_step() -> None:
+        with torch.no_grad():
+            augment(input_ids=aug["input_ids"], attention_mask=aug["attention_mask"])
+        loss = causal_lm_loss(anchor(batch["input_ids"]).logits, batch["labels"])
+        loss.backward()
+        anchor.zero_grad()
+
+    t_composed = best_time(composed_step, 2, warmup=True)
+    t_plain = best_time(plain_step, 2, warmup=True)
+    anchor.requires_grad_(False)
+    print(f"train step (4 x {batch['input_ids'].shape[1]} anchor tokens): composed "
+          f"{1000 * t_composed:.0f} ms vs anchor f+b + augment f {1000 * t_plain:.0f} ms "
+          f"-> ratio x{t_composed / t_plain:.2f}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--real", action="store_true", help="Gemma-3-270M + SmolLM2-135M")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.real:
+        bench_real(args.new_tokens)
+        return
     from fusekit.strategies.calm.build import compose
 
     model = compose(_llama(4), [_llama(8)], pairs=[[(0, -1), (1, 0), (3, 1), (7, 2)]])

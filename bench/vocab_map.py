@@ -13,25 +13,11 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def _folders() -> dict[str, Path]:
-    from fusekit.io.gguf import cached_folder
-    from fusekit.sources import cache_root
-    from tests.real.conftest import gemma3_file, smollm2_file
-
-    return {
-        "smollm2": cached_folder(smollm2_file()),
-        "gemma3": cached_folder(gemma3_file(cache_root())),
-    }
+from real_models import folders as real_folders
 
 
 def main() -> None:
@@ -43,7 +29,7 @@ def main() -> None:
     from fusekit.io.loading import load_tokenizer
     from fusekit.strategies.fusellm import vocab
 
-    folders = _folders()
+    folders = real_folders()
     source, target = load_tokenizer(folders["gemma3"]), load_tokenizer(folders["smollm2"])
     stats: dict[str, int] = {}  # of the first call: the ordinary tokens (specials come after)
     calls: list[float] = []

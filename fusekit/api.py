@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -129,8 +130,18 @@ def run(
     overwrite = recipe.overwrite if overwrite is None else overwrite
     tmp: Path | None = None  # the temporary folder, kept out of error messages
     try:
-        with atomic_output(out, overwrite=overwrite, inputs=local_model_paths(recipe)) as tmp:
+        local = local_model_paths(recipe)
+        with (
+            atomic_output(out, overwrite=overwrite, inputs=local) as tmp,
+            ThreadPoolExecutor(max_workers=1) as hasher,
+        ):
+            # Hashing the bases reads every byte of them; on a 7B base that is as long
+            # as the surgery itself, so it runs beside prepare (both mostly wait on the
+            # disk or the kernel) and prepare's own hashes then come from the memo.
+            early = [hasher.submit(folder_hash, path) for path in local if path.is_dir()]
             prepared = strategy.prepare(Path(tmp))
+            for job in early:
+                job.result()
             inputs = {
                 name: InputRecord(
                     path=m.path, hash=folder_hash(m.path), converted_from=conversion_record(m.path)
