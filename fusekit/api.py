@@ -63,7 +63,9 @@ def _data_files(recipe: Any) -> dict[str, Path]:
     """The training data files a recipe names (evaluation sets do not shape the weights)."""
     from fusekit.checks import file_data
 
-    return {f"train:{r.label()}": Path(r.path) for r in file_data(recipe.train_data())}
+    return {
+        f"train:{r.label()}": Path(r.path) for ref in recipe.shaping_data() for r in file_data(ref)
+    }
 
 
 #: Recipe fields that do not change the trained weights, left out of the resume fingerprint.

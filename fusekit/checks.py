@@ -49,7 +49,8 @@ def check_data(recipe: Any) -> None:
     """Read every training and evaluation data file once, as the run will."""
     from fusekit.training.data import load_records
 
-    for ref in [*file_data(recipe.train_data()), *file_data(recipe.eval_data())]:
+    shaping = [r for ref in recipe.shaping_data() for r in file_data(ref)]
+    for ref in [*shaping, *file_data(recipe.eval_data())]:
         load_records(ref)
 
 

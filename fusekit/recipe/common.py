@@ -284,6 +284,11 @@ class BaseRecipe(Strict):
     def eval_data(self) -> list[Any]:
         return list(self.data.eval) if self.data is not None else []
 
+    def shaping_data(self) -> list[Any]:
+        """Every data reference that shapes the weights: checked, hashed, fingerprinted."""
+        train = self.train_data()
+        return [] if train is None else [train]
+
 
 class SurgeryRecipe(BaseRecipe):
     """Fields the surgery strategies (depth up-scaling, block expansion) share."""

@@ -103,8 +103,41 @@ def test_anchor_mix_adds_the_anchor_task_with_its_own_table() -> None:
     operands = [t for r in extra for t in r["prompt"].split() if t.isdigit()]
     assert operands and max(int(t) for t in operands) <= 3  # the anchor's value range
     recipe.anchor = SimpleNamespace(path="/somewhere")
-    with pytest.raises(PlanError, match="anchor_mix needs"):
+    with pytest.raises(PlanError, match="anchor_mix needs examples of the anchor's own domain"):
         mix_anchor_task(recipe, records, seed=0)
+
+
+def test_anchor_mix_draws_a_pretrained_anchors_text_from_anchor_data(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from fusekit.recipe.common import FileData
+    from fusekit.strategies.calm.strategy import mix_anchor_task
+
+    texts = tmp_path / "english.jsonl"
+    texts.write_text("".join(json.dumps({"text": f"plain english {i}."}) + "\n" for i in range(50)))
+    recipe = SimpleNamespace(anchor_mix=0.2, anchor=SimpleNamespace(path="/pretrained"),
+                             anchor_data=FileData(path=str(texts)))  # fmt: skip
+    records = [{"prompt": f"def f{i}():", "completion": " pass"} for i in range(40)]
+    mixed = mix_anchor_task(recipe, records, seed=0)
+    extra = [r for r in mixed if "text" in r]
+    assert len(mixed) == 50 and len(extra) == 10  # 20 % of the result, no repeats
+    assert len({r["text"] for r in extra}) == 10
+    assert mixed == mix_anchor_task(recipe, records, seed=0)  # seeded
+    recipe.anchor_mix = 0.9  # more than the file holds: drawn with replacement
+    assert sum("text" in r for r in mix_anchor_task(recipe, records, seed=0)) == 360
+
+
+def test_anchor_data_is_checked_hashed_and_needs_anchor_mix(bases, data, tmp_path: Path) -> None:
+    from fusekit.api import _data_files
+    from fusekit.recipe.loading import parse_recipe
+
+    texts = tmp_path / "english.jsonl"
+    texts.write_text(json.dumps({"text": "plain english."}) + "\n")
+    recipe = {**_recipe(bases, data), "anchor_mix": 0.2, "anchor_data": {"path": str(texts)}}
+    loaded = parse_recipe(recipe)
+    assert str(texts) in {str(p) for p in _data_files(loaded).values()}
+    with pytest.raises(Exception, match="anchor_data is only read with anchor_mix > 0"):
+        parse_recipe({**recipe, "anchor_mix": 0.0})
 
 
 def test_table_one_names_rows_as_the_paper_does() -> None:

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from fusekit.recipe.common import BaseRecipe, DataSpec, ModelRef, TrainSpec
+from fusekit.recipe.common import BaseRecipe, DataRef, DataSpec, ModelRef, TrainSpec
 
 
 def _embed_is_minus_one(value: Any) -> Any:
@@ -41,6 +41,11 @@ class CalmRecipe(BaseRecipe):
     anchor_mix: float = Field(
         0.0, ge=0.0, lt=1.0, description="share of anchor-task examples mixed into D_C"
     )
+    anchor_data: DataRef | None = Field(
+        None,
+        description="what anchor_mix draws from for a pretrained anchor: text or examples "
+        "of the anchor's own domain (a from-scratch anchor's task is used otherwise)",
+    )
     kv_norm: bool = Field(False, description="RMSNorm the augment states before the projection")
     scale_output: bool = Field(
         False, description="scale each pair's update by the RMS of the anchor stream it joins"
@@ -68,4 +73,9 @@ class CalmRecipe(BaseRecipe):
             )
         if self.train_data() is None:
             raise ValueError("calm needs training data: data.train (the composition set D_C)")
+        if self.anchor_data is not None and self.anchor_mix <= 0:
+            raise ValueError("anchor_data is only read with anchor_mix > 0; set both or neither")
         return self
+
+    def shaping_data(self) -> list[Any]:
+        return [*super().shaping_data(), *([self.anchor_data] if self.anchor_data else [])]

@@ -26,27 +26,40 @@ def _scratch_spec(ref: Any) -> Any:
 
 
 def mix_anchor_task(recipe: Any, records: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
-    """D_C plus ``anchor_mix`` (a share of the result) examples of the anchor's own task.
+    """D_C plus ``anchor_mix`` (a share of the result) examples of the anchor's own domain.
 
     Without them nothing in D_C teaches the composition to stay out of the way
-    on inputs the anchor already handles (the prototype's anchor lost its plain
-    arithmetic); the anchor's task must be known, i.e. a from-scratch anchor.
+    on inputs the anchor already handles: the prototype's anchor lost its plain
+    arithmetic, and a pretrained anchor trained on one domain's completions alone
+    loses bits per byte on its own.  A from-scratch anchor's task
+    is known and generated; a pretrained anchor's domain is ``anchor_data``
+    (plain text or examples), drawn from without replacement where it suffices.
     """
+    import random
+
     mix = float(getattr(recipe, "anchor_mix", 0.0) or 0.0)
     if mix <= 0:
         return records
-    spec = _scratch_spec(recipe.anchor)
-    if spec is None:
-        raise PlanError(
-            "anchor_mix needs to know the anchor's task: use an anchor built from_scratch, "
-            "or add the anchor-task examples to data.train yourself and set anchor_mix: 0"
-        )
-    from fusekit.tasks import task_examples
-
     n = max(1, round(len(records) * mix / (1.0 - mix)))
-    extra = task_examples(spec.task, n=n, seed=seed + 7919, kv=spec.kv)
-    import random
+    spec = _scratch_spec(recipe.anchor)
+    source = getattr(recipe, "anchor_data", None)
+    if source is not None:
+        from fusekit.training.data import load_records
 
+        pool = load_records(source)
+        if not pool:
+            raise PlanError("anchor_data has no records; anchor_mix has nothing to mix in")
+        rng = random.Random(seed + 7919)
+        extra = rng.sample(pool, n) if n <= len(pool) else [rng.choice(pool) for _ in range(n)]
+    elif spec is not None:
+        from fusekit.tasks import task_examples
+
+        extra = task_examples(spec.task, n=n, seed=seed + 7919, kv=spec.kv)
+    else:
+        raise PlanError(
+            "anchor_mix needs examples of the anchor's own domain: set anchor_data (plain text "
+            "or examples the anchor already handles), or build the anchor from_scratch"
+        )
     mixed = list(records) + list(extra)
     random.Random(seed).shuffle(mixed)
     return mixed
