@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from fusekit import log
+
 FP32 = 4
 #: A gradient and AdamW's two moments, in fp32, per trainable parameter.
 OPTIMIZER_BYTES_PER_PARAMETER = 3 * FP32
@@ -129,9 +131,10 @@ def lora_parameters(ref: Any, peft_kwargs: dict[str, Any]) -> int:
     from peft import LoraConfig, get_peft_model
 
     _, config, trust = _config(ref)
-    wrapped = get_peft_model(
-        _meta_model(config, trust), LoraConfig(task_type="CAUSAL_LM", **peft_kwargs)
-    )
+    with log.peft_deprecations_off():
+        wrapped = get_peft_model(
+            _meta_model(config, trust), LoraConfig(task_type="CAUSAL_LM", **peft_kwargs)
+        )
     return int(wrapped.get_nb_trainable_parameters()[0])
 
 

@@ -11,9 +11,12 @@ and the logger does not propagate to the root logger.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import warnings
+from collections.abc import Iterator
 
 ENV = "FUSEKIT_LOG_LEVEL"
 LEVELS = ("debug", "info", "warning", "error")
@@ -81,3 +84,15 @@ def warning(message: str) -> None:
 def bars_disabled() -> bool | None:
     """``disable=`` for tqdm bars: off when quiet, else tqdm's own choice (off without a TTY)."""
     return True if logger().getEffectiveLevel() > logging.INFO else None
+
+
+@contextlib.contextmanager
+def peft_deprecations_off() -> Iterator[None]:
+    """Around ``get_peft_model``: peft reads ``is_gradient_checkpointing``, which
+    transformers 5 deprecated, and every LoRA run would print that FutureWarning to a
+    user who can do nothing about it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning
+        )
+        yield

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fusekit import log
 from fusekit.stages import Built
 
 
@@ -55,7 +56,8 @@ def causal_lm_unit(
         # process, or the same recipe would give other weights on every run.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.seed if spec is not None else 0)
-            model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
+            with log.peft_deprecations_off():
+                model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
         trainable = None  # peft has already frozen everything but the adapters
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()

@@ -67,16 +67,50 @@ class FusekitTrainer(Trainer):
     """
 
     def __init__(
-        self, *args: Any, trainable: Trainable = None, skip_nonfinite: bool = False, **kwargs: Any
+        self,
+        *args: Any,
+        trainable: Trainable = None,
+        skip_nonfinite: bool = False,
+        lr_scale: Callable[[str], float] | None = None,
+        **kwargs: Any,
     ) -> None:
         model = kwargs.get("model") if "model" in kwargs else args[0]
         self.trainable_report = apply_freeze_mask(model, trainable)
         self.skip_nonfinite = skip_nonfinite
+        self.lr_scale = lr_scale
         self.skipped_steps: list[int] = []
         super().__init__(*args, **kwargs)
 
+    def _scaled_optimizer(self) -> Any:
+        """``Trainer``'s optimizer with one parameter group per (weight decay, lr factor).
+
+        ``lr_scale(name)`` multiplies ``learning_rate`` for that parameter; the
+        schedule then scales every group alike.  Groups follow parameter order, so a
+        resumed run rebuilds the same groups its optimizer state was saved with.
+        """
+        assert self.lr_scale is not None and self.model is not None
+        decay = set(self.get_decay_parameter_names(self.model))
+        groups: dict[tuple[bool, float], list[Any]] = {}
+        for name, param in self.model.named_parameters():
+            if param.requires_grad:
+                groups.setdefault((name in decay, float(self.lr_scale(name))), []).append(param)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+        return optimizer_cls(
+            [
+                {
+                    "params": params,
+                    "weight_decay": self.args.weight_decay if decays else 0.0,
+                    "lr": self.args.learning_rate * factor,
+                }
+                for (decays, factor), params in groups.items()
+            ],
+            **optimizer_kwargs,
+        )
+
     def create_optimizer(self, *args: Any, **kwargs: Any) -> Any:
         """The optimizer, with ``step`` made a no-op for a step marked as skipped."""
+        if self.lr_scale is not None and self.optimizer is None:
+            self.optimizer = self._scaled_optimizer()
         optimizer = super().create_optimizer(*args, **kwargs)
         step = optimizer.step
 

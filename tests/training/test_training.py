@@ -83,3 +83,44 @@ def test_packing_without_bos_is_one_plain_stream() -> None:
     blocks = pack_texts(tok, ["the cat sat", "a dog ran to the house"], seq_len=4)
     plain = tok("the cat sat", add_special_tokens=False)["input_ids"]
     assert blocks[0] == [*plain, 2] and all(1 not in b for b in blocks)
+
+
+def test_lr_scale_gives_named_parameters_their_own_learning_rate(tmp_path: Path) -> None:
+    """One group per (decay, factor); the schedule keeps the factor at every step."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from fusekit.training.args import to_training_arguments
+    from fusekit.training.trainer import FusekitTrainer
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2))  # fmt: skip
+    ids = torch.randint(0, 50, (4, 8))
+    data = [{"input_ids": row, "labels": row} for row in ids]
+    args = to_training_arguments(TrainSpec(steps=2, lr=1e-3, warmup_steps=0), tmp_path)
+    trainer = FusekitTrainer(
+        model=model, args=args, train_dataset=data,
+        lr_scale=lambda name: 100.0 if "post_attention_layernorm" in name else 1.0,
+    )  # fmt: skip
+    trainer.train()
+    groups = trainer.optimizer.param_groups
+    scaled = [g for g in groups if any(p is model.model.layers[0].post_attention_layernorm.weight
+                                       for p in g["params"])]  # fmt: skip
+    assert len(scaled) == 1 and len(scaled[0]["params"]) == 1
+    others = [g for g in groups if g is not scaled[0]]
+    assert scaled[0]["initial_lr"] == pytest.approx(0.1)
+    assert all(g["initial_lr"] == pytest.approx(1e-3) for g in others)
+    assert all(scaled[0]["lr"] == pytest.approx(100 * g["lr"]) for g in others)
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_lora_wrapping_prints_no_library_deprecation(tiny_llama: Path) -> None:
+    """peft reads a property transformers 5 deprecated; a LoRA run must not show it."""
+    import warnings
+
+    from fusekit.training.run import causal_lm_unit
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        causal_lm_unit(tiny_llama, None, None, lora={"r": 2})
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]

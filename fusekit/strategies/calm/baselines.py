@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from fusekit import log
 from fusekit.errors import PlanError
 
 BASELINES = ("lora", "random_augment", "encoder")
@@ -81,7 +82,8 @@ def lora_model(
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = get_peft_model(base, config)
+        with log.peft_deprecations_off():
+            model = get_peft_model(base, config)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return model, {"rank": rank, "lora_parameters": trainable, "budget": budget}
 
