@@ -107,3 +107,26 @@ def test_recipe_zero_field_reaches_surgery(
                      "zero": zero})  # fmt: skip
     assert plan["zero"] == ("post_norm" if zero == "auto" else "output_proj")
     assert plan["new_layers"] == [2]
+
+
+def test_zeroed_post_norm_gains_train_at_their_own_learning_rate(
+    tiny: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A zero gain also zeroes every other gradient of its copy; at the run's lr the gains
+    barely move, at ``gain_lr_scale`` x lr they do (Adam moves a weight ~lr per step)."""
+    base = tiny("gemma3_text")
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"text": f"the fox {i} jumps over the dog"}) + "\n"
+                            for i in range(32)))  # fmt: skip
+    facts = arch_facts(json.loads((base / "config.json").read_text()))
+    moved = {}
+    for scale in (1.0, 100.0):
+        out = tmp_path / f"out-{scale}"
+        run({"strategy": "block_expansion", "model": str(base), "positions": [1],
+             "gain_lr_scale": scale,
+             "train": {"data": {"path": str(data)}, "steps": 2, "lr": 1e-4, "batch_size": 4,
+                       "seq_len": 16, "warmup_steps": 0}}, output=out)  # fmt: skip
+        got = LazyCheckpoint(out)
+        gains = [facts.layer_name(2, g) for g in facts.post_norm_gains]
+        moved[scale] = max(float((got.get_tensor(g) + 1.0).abs().max()) for g in gains)
+    assert 0 < moved[1.0] < 3e-4 and moved[100.0] > 30 * moved[1.0], moved

@@ -8,6 +8,10 @@ from pydantic import Field, model_validator
 
 from fusekit.recipe.common import ModelRef, SurgeryRecipe
 
+#: Zeroed post-norm gains move about lr per Adam step; at LLaMA Pro's 2e-4 they stay
+#: near zero for hundreds of steps and hold every other weight of the copy still.
+GAIN_LR_SCALE = 100.0
+
 
 class BlockExpansionRecipe(SurgeryRecipe):
     """LLaMA Pro block expansion: ``groups`` (N) × ``blocks_per_group`` (P), or ``positions``."""
@@ -23,6 +27,12 @@ class BlockExpansionRecipe(SurgeryRecipe):
         "auto",
         description="how copies become identities: auto = post-norm gains on post-norm "
         "architectures (Gemma 2/3, OLMo 2), output projections otherwise",
+    )
+    gain_lr_scale: float = Field(
+        GAIN_LR_SCALE,
+        gt=0,
+        description="with zero: post_norm, the zeroed gains train at this multiple of "
+        "train.lr (a zero gain also zeroes the gradient of every other weight of its copy)",
     )
     trainable: Literal["new", "all"] = Field(
         "new", description="train only the inserted blocks (LLaMA Pro) or the whole model"

@@ -10,7 +10,7 @@ from fusekit.io.arch import arch_facts
 from fusekit.io.config import load_config
 from fusekit.io.refs import local_settings, peek_model
 from fusekit.io.writer import DEFAULT_SHARD_BYTES
-from fusekit.strategies.base import Prepared, model_input
+from fusekit.strategies.base import Built, Prepared, model_input
 from fusekit.strategies.block_expansion.freeze import new_layer_param_filter
 from fusekit.strategies.block_expansion.plan import ExpansionPlan, expansion_plan
 from fusekit.strategies.block_expansion.surgery import expand, expansion_describe
@@ -84,3 +84,19 @@ class BlockExpansionStrategy(SurgeryStrategy):
         config = load_config(Path(prepared.inputs["model"].path))
         layers = prepared.state["details"]["trainable_layers"]
         return new_layer_param_filter(layers, arch_facts(config))
+
+    def build(self, prepared: Prepared, unit: str) -> Built:
+        """The shared causal-LM unit; zeroed post-norm gains get their own learning rate."""
+        built = super().build(prepared, unit)
+        scale = float(self.recipe.gain_lr_scale)
+        if prepared.state["details"]["zero"] != "post_norm" or scale == 1.0:
+            return built
+        facts = arch_facts(load_config(Path(prepared.inputs["model"].path)))
+        is_new = new_layer_param_filter(prepared.state["details"]["trainable_layers"], facts)
+        gains = tuple(facts.post_norm_gains)
+
+        def lr_scale(name: str) -> float:
+            return scale if is_new(name) and name.endswith(gains) else 1.0
+
+        built.trainer_kwargs = {**built.trainer_kwargs, "lr_scale": lr_scale}
+        return built
