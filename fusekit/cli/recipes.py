@@ -27,8 +27,8 @@ def validate(
     recipes: list[Path] = typer.Argument(..., help="recipe YAML files"),
     set_: list[str] = typer.Option([], "--set", help="override: key.path=value"),
 ) -> None:
-    """Check recipes and the folders and data they name, without running them: one line
-    per problem, exit 2 if any."""
+    """Check recipes, the folders and data they name and the plan they make (layer
+    ranges, pairs), without running them: one line per problem, exit 2 if any."""
     from fusekit.checks import checked
     from fusekit.comparison.recipe import is_compare_file, load_compare
     from fusekit.recipe import load_recipe
@@ -40,7 +40,9 @@ def validate(
                 spec = load_compare(path, set_)
                 kind = f"compare: {len(spec.runs)} runs, {len(spec.parents)} parents"
             else:
-                kind = checked(load_recipe(path, set_))[0].strategy
+                recipe, strategy = checked(load_recipe(path, set_))
+                strategy.plan()  # what --dry-run checks: layer ranges, pairs, shapes
+                kind = recipe.strategy
         except FusekitError as exc:
             problems.extend(exc.lines())
         else:

@@ -81,3 +81,11 @@ def test_overwrite_eval_json_and_validate(
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"strategy: depth_upscaling\nmodel: {models['a']}\nremove: 1\n")
     assert _ok("validate", str(recipe)).strip() == f"ok: {recipe} (depth_upscaling)"
+
+    # a layer range past the model's layers is found by validate, not first by run
+    beyond = tmp_path / "beyond.yaml"
+    beyond.write_text(f"strategy: depth_upscaling\nslices: ['0:3', '1:9']\n"
+                      f"model: {models['a']}\n")  # fmt: skip
+    res = fusekit_cli("validate", str(beyond))
+    assert res.returncode == 2 and "a layer_range reaches layer 8" in res.stderr, res.stderr
+    assert res.stderr.count("\n") == 1
