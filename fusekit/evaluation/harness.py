@@ -57,7 +57,8 @@ def load_model(
 
     A folder with ``composition.json`` is a CALM composition, re-attached to its
     base models by ``fusekit.strategies.calm.io.load_composed`` (``bases`` re-points
-    moved ones by name); any other
+    moved ones by name); a folder with only ``adapter_config.json`` is a LoRA adapter
+    on the base it names (``bases["base"]`` re-points it); any other
     folder must hold a causal LM and its tokenizer.  Nothing is downloaded;
     pickled weights and model code in the folder load only when opted in.
     """
@@ -77,13 +78,53 @@ def load_model(
         if tokenizer is None:
             tokenizer = getattr(model, "anchor_tokenizer", None)
         return model, tokenizer
+    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+        return _load_adapter(folder, tokenizer, allow_pickle, trust_remote_code, bases)
     if not (folder / "config.json").is_file():
         raise ModelIOError(
-            f"{folder}: not a model folder (no config.json, and no composition.json)"
+            f"{folder}: not a model folder (no config.json, composition.json or "
+            "adapter_config.json)"
         )
     model = load_causal_lm(folder, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     if tokenizer is None:
         tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
+    return model, tokenizer
+
+
+def _load_adapter(
+    folder: Path,
+    tokenizer: Any,
+    allow_pickle: bool,
+    trust_remote_code: bool,
+    bases: Mapping[str, str | Path] | None,
+) -> tuple[Any, Any]:
+    """A peft LoRA folder (a ``lora`` run's or a CALM run's baseline) on its base model.
+
+    The adapter is applied as trained, unmerged, so its scores are the ones the run
+    saw.  ``adapter_config.json`` names the base folder as it was when training ran;
+    ``bases={"base": DIR}`` re-points a moved one.
+    """
+    import json
+
+    from peft import PeftModel
+
+    from fusekit import log
+    from fusekit.io.loading import load_causal_lm, load_tokenizer
+
+    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    named = (bases or {}).get("base") or config.get("base_model_name_or_path")
+    base = Path(str(named)).expanduser() if named else None
+    if base is None or not (base / "config.json").is_file():
+        raise ModelIOError(
+            f"{folder}: a LoRA adapter whose base model {named!r} is not a local model "
+            "folder here; give it with --base base=DIR"
+        )
+    model = load_causal_lm(base, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    with log.peft_deprecations_off():
+        model = PeftModel.from_pretrained(model, str(folder)).eval()
+    if tokenizer is None:
+        source = folder if (folder / "tokenizer_config.json").is_file() else base
+        tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
     return model, tokenizer
 
 

@@ -147,3 +147,41 @@ def test_bad_model_folders(tmp_path: Path, corpus_file: Path) -> None:
         evaluate(tmp_path / "absent", corpus_file)
     with pytest.raises(ModelIOError, match="not a model folder"):
         evaluate(tmp_path, corpus_file)
+
+
+def test_a_lora_adapter_folder_is_scored_on_its_base(
+    saved_model: Path, corpus_file: Path, tokenizer: Any, tmp_path: Path
+) -> None:
+    """What a ``lora`` run or a CALM baseline saves: an adapter naming its base folder."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from fusekit.io.loading import load_causal_lm
+
+    wrapped = get_peft_model(
+        load_causal_lm(saved_model), LoraConfig(r=2, target_modules=["q_proj", "v_proj"])
+    )
+    torch.manual_seed(1)
+    with torch.no_grad():  # B = 0 at init would make the adapter a no-op
+        for name, param in wrapped.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.5)
+    adapter = tmp_path / "baselines" / "lora"
+    wrapped.save_pretrained(adapter)
+    expected = score_texts(wrapped.eval(), CORPUS, tokenizer=tokenizer).bpb
+    plain = score_texts(load_causal_lm(saved_model), CORPUS, tokenizer=tokenizer).bpb
+    assert expected != pytest.approx(plain, rel=1e-4)  # the adapter changes the scores
+
+    result = evaluate(adapter, corpus_file, "bpb", progress=False)
+    assert result["value"] == pytest.approx(expected, rel=1e-6)
+    assert result["model_name"] == "lora"
+
+    moved = tmp_path / "elsewhere"
+    saved_model.rename(moved)
+    try:
+        with pytest.raises(ModelIOError, match="give it with --base base=DIR"):
+            evaluate(adapter, corpus_file, "bpb", progress=False)
+        again = evaluate(adapter, corpus_file, "bpb", progress=False, bases={"base": moved})
+        assert again["value"] == pytest.approx(expected, rel=1e-6)
+    finally:
+        moved.rename(saved_model)
