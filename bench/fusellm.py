@@ -22,7 +22,8 @@ Prints one table of times and ratios measured in this run on this machine:
    the target's), offsets alignment, vs the same trainer at λ=1 (plain CLM, the
    sources never run); and the sources' pass itself (rows grouped by length,
    top-k only at aligned positions) vs a straightforward one: one padded call,
-   top-k everywhere, cross-entropy on the ``[B, V, L]`` layout.
+   top-k everywhere, cross-entropy on the ``[B, V, L]`` layout; and the floor of
+   any online step at full precision: plain CLM plus the sources' bare forward.
 """
 
 from __future__ import annotations
@@ -288,12 +289,20 @@ def bench_online(bpe: Any, sp: Any, docs: list[str], rows: list) -> None:
             else:
                 plain_source_outputs(m, src["input_ids"], src["attention_mask"], 10)
 
-    times: dict[str, list[float]] = {"clm": [], "fusion": [], "grouped": [], "plain": []}
+    def forward_only(inputs: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for m, src in zip(sources, inputs["sources"], strict=True):
+                m(input_ids=src["input_ids"], attention_mask=src["attention_mask"], use_cache=False)
+
+    times: dict[str, list[float]] = {
+        "clm": [], "fusion": [], "grouped": [], "plain": [], "forward": []
+    }  # fmt: skip
     jobs = {
         "clm": lambda b: step(1.0, b),
         "fusion": lambda b: step(0.9, b),
         "grouped": lambda b: source_pass(b, True),
         "plain": lambda b: source_pass(b, False),
+        "forward": forward_only,
     }
     for fn in jobs.values():
         fn(batches[0])  # warm-up
@@ -321,6 +330,14 @@ def bench_online(bpe: Any, sp: Any, docs: list[str], rows: list) -> None:
             best["grouped"],
             best["plain"],
             "grouped by length, top-k where aligned vs one call, top-k everywhere",
+        )
+    )
+    rows.append(
+        (
+            "floor: plain CLM + the sources' bare forward (logits, no top-k) vs plain CLM",
+            best["clm"] + best["forward"],
+            best["clm"],
+            "what any online step must at least cost without faster arithmetic for the sources",
         )
     )
 
