@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from fusekit.strategies.fusellm.logits import check_slicing, final_hidden, sliced_topk_and_nll
+
 FORMAT = "fusekit.fusellm.topk"
 VERSION = 1
 MANIFEST = "manifest.json"
@@ -98,7 +100,9 @@ def source_outputs(
     ``split_cost=None`` runs the batch in one call.  With ``positions [B, P]``
     the top-k is taken only there (``topk_ids[b, j]`` is the top-k at source
     position ``positions[b, j]``; entries ``< 0`` give zeros) — what a training
-    step needs, instead of every position.  Padding positions hold zeros.
+    step needs, instead of every position.  Padding positions hold zeros.  The
+    output layer runs a slice of positions at a time (``logits.py``), so memory
+    holds at most ``MAX_CHUNK_BYTES`` of logits, never ``[rows, length, vocab]``.
     """
     import torch
 
@@ -117,30 +121,27 @@ def source_outputs(
             w = max(int(max(ends[r] for r in rows)), 1)
             index = torch.as_tensor(rows, dtype=torch.long, device=input_ids.device)
             ids, mask = input_ids[index, :w], attention_mask[index, :w]
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            k = min(top_k, logits.shape[-1])
-            if positions is None:
-                top = torch.topk(logits, k, dim=-1)
-                where: Any = (index, slice(0, w))
-            else:  # only the rows asked for: one [n, V] selection, one top-k
-                row, col = torch.nonzero(positions[index] >= 0, as_tuple=True)
-                flat = row * w + positions[index][row, col].clamp(max=w - 1)
-                top = torch.topk(logits.flatten(0, 1).index_select(0, flat), k, dim=-1)
-                where = (index[row], col)
-            if topk_ids is None:
-                topk_ids = top.indices.new_zeros(batch, span, k)
-                topk_logits = top.values.new_zeros(batch, span, k)
-            topk_ids[where] = top.indices
-            topk_logits[where] = top.values  # type: ignore[index]
-            # Cross-entropy of the gold next tokens on the logits as [positions, vocab]
-            # rows, a view (the class-in-dim-1 layout [B, V, L] is several times slower).
+            check_slicing(model, ids, mask)
+            hidden = final_hidden(model, ids, mask).flatten(0, 1)
             # Position t predicts token t + 1; the last column has none and is masked.
             gold = torch.roll(ids, -1, dims=1)
+            if positions is None:
+                wanted, where = None, (index, slice(0, w))
+            else:  # only the positions asked for get a top-k
+                row, col = torch.nonzero(positions[index] >= 0, as_tuple=True)
+                wanted = row * w + positions[index][row, col].clamp(max=w - 1)
+                where = (index[row], col)
+            values, top_ids, nll = sliced_topk_and_nll(model, hidden, gold.flatten(), top_k,
+                                                       wanted)  # fmt: skip
+            if positions is None:
+                values, top_ids = values.view(len(rows), w, -1), top_ids.view(len(rows), w, -1)
+            if topk_ids is None:
+                topk_ids = top_ids.new_zeros(batch, span, top_ids.shape[-1])
+                topk_logits = values.new_zeros(batch, span, values.shape[-1])
+            topk_ids[where] = top_ids
+            topk_logits[where] = values  # type: ignore[index]
             valid = torch.zeros_like(mask, dtype=torch.bool)
             valid[:, :-1] = (mask[:, 1:] > 0) & (mask[:, :-1] > 0)
-            nll = torch.nn.functional.cross_entropy(
-                logits.float().flatten(0, 1), gold.flatten(), reduction="none"
-            )
             nats[index] = (nll.view_as(gold) * valid).sum(dim=1)
             n_pred[index] = valid.sum(dim=1)
     return {"topk_ids": topk_ids, "topk_logits": topk_logits, "nats": nats, "n_pred": n_pred}
