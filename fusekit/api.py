@@ -11,7 +11,6 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +108,7 @@ def run(
     """
     from fusekit.checks import checked
     from fusekit.io.gguf import conversion_record
-    from fusekit.io.hashing import data_hash, folder_hash
+    from fusekit.io.hashing import data_hash, folder_hash, hash_in_background
     from fusekit.io.output import atomic_output
     from fusekit.io.provenance import versions, write_model_card, write_run_record
     from fusekit.pipeline import StageContext, run_distributed, run_stages, unit_fingerprint
@@ -133,17 +132,11 @@ def run(
     tmp: Path | None = None  # the temporary folder, kept out of error messages
     try:
         local = local_model_paths(recipe)
-        with (
-            atomic_output(out, overwrite=overwrite, inputs=local) as tmp,
-            ThreadPoolExecutor(max_workers=1) as hasher,
-        ):
-            # Hashing the bases reads every byte of them; on a 7B base that is as long
-            # as the surgery itself, so it runs beside prepare (both mostly wait on the
-            # disk or the kernel) and prepare's own hashes then come from the memo.
-            early = [hasher.submit(folder_hash, path) for path in local if path.is_dir()]
+        with atomic_output(out, overwrite=overwrite, inputs=local) as tmp:
+            # The bases' hashes run beside prepare; every later hash of them (prepare's
+            # own included) waits for that one reading instead of making another.
+            hash_in_background([path for path in local if path.is_dir()])
             prepared = strategy.prepare(Path(tmp))
-            for job in early:
-                job.result()
             inputs = {
                 name: InputRecord(
                     path=m.path, hash=folder_hash(m.path), converted_from=conversion_record(m.path)
