@@ -81,37 +81,33 @@ class FusekitTrainer(Trainer):
         self.skipped_steps: list[int] = []
         super().__init__(*args, **kwargs)
 
-    def _scaled_optimizer(self) -> Any:
-        """``Trainer``'s optimizer with one parameter group per (weight decay, lr factor).
+    def _split_by_lr_scale(self, optimizer: Any, model: Any) -> None:
+        """Split each of ``optimizer``'s groups by ``lr_scale(name)``, before its first step.
 
-        ``lr_scale(name)`` multiplies ``learning_rate`` for that parameter; the
-        schedule then scales every group alike.  Groups follow parameter order, so a
-        resumed run rebuilds the same groups its optimizer state was saved with.
+        ``Trainer`` builds the optimizer (its class, the weight-decay groups, FSDP's
+        delayed creation and every other special case stay its own); each group then
+        becomes one group per learning-rate factor, with ``lr`` multiplied by it, so
+        the schedule created next scales every group alike.  Groups follow parameter
+        order, so a resumed run rebuilds the groups its optimizer state was saved with.
         """
-        assert self.lr_scale is not None and self.model is not None
-        decay = set(self.get_decay_parameter_names(self.model))
-        groups: dict[tuple[bool, float], list[Any]] = {}
-        for name, param in self.model.named_parameters():
-            if param.requires_grad:
-                groups.setdefault((name in decay, float(self.lr_scale(name))), []).append(param)
-        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
-        return optimizer_cls(
-            [
-                {
-                    "params": params,
-                    "weight_decay": self.args.weight_decay if decays else 0.0,
-                    "lr": self.args.learning_rate * factor,
-                }
-                for (decays, factor), params in groups.items()
-            ],
-            **optimizer_kwargs,
-        )
+        assert self.lr_scale is not None
+        factor = {id(p): float(self.lr_scale(name)) for name, p in model.named_parameters()}
+        groups = []
+        for group in optimizer.param_groups:
+            parts: dict[float, list[Any]] = {}
+            for param in group["params"]:
+                parts.setdefault(factor.get(id(param), 1.0), []).append(param)
+            for scale, params in parts.items():
+                groups.append({**group, "params": params, "lr": group["lr"] * scale})
+        optimizer.param_groups[:] = groups
 
-    def create_optimizer(self, *args: Any, **kwargs: Any) -> Any:
-        """The optimizer, with ``step`` made a no-op for a step marked as skipped."""
-        if self.lr_scale is not None and self.optimizer is None:
-            self.optimizer = self._scaled_optimizer()
-        optimizer = super().create_optimizer(*args, **kwargs)
+    def create_optimizer(self, model: Any = None) -> Any:
+        """The optimizer, split by ``lr_scale`` and with ``step`` made a no-op for a step
+        marked as skipped."""
+        fresh = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if fresh and self.lr_scale is not None:
+            self._split_by_lr_scale(optimizer, self.model if model is None else model)
         step = optimizer.step
 
         def guarded_step(*a: Any, **k: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -97,12 +98,30 @@ def test_lr_scale_gives_named_parameters_their_own_learning_rate(tmp_path: Path)
                                          num_hidden_layers=1, num_attention_heads=2))  # fmt: skip
     ids = torch.randint(0, 50, (4, 8))
     data = [{"input_ids": row, "labels": row} for row in ids]
-    args = to_training_arguments(TrainSpec(steps=2, lr=1e-3, warmup_steps=0), tmp_path)
+    from transformers import TrainerCallback
+
+    args = to_training_arguments(TrainSpec(steps=4, lr=1e-3, warmup_steps=1), tmp_path)
+    target = model.model.layers[0].post_attention_layernorm.weight
+    ratios: list[float] = []  # the scaled group's lr over the others', at every step
+
+    class Watch(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, optimizer: Any = None,
+                        **kwargs: Any) -> None:  # fmt: skip
+            scaled = [
+                g["lr"] for g in optimizer.param_groups if any(p is target for p in g["params"])
+            ]
+            rest = [
+                g["lr"] for g in optimizer.param_groups if all(p is not target for p in g["params"])
+            ]
+            if rest[0] > 0:
+                ratios.extend(lr / other for lr in scaled for other in rest)
+
     trainer = FusekitTrainer(
-        model=model, args=args, train_dataset=data,
+        model=model, args=args, train_dataset=data, callbacks=[Watch()],
         lr_scale=lambda name: 100.0 if "post_attention_layernorm" in name else 1.0,
     )  # fmt: skip
     trainer.train()
+    assert len(ratios) >= 3 and ratios == pytest.approx([100.0] * len(ratios))
     groups = trainer.optimizer.param_groups
     scaled = [g for g in groups if any(p is model.model.layers[0].post_attention_layernorm.weight
                                        for p in g["params"])]  # fmt: skip
@@ -110,7 +129,6 @@ def test_lr_scale_gives_named_parameters_their_own_learning_rate(tmp_path: Path)
     others = [g for g in groups if g is not scaled[0]]
     assert scaled[0]["initial_lr"] == pytest.approx(0.1)
     assert all(g["initial_lr"] == pytest.approx(1e-3) for g in others)
-    assert all(scaled[0]["lr"] == pytest.approx(100 * g["lr"]) for g in others)
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
