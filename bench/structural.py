@@ -293,9 +293,8 @@ def main() -> None:
         child(method, Path(src), Path(out), args.mergekit)
         return
     methods = ["copy", "copy+fsync", "fusekit-dus", "fusekit-expand"]
-    if args.mergekit:
-        methods.append("mergekit-dus")
-    if args.shape == "llama":
+    if args.shape == "llama":  # at 7B both would need about 4x and 2x the checkpoint in RAM
+        methods += ["mergekit-dus"] if args.mergekit else []
         methods += ["naive-dus", "naive-expand"]
     methods = args.methods.split(",") if args.methods else methods
 
