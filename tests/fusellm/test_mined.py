@@ -59,5 +59,5 @@ def test_row_blocks_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
 
     rng = random.Random(7)
     choices, queries = _words(rng, 200, 8), _words(rng, 200, 8)
-    monkeypatch.setattr(mined, "ROWS", 3)  # many row blocks per window
+    monkeypatch.setattr(mined, "BLOCK", 3 * len(choices))  # a few rows per cdist call
     np.testing.assert_array_equal(nearest(queries, choices, workers=2), _brute(queries, choices))

@@ -102,7 +102,7 @@ def source_outputs(
     position ``positions[b, j]``; entries ``< 0`` give zeros) — what a training
     step needs, instead of every position.  Padding positions hold zeros.  The
     output layer runs a slice of positions at a time (``logits.py``), so memory
-    holds at most ``MAX_CHUNK_BYTES`` of logits, never ``[rows, length, vocab]``.
+    holds a few slices' worth of logits, never ``[rows, length, vocab]``.
     """
     import torch
 

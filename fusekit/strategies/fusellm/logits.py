@@ -4,8 +4,11 @@ FuseLLM needs, per position, a source's top-k logits and the log-probability of
 the gold next token.  ``model(...).logits`` would build ``[rows, length, vocab]``
 first: for Gemma-3's 262,144-token vocabulary a batch of 8 × 512 tokens is 4.3 GB
 of fp32 logits.  Here the decoder runs once and its output layer is applied to a
-few hundred positions at a time (at most ``MAX_CHUNK_BYTES`` of logits), each slice
-reduced to its top-k and its log-sum-exp before the next one is made.
+few hundred positions at a time, each slice reduced to its top-k and its
+log-sum-exp before the next one is made.  A slice's fp32 logits take at most
+``MAX_CHUNK_BYTES``; while it is reduced, memory holds a few times that (the
+output layer's own result, its fp32 copy, the soft-capping and log-sum-exp
+temporaries), a bound set by the slice size and never by the batch.
 
 Only a plain projection can be sliced like that, so every model is checked once
 against its own ``forward`` on a short prefix (Gemma's final soft-capping is
@@ -50,7 +53,10 @@ def check_slicing(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
     with torch.no_grad():
         expected = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         got = head_logits(model, final_hidden(model, ids, mask))
-    if got.shape != expected.shape or not torch.allclose(got, expected, rtol=1e-4, atol=1e-4):
+    same = got.shape == expected.shape and bool(
+        torch.allclose(got.float(), expected.float(), rtol=1e-4, atol=1e-4, equal_nan=True)
+    )
+    if not same:
         raise PlanError(
             f"{type(model).__name__}: its logits are not its output layer applied to its last "
             "hidden states, so fusekit cannot compute them a slice at a time; this "
@@ -78,7 +84,7 @@ def sliced_topk_and_nll(
     step = chunk_rows(vocab)
     k = min(k, vocab)
     picks = torch.arange(n, device=hidden.device) if wanted is None else wanted
-    values = hidden.new_zeros(len(picks), k)
+    values: torch.Tensor | None = None  # in the logits' dtype, known at the first slice
     ids = torch.zeros(len(picks), k, dtype=torch.long, device=hidden.device)
     nll = torch.empty(n, dtype=torch.float32, device=hidden.device)
     for start in range(0, n, step):
@@ -87,9 +93,13 @@ def sliced_topk_and_nll(
         full = logits.float()
         nll[start:stop] = torch.logsumexp(full, -1) - full.gather(1, gold[start:stop, None])[:, 0]
         here = torch.nonzero((picks >= start) & (picks < stop), as_tuple=True)[0]
+        if values is None:
+            values = logits.new_zeros(len(picks), k)
         if len(here):
             top = torch.topk(logits.index_select(0, picks[here] - start), k, dim=-1)
-            values[here] = top.values.to(values.dtype)
+            values[here] = top.values
             ids[here] = top.indices
         del logits, full
+    if values is None:  # no position at all
+        values = hidden.new_zeros(0, k)
     return values, ids, nll

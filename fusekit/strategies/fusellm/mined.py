@@ -28,8 +28,9 @@ import numpy as np
 
 #: Upper ends of the bound windows searched in one ``cdist`` call each.
 WINDOWS = (0, 1, 2, 3, 5, 8, 13, 1 << 30)
-#: Query rows per ``cdist`` call: at most ROWS x len(choices) int32 distances at once.
-ROWS = 256
+#: int32 distances one ``cdist`` call makes at most (48 MiB a worker, whatever the
+#: target vocabulary's size): a call takes ``BLOCK // len(window)`` query rows.
+BLOCK = 256 * 49_152
 _CLASSES = 4
 
 
@@ -107,8 +108,9 @@ def nearest(
                 window_texts = c_array[ids].tolist()
                 here = np.empty(len(active), dtype=np.int64)
                 d = np.empty(len(active), dtype=np.int64)
-                for start in range(0, len(active), ROWS):  # bounds the int32 block's size
-                    rows = active[start : start + ROWS]
+                step = max(1, BLOCK // len(window_texts))  # bounds the int32 block's size
+                for start in range(0, len(active), step):
+                    rows = active[start : start + step]
                     found = process.cdist(
                         [texts[i] for i in rows], window_texts,
                         scorer=Levenshtein.distance, dtype=np.int32, workers=1,
