@@ -98,7 +98,7 @@ def _load_adapter(
     trust_remote_code: bool,
     bases: Mapping[str, str | Path] | None,
 ) -> tuple[Any, Any]:
-    """A peft LoRA folder (a ``lora`` run's or a CALM run's baseline) on its base model.
+    """A peft LoRA folder (a CALM run's ``baselines/lora``, or any peft LoRA) on its base model.
 
     The adapter is applied as trained, unmerged, so its scores are the ones the run
     saw.  ``adapter_config.json`` names the base folder as it was when training ran;

@@ -35,11 +35,16 @@ def _recipe(bases: dict[str, Path], data: tuple[Path, Path], **extra) -> dict:
     }
 
 
-def test_run_trains_saves_and_scores(bases: dict[str, Path], data, tmp_path: Path) -> None:
+def test_run_trains_saves_and_scores(
+    bases: dict[str, Path], data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from fusekit.api import run
 
     out = tmp_path / "out"
-    summary = run(_recipe(bases, data, baselines=["lora", "encoder", "random_augment"]), output=out)
+    recipe = _recipe(bases, data, baselines=["lora", "encoder", "random_augment"])
+    monkeypatch.chdir(bases["anchor"].parent)
+    recipe["anchor"] = bases["anchor"].name  # relative to the folder the run starts in
+    summary = run(recipe, output=out)
     assert (out / "composition.safetensors").is_file() and (out / "composition.json").is_file()
     assert not any(
         p.name.endswith(".safetensors") and p.name != "composition.safetensors"
@@ -63,7 +68,8 @@ def test_run_trains_saves_and_scores(bases: dict[str, Path], data, tmp_path: Pat
     assert abs(lora["lora_parameters"] - lora["budget"]) / lora["budget"] < 0.05
     assert summary.training is not None and summary.training.steps == 2
     assert set(summary.baselines) == {"lora", "encoder", "random_augment"}
-    assert (out / "baselines" / "lora" / "adapter_config.json").is_file()
+    adapter = json.loads((out / "baselines" / "lora" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(bases["anchor"].resolve())  # from anywhere
     assert load_composed(out) is not None
 
 
@@ -118,13 +124,36 @@ def test_anchor_mix_draws_a_pretrained_anchors_text_from_anchor_data(tmp_path: P
     recipe = SimpleNamespace(anchor_mix=0.2, anchor=SimpleNamespace(path="/pretrained"),
                              anchor_data=FileData(path=str(texts)))  # fmt: skip
     records = [{"prompt": f"def f{i}():", "completion": " pass"} for i in range(40)]
+
+    def share(mixed: list[dict[str, str]]) -> float:
+        english = sum(len(r["text"]) for r in mixed if "text" in r)
+        return english / sum(len(v) for r in mixed for v in r.values())
+
     mixed = mix_anchor_task(recipe, records, seed=0)
     extra = [r for r in mixed if "text" in r]
-    assert len(mixed) == 50 and len(extra) == 10  # 20 % of the result, no repeats
-    assert len({r["text"] for r in extra}) == 10
+    # 20 % of the characters (what trains once text is cut into blocks), not of the
+    # records: at most one record past it, and no repeats while the file lasts.
+    assert 0.2 <= share(mixed) < 0.23
+    assert len(extra) == len({r["text"] for r in extra}) < 0.25 * len(records)
     assert mixed == mix_anchor_task(recipe, records, seed=0)  # seeded
     recipe.anchor_mix = 0.9  # more than the file holds: drawn with replacement
-    assert sum("text" in r for r in mix_anchor_task(recipe, records, seed=0)) == 360
+    again = mix_anchor_task(recipe, records, seed=0)
+    assert 0.9 <= share(again) < 0.91 and sum("text" in r for r in again) > 50
+
+
+def test_anchor_mix_counts_a_long_document_by_its_length(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from fusekit.recipe.common import FileData
+    from fusekit.strategies.calm.strategy import mix_anchor_task
+
+    texts = tmp_path / "english.jsonl"
+    texts.write_text("".join(json.dumps({"text": "word " * 400}) + "\n" for _ in range(5)))
+    recipe = SimpleNamespace(anchor_mix=0.2, anchor=SimpleNamespace(path="/pretrained"),
+                             anchor_data=FileData(path=str(texts)))  # fmt: skip
+    records = [{"text": "x = 1\n" * 100} for _ in range(40)]  # 24,000 characters
+    extra = [r for r in mix_anchor_task(recipe, records, seed=0) if r["text"].startswith("word")]
+    assert len(extra) == 3  # 6,000 characters wanted: three 2,000-character documents
 
 
 def test_anchor_data_is_checked_hashed_and_needs_anchor_mix(bases, data, tmp_path: Path) -> None:

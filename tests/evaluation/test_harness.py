@@ -152,7 +152,7 @@ def test_bad_model_folders(tmp_path: Path, corpus_file: Path) -> None:
 def test_a_lora_adapter_folder_is_scored_on_its_base(
     saved_model: Path, corpus_file: Path, tokenizer: Any, tmp_path: Path
 ) -> None:
-    """What a ``lora`` run or a CALM baseline saves: an adapter naming its base folder."""
+    """What a CALM run's LoRA baseline saves: an adapter naming its base folder."""
     import torch
     from peft import LoraConfig, get_peft_model
 

@@ -39,7 +39,11 @@ class CalmRecipe(BaseRecipe):
         "iterative", description="encoder = augment run once on the prompt (paper's ablation)"
     )
     anchor_mix: float = Field(
-        0.0, ge=0.0, lt=1.0, description="share of anchor-task examples mixed into D_C"
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="share of the anchor's own domain mixed into D_C: of examples for a "
+        "from-scratch anchor's task, of characters for anchor_data",
     )
     anchor_data: DataRef | None = Field(
         None,

@@ -26,7 +26,7 @@ def _scratch_spec(ref: Any) -> Any:
 
 
 def mix_anchor_task(recipe: Any, records: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
-    """D_C plus ``anchor_mix`` (a share of the result) examples of the anchor's own domain.
+    """D_C plus ``anchor_mix`` (a share of the result) of the anchor's own domain.
 
     Without them nothing in D_C teaches the composition to stay out of the way
     on inputs the anchor already handles: the prototype's anchor lost its plain
@@ -34,13 +34,18 @@ def mix_anchor_task(recipe: Any, records: list[dict[str, Any]], seed: int) -> li
     loses bits per byte on its own.  A from-scratch anchor's task
     is known and generated; a pretrained anchor's domain is ``anchor_data``
     (plain text or examples), drawn from without replacement where it suffices.
+
+    The share is of examples for a from-scratch task (its examples have one
+    shape) and of characters for ``anchor_data``: text records are cut into
+    ``seq_len`` pieces for training, so one long English document next to many
+    short code files would be a far larger share of what trains than of the
+    records.
     """
     import random
 
     mix = float(getattr(recipe, "anchor_mix", 0.0) or 0.0)
     if mix <= 0:
         return records
-    n = max(1, round(len(records) * mix / (1.0 - mix)))
     spec = _scratch_spec(recipe.anchor)
     source = getattr(recipe, "anchor_data", None)
     if source is not None:
@@ -49,11 +54,11 @@ def mix_anchor_task(recipe: Any, records: list[dict[str, Any]], seed: int) -> li
         pool = load_records(source)
         if not pool:
             raise PlanError("anchor_data has no records; anchor_mix has nothing to mix in")
-        rng = random.Random(seed + 7919)
-        extra = rng.sample(pool, n) if n <= len(pool) else [rng.choice(pool) for _ in range(n)]
+        extra = _draw_characters(pool, _chars(records) * mix / (1.0 - mix), seed + 7919)
     elif spec is not None:
         from fusekit.tasks import task_examples
 
+        n = max(1, round(len(records) * mix / (1.0 - mix)))
         extra = task_examples(spec.task, n=n, seed=seed + 7919, kv=spec.kv)
     else:
         raise PlanError(
@@ -63,6 +68,26 @@ def mix_anchor_task(recipe: Any, records: list[dict[str, Any]], seed: int) -> li
     mixed = list(records) + list(extra)
     random.Random(seed).shuffle(mixed)
     return mixed
+
+
+def _chars(records: list[dict[str, Any]]) -> int:
+    return sum(len(v) for r in records for v in r.values() if isinstance(v, str))
+
+
+def _draw_characters(pool: list[dict[str, Any]], wanted: float, seed: int) -> list[dict[str, Any]]:
+    """Records of ``pool`` in a seeded order until they hold ``wanted`` characters (at
+    least one record); without replacement while the pool lasts, with it after."""
+    import random
+
+    rng = random.Random(seed)
+    order = rng.sample(pool, len(pool))
+    drawn: list[dict[str, Any]] = []
+    total = 0
+    while total < wanted or not drawn:
+        record = order[len(drawn)] if len(drawn) < len(order) else rng.choice(pool)
+        drawn.append(record)
+        total += max(1, _chars([record]))
+    return drawn
 
 
 def probe_kv_augments(recipe: Any, model: Any) -> dict[str, Any]:
@@ -345,6 +370,12 @@ class CalmStrategy(Strategy):
 
             save_composition(built.model, workdir)
         elif unit == "lora":
+            # The adapter names its base as the recipe did; a relative name would only
+            # resolve from the folder the run started in, so it is saved absolute.
+            for config in built.model.peft_config.values():
+                named = Path(str(config.base_model_name_or_path or ""))
+                if named.parts and not named.is_absolute() and named.exists():
+                    config.base_model_name_or_path = str(named.resolve())
             built.model.save_pretrained(Path(workdir) / "baselines" / unit)
 
     def evaluate(self, built: Built | None, unit: str, workdir: Path, name: str) -> dict[str, Any]:
