@@ -1,6 +1,6 @@
 """FuseLLM speed: vocabulary mapping, DTW alignment, training step — fusekit vs baselines.
 
-Run:  OMP_NUM_THREADS=1 nice python3 bench/fusellm.py [--vocab 32000] [--chars 8000000]
+Run:  OMP_NUM_THREADS=1 nice python3 bench/fusellm.py [--vocab 32000] [--chars 8000000] [--real]
 
 Prints one table of times and ratios measured in this run on this machine:
 
@@ -23,12 +23,17 @@ Prints one table of times and ratios measured in this run on this machine:
    sources never run); and the sources' pass itself (rows grouped by length,
    top-k only at aligned positions) vs a straightforward one: one padded call,
    top-k everywhere, cross-entropy on the ``[B, V, L]`` layout; and the floor of
-   any online step at full precision: plain CLM plus the sources' bare forward.
+   any online step at full precision: plain CLM plus the sources' bare forward;
+5. the same online step with the sources in bf16 (``source_precision: bf16``; the
+   target still trains in fp32) vs plain CLM, and what bf16 changes in the fused
+   target: the fusion loss it gives the same target logits, and how often its most
+   probable token differs from the fp32 sources' fused target.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import random
 import sys
 import time
@@ -232,7 +237,50 @@ def plain_source_outputs(model: Any, input_ids: Any, attention_mask: Any, top_k:
     return top, (nll * valid).sum(dim=1)
 
 
-def bench_online(bpe: Any, sp: Any, docs: list[str], rows: list) -> None:
+def bf16_effect(trainer: Any, model: Any, fp32: list, bf16: list, batches: list) -> str:
+    """What bf16 sources change in the fused target, on the same target logits."""
+    import torch
+
+    from fusekit.strategies.fusellm.fusion import fuse
+    from fusekit.strategies.fusellm.losses import fusion_loss, next_token_mask
+
+    losses: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    differ = positions = 0
+    with torch.no_grad():
+        for batch in batches:
+            logits = model(input_ids=batch["input_ids"]).logits
+            mask = next_token_mask(batch["labels"])
+            tops = {}
+            for name, models in (("fp32", fp32), ("bf16", bf16)):
+                trainer.source_models = models
+                target = fuse(
+                    trainer._source_batches(list(batch["sources"])), trainer.vocab_maps,
+                    batch["input_ids"], logits.shape[-1], trainer.fusion_config, mask=mask,
+                    bytes_per_token=batch["bytes_per_token"],
+                )  # fmt: skip
+                losses[name].append(float(fusion_loss(logits, target.ids, target.probs, mask)))
+                best = target.probs.argmax(dim=-1, keepdim=True)
+                tops[name] = target.ids.gather(-1, best)[..., 0][mask]
+            differ += int((tops["fp32"] != tops["bf16"]).sum())
+            positions += int(mask.sum())
+    trainer.source_models = fp32
+    a, b = np.mean(losses["fp32"]), np.mean(losses["bf16"])
+    return (
+        f"fusion loss {a:.4f} (fp32 sources) vs {b:.4f} (bf16), rel. {abs(b - a) / a:.1e}; "
+        f"fused top-1 differs at {differ / positions:.2%} of {positions:,} positions"
+    )
+
+
+def bench_online(
+    tok: Any,
+    model: Any,
+    pairs: list[tuple[Any, Any]],
+    docs: list[str],
+    rows: list,
+    shape: tuple[int, int, int, int],
+) -> None:
+    """The online rows for a target ``(tok, model)`` and sources ``[(tokenizer, model)]``;
+    ``shape`` is (rows per batch, target tokens per row, sources' longest row, batches)."""
     import tempfile
 
     import torch
@@ -244,22 +292,23 @@ def bench_online(bpe: Any, sp: Any, docs: list[str], rows: list) -> None:
     from fusekit.strategies.fusellm.fusion import FusionConfig
     from fusekit.strategies.fusellm.prepare import prepare_source
     from fusekit.strategies.fusellm.trainer import FuseLLMTrainer
+    from fusekit.training.data import pad_id
 
-    batch, seq, max_len, reps = 8, 256, 1024, 3
-    chunks = chunk_texts(docs[:200], bpe, seq)[: batch * reps]
-    target_encs = encode_chunks(bpe, chunks, seq)
+    batch, seq, max_len, reps = shape
+    chunks = chunk_texts(docs, tok, seq)[: batch * reps]
+    target_encs = encode_chunks(tok, chunks, seq)
     sources, examples, vmaps = [], [], []
-    for n, tok in enumerate((sp, bpe)):
+    for stok, smodel in pairs:
         prep = prepare_source(
-            tok, bpe, chunks, target_encs, align="offsets", max_len=max_len, progress=False
+            stok, tok, chunks, target_encs, align="offsets", max_len=max_len, progress=False
         )
-        examples.append(SourceExamples(prep.encodings, prep.align, None, tok.pad_token_id))
+        examples.append(SourceExamples(prep.encodings, prep.align, None, pad_id(stok)))
         vmaps.append(prep.vocab_map)
-        sources.append(_llama(len(tok), seed=n + 1, max_len=max_len).eval())
+        sources.append(smodel.eval())
     data = FusionDataset(target_encs, examples)
-    collate = FusionCollator(bpe.pad_token_id, [e.pad_id for e in examples])
+    collate = FusionCollator(pad_id(tok), [e.pad_id for e in examples])
     batches = [collate([data[i] for i in range(b * batch, (b + 1) * batch)]) for b in range(reps)]
-    model = _llama(len(bpe), seed=0, max_len=max_len).train()
+    model.train()
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, report_to="none", use_cpu=True)
         trainer = FuseLLMTrainer(
@@ -294,12 +343,22 @@ def bench_online(bpe: Any, sp: Any, docs: list[str], rows: list) -> None:
             for m, src in zip(sources, inputs["sources"], strict=True):
                 m(input_ids=src["input_ids"], attention_mask=src["attention_mask"], use_cache=False)
 
+    half = [copy.deepcopy(m).to(torch.bfloat16) for m in sources]
+
+    def step_half(inputs: dict[str, Any]) -> None:
+        trainer.source_models = half
+        try:
+            step(0.9, inputs)
+        finally:
+            trainer.source_models = sources
+
     times: dict[str, list[float]] = {
-        "clm": [], "fusion": [], "grouped": [], "plain": [], "forward": []
+        "clm": [], "fusion": [], "half": [], "grouped": [], "plain": [], "forward": []
     }  # fmt: skip
     jobs = {
         "clm": lambda b: step(1.0, b),
         "fusion": lambda b: step(0.9, b),
+        "half": step_half,
         "grouped": lambda b: source_pass(b, True),
         "plain": lambda b: source_pass(b, False),
         "forward": forward_only,
@@ -326,6 +385,15 @@ def bench_online(bpe: Any, sp: Any, docs: list[str], rows: list) -> None:
     )
     rows.append(
         (
+            "train step: FuseLLM online, bf16 sources vs plain CLM",
+            best["half"],
+            best["clm"],
+            "the sources in bf16 without gradients, the target in fp32; "
+            + bf16_effect(trainer, model, sources, half, batches),
+        )
+    )
+    rows.append(
+        (
             "online sources' pass vs straightforward pass",
             best["grouped"],
             best["plain"],
@@ -342,17 +410,39 @@ def bench_online(bpe: Any, sp: Any, docs: list[str], rows: list) -> None:
     )
 
 
+def real_pair(rows: list) -> None:
+    """The online rows on the real quick-start's models: SmolLM2-135M-Instruct continued
+    with Gemma-3-270M (262,144 tokens) and itself as sources, 4 x 128 target tokens."""
+    from real_models import folders
+
+    from fusekit.io.loading import load_causal_lm, load_tokenizer
+    from fusekit.tasks.corpora import domain_documents
+
+    paths = folders()
+    smol, gemma = load_tokenizer(paths["smollm2"]), load_tokenizer(paths["gemma3"])
+    docs = domain_documents("code", "train", max_chars=60_000)
+    docs += domain_documents("english", "train", max_chars=60_000)
+    pairs = [(gemma, load_causal_lm(paths["gemma3"])), (smol, load_causal_lm(paths["smollm2"]))]
+    bench_online(smol, load_causal_lm(paths["smollm2"]), pairs, docs, rows, (4, 128, 512, 2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--chars", type=int, default=8_000_000)
+    parser.add_argument("--real", action="store_true", help="only the online rows, real pair")
     args = parser.parse_args()
-    bpe, sp, docs = tokenizers(args.vocab, args.chars)
     rows: list = []
-    bench_vocab(bpe, sp, rows)
-    bench_dtw(bpe, sp, docs, rows)
-    bench_step(len(bpe), rows)
-    bench_online(bpe, sp, docs, rows)
+    if args.real:
+        real_pair(rows)
+    else:
+        bpe, sp, docs = tokenizers(args.vocab, args.chars)
+        bench_vocab(bpe, sp, rows)
+        bench_dtw(bpe, sp, docs, rows)
+        bench_step(len(bpe), rows)
+        target = _llama(len(bpe), seed=0, max_len=1024)
+        pairs = [(sp, _llama(len(sp), 1, 1024)), (bpe, _llama(len(bpe), 2, 1024))]
+        bench_online(bpe, target, pairs, docs[:200], rows, (8, 256, 1024, 3))
     print()
     print(f"| {'what':48s} | {'fusekit s':>10s} | {'baseline s':>10s} | {'speed-up':>8s} | note")
     print(f"|{'-' * 50}|{'-' * 12}|{'-' * 12}|{'-' * 10}|------")

@@ -151,14 +151,17 @@ def training_memory(
     forward_only: list[ModelFacts],
     batch: int,
     seq: int,
+    loaded_half: tuple[ModelFacts, ...] = (),
 ) -> dict[str, int]:
     """The parts of one training step's peak memory, and their ``total`` (bytes).
 
+    ``loaded``: models held in fp32, ``loaded_half`` in a 2-byte dtype;
     ``backprop``: models gradients flow through (their activations are kept);
     ``forward_only``: models run without gradients (only their logits count).
     """
     parts = {
-        "weights": FP32 * sum(m.parameters for m in loaded),
+        "weights": FP32 * sum(m.parameters for m in loaded)
+        + 2 * sum(m.parameters for m in loaded_half),
         "optimizer": OPTIMIZER_BYTES_PER_PARAMETER * trainable,
         "activations": sum(_activation_bytes(m, batch, seq) for m in backprop),
         "logits": FP32

@@ -99,3 +99,42 @@ def test_steps_zero_saves_the_target(model_dirs: dict, data: Path, tmp_path: Pat
     result = run(recipe, output=out)
     assert result.training is not None and not result.training.trained
     assert (out / "config.json").is_file()
+
+
+def test_source_precision_auto_follows_training_and_bf16_stands_alone(
+    model_dirs: dict, data: Path, tmp_path: Path
+) -> None:
+    assert _recipe(model_dirs, data).source_dtype() == "fp32"
+    assert _recipe(model_dirs, data, train={"precision": "bf16"}).source_dtype() == "bf16"
+    recipe = _recipe(model_dirs, data, source_precision="bf16")  # the target stays fp32
+    strategy = FuseLLMStrategy(recipe)
+    prepared = strategy.prepare(tmp_path)
+    assert prepared.plan["source_precision"] == "bf16"
+    built = strategy.build(prepared, strategy.main_unit)
+    assert next(built.model.parameters()).dtype == torch.float32
+    sources = built.trainer_kwargs["source_models"]
+    assert len(sources) == 3 and all(next(m.parameters()).dtype == torch.bfloat16 for m in sources)
+    fp32 = FuseLLMStrategy(_recipe(model_dirs, data)).plan()["training_memory_bytes"]["weights"]
+    assert prepared.plan["training_memory_bytes"]["weights"] < fp32
+
+
+def test_offline_stores_are_kept_per_source_dtype(
+    model_dirs: dict, data: Path, tmp_path: Path
+) -> None:
+    from fusekit.sources import cache_root
+
+    def stores() -> set[str]:
+        root = cache_root() / "fusellm_topk"
+        return {p.name for p in root.iterdir()} if root.is_dir() else set()
+
+    before = stores()
+    fp32 = run(_recipe(model_dirs, data, mode="offline", lam=0.5), output=tmp_path / "a")
+    after_fp32 = stores()
+    bf16 = run(
+        _recipe(model_dirs, data, mode="offline", lam=0.5, source_precision="bf16"),
+        output=tmp_path / "b",
+    )
+    # bf16 logits are not fp32's: the bf16 run extracts its own stores, never reads fp32's
+    assert len(after_fp32 - before) in (0, 3) and len(stores() - after_fp32) == 3
+    assert fp32.training is not None and bf16.training is not None
+    assert fp32.training.final_loss != bf16.training.final_loss

@@ -64,6 +64,7 @@ class FuseLLMStrategy(Strategy):
             "fusion": r.fusion,
             "align": r.align,
             "mode": r.mode,
+            "source_precision": r.source_dtype(),
             "reference_fallback": r.reference_fallback,
             "steps": train.steps,
             "seq_len": train.seq_len,
@@ -83,6 +84,7 @@ class FuseLLMStrategy(Strategy):
         sources = [model_facts(s) for s in r.sources]
         batch, seq = train_shape(r.train)
         online = r.mode == "online"
+        half = online and r.source_dtype() == "bf16"
         return {
             "models": {
                 "target": target.as_dict(),
@@ -91,7 +93,8 @@ class FuseLLMStrategy(Strategy):
             "trainable_parameters": target.parameters,
             "disk_bytes": target.parameters * target.disk_bytes_per_parameter,
             "training_memory_bytes": training_memory(
-                loaded=[target, *sources] if online else [target],
+                loaded=[target, *sources] if online and not half else [target],
+                loaded_half=tuple(sources) if half else (),
                 trainable=target.parameters,
                 backprop=[target],
                 forward_only=sources if online else [],
@@ -197,7 +200,7 @@ class FuseLLMStrategy(Strategy):
         stok = load_tokenizer(source.path, trust_remote_code=source.trust_remote_code)
         if not getattr(stok, "is_fast", False):
             raise FusekitError(f"source {source.path}: fusellm needs a fast (tokenizers) tokenizer")
-        dtype = torch.bfloat16 if spec.precision == "bf16" else torch.float32
+        dtype = torch.bfloat16 if r.source_dtype() == "bf16" else torch.float32
         smodel = load_causal_lm(
             source.path,
             dtype=dtype,
@@ -255,7 +258,9 @@ def _extract(
     from fusekit.training.data import pad_id
 
     rows = [e.ids for e in prepared.encodings]
-    meta = {"model": model_hash, "tokenizer": tokenizer_fingerprint(tokenizer)}
+    # The dtype the source ran in changes its logits, so a store is kept per dtype.
+    dtype = str(next(model.parameters()).dtype)
+    meta = {"model": model_hash, "tokenizer": tokenizer_fingerprint(tokenizer), "dtype": dtype}
     key = store_key(meta=meta, data=ids_hash(rows), top_k=top_k)[:24]
     store_dir = cache / "fusellm_topk" / key
     extract_to_store(
