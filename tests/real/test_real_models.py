@@ -197,3 +197,38 @@ def test_fusellm_with_a_262k_source(real, gguf_files, tmp_path: Path) -> None:
     record = json.loads((out / "fusekit.json").read_text())
     assert record["training"]["steps"] == 2 and math.isfinite(record["training"]["final_loss"])
     assert load(out)[0].config.vocab_size == 49152
+
+
+def test_fusellm_lambda_one_is_plain_clm_on_real_models(real, tmp_path: Path) -> None:
+    """At λ = 1 a FuseLLM step's loss and every gradient equal plain next-token training's,
+    with Gemma-3 (262k ids) built as a source: the fusion term is never computed."""
+    from transformers import TrainingArguments
+
+    from fusekit.recipe import FuseLLMRecipe
+    from fusekit.strategies.fusellm.losses import clm_loss
+    from fusekit.strategies.fusellm.strategy import FuseLLMStrategy
+
+    data = tmp_path / "mix.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in english(2) + code(2)))
+    recipe = FuseLLMRecipe(
+        strategy="fusellm", target=str(real["smollm2"]), sources=[str(real["gemma3"])],
+        train={"data": str(data), "steps": 1, "seq_len": 32, "batch_size": 2},
+        **{"lambda": 1.0},
+    )  # fmt: skip
+    strategy = FuseLLMStrategy(recipe)
+    built = strategy.build(strategy.prepare(tmp_path), strategy.main_unit)
+    batch = built.collator([built.dataset[i] for i in range(2)])
+    model = built.model.train()
+    trainer = built.trainer_class(
+        model=model, args=TrainingArguments(output_dir=str(tmp_path / "t"), report_to="none",
+                                            use_cpu=True), **built.trainer_kwargs,
+    )  # fmt: skip
+    fused = trainer.compute_loss(model, {**batch, "sources": list(batch["sources"])})
+    fused.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    plain = clm_loss(logits, batch["labels"])
+    plain.backward()
+    assert torch.equal(fused.detach(), plain.detach())
+    assert grads and all(torch.equal(grads[n], p.grad) for n, p in model.named_parameters())
