@@ -103,3 +103,25 @@ def test_a_model_that_rescales_its_logits_is_refused() -> None:
     ids, mask = _batch(64)
     with pytest.raises(PlanError, match="not supported as a FuseLLM source"):
         source_outputs(model, ids, mask, 4)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3])
+def test_reduction_blocks_change_nothing(
+    small_slices: list[int], monkeypatch: pytest.MonkeyPatch, rows: int
+) -> None:
+    """Blocks of a few rows after the output layer, with repeated, sparse and dense picks
+    (each block takes the top-k of every row or only of its picks): the same answer."""
+    model = tiny_llama(64).eval()
+    ids, mask = _batch(64)
+    full = source_outputs(model, ids, mask, 3)
+    monkeypatch.setattr(sliced, "reduce_rows", lambda vocab: rows)
+    positions = torch.tensor([[0, 7, 11, -1, -1], [2, 2, 8, -1, -1], [10, 4, 5, 6, 4]])
+    out = source_outputs(model, ids, mask, 3, positions=positions)
+    torch.testing.assert_close(out["nats"], _reference(model, ids, mask, 3)["nats"])
+    for b in range(3):
+        for j, p in enumerate(positions[b].tolist()):
+            if p >= 0:
+                assert torch.equal(out["topk_ids"][b, j], full["topk_ids"][b, p])
+                assert torch.equal(out["topk_logits"][b, j], full["topk_logits"][b, p])
+            else:
+                assert not out["topk_ids"][b, j].any()
