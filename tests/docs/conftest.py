@@ -239,10 +239,10 @@ def full_ws(tmp_path_factory, tiny_models: Path) -> Workspace:
 def gguf_ws(tmp_path_factory) -> Workspace:
     """The real tier: the GGUF files tests/real finds, under the names the docs use."""
     from fusekit.sources import cache_root
-    from tests.real.conftest import english, gemma3_file, smollm2_file
+    from tests.real.conftest import english, gguf_paths
 
     root = tmp_path_factory.mktemp("gguf-ws")
-    for file in (smollm2_file(), gemma3_file(cache_root())):
+    for file in gguf_paths().values():
         (root / file.name).symlink_to(file)
     rows = [json.dumps({"text": t}) + "\n" for t in english(2, 300)]
     (root / "heldout.jsonl").write_text("".join(rows))

@@ -26,6 +26,12 @@ def _missing(why: str) -> None:
 
 @pytest.fixture(scope="session")
 def gguf_files() -> dict[str, Path]:
+    return gguf_paths()
+
+
+def gguf_paths() -> dict[str, Path]:
+    """The two GGUF files (the Gemma one joined into the cache); a missing package skips
+    the test, or fails it under ``FUSEKIT_REQUIRE_REAL=1``."""
     from fusekit.io.packaged import PackageMissing, gemma3_file, smollm2_file
     from fusekit.sources import cache_root
 
