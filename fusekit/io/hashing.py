@@ -9,7 +9,7 @@ names, sizes, devices, inodes and modification and change times: a run reads a
 7B base's 14 GB once for its hash, not once per stage that records it.  A file
 rewritten in place gets a new change time (the kernel sets it on every write,
 and nothing but the kernel can set it), so it is hashed again; a folder whose
-files changed within the last two seconds is not remembered at all, since a
+files changed within the last two seconds is not remembered once hashed, since a
 coarse file-system clock could give a second write the same times.  Two threads
 asking for the same folder at once share one reading of it: the second waits for
 the first's result instead of reading the bytes again.
@@ -40,7 +40,7 @@ def file_hash(path: Path) -> str:
 _Key = tuple[str, tuple[tuple[str, int, int, int, int, int], ...]]
 _MEMO: dict[_Key, Future[str]] = {}
 _MEMO_LOCK = threading.Lock()
-#: Files modified more recently than this many seconds ago are hashed but not remembered.
+#: Folders with a file changed more recently than this are not remembered once hashed.
 _SETTLED_S = 2.0
 
 
@@ -65,8 +65,7 @@ def folder_hash(folder: str | Path) -> str:
     files = _hashed_files(root)
     stats = [(p.name, p.stat()) for p in files]
     newest = max((max(st.st_mtime_ns, st.st_ctime_ns) for _, st in stats), default=0)
-    if time.time_ns() - newest < _SETTLED_S * 1e9:
-        return _digest(files)
+    settled = time.time_ns() - newest >= _SETTLED_S * 1e9
     key: _Key = (
         str(root.resolve()),
         tuple(
@@ -89,10 +88,13 @@ def folder_hash(folder: str | Path) -> str:
         mine.set_exception(exc)
         raise
     mine.set_result(result)
+    if not settled:  # shared while it ran; a later write in the same clock tick would
+        with _MEMO_LOCK:  # keep these times, so it is not remembered past now
+            _MEMO.pop(key, None)
     return result
 
 
-def hash_in_background(folders: list[Path]) -> None:
+def hash_in_background(folders: list[Path]) -> threading.Thread:
     """Start hashing ``folders`` in a daemon thread; ``folder_hash`` then waits for it.
 
     Hashing a base reads every byte of it; on a 7B base that takes as long as the
@@ -108,7 +110,9 @@ def hash_in_background(folders: list[Path]) -> None:
             except Exception:  # the caller's own folder_hash reports it
                 continue
 
-    threading.Thread(target=work, name="fusekit-hash", daemon=True).start()
+    thread = threading.Thread(target=work, name="fusekit-hash", daemon=True)
+    thread.start()
+    return thread
 
 
 def data_hash(path: str | Path) -> str:

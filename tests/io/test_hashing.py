@@ -106,11 +106,46 @@ def test_same_content_same_hash_in_another_folder(tmp_path: Path) -> None:
     )
 
 
-def test_a_background_hash_is_the_one_later_calls_get(tmp_path: Path, reads: list[str]) -> None:
+def test_a_background_hash_is_the_one_later_calls_get(
+    tmp_path: Path, reads: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = _folder(tmp_path / "m")
     missing = tmp_path / "gone"  # a failure in the background is left to the caller
-    hashing.hash_in_background([missing, folder])
+    uncaught: list[object] = []
+    monkeypatch.setattr(threading, "excepthook", uncaught.append)
+    hashing.hash_in_background([missing, folder]).join(10)
+    assert sorted(reads) == ["config.json", "model.safetensors"] and not uncaught
     assert hashing.folder_hash(folder).startswith("sha256:")
-    assert sorted(reads) == ["config.json", "model.safetensors"]
+    assert len(reads) == 2  # the background's reading, not a second one
     with pytest.raises(FileNotFoundError):
         hashing.folder_hash(missing)
+
+
+def test_an_unsettled_folder_is_still_read_once_by_two_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files written just now are not remembered, but callers at the same moment share."""
+    folder = _folder(tmp_path / "m")
+    monkeypatch.setattr(hashing, "_SETTLED_S", 3600.0)
+    started, go = threading.Event(), threading.Event()
+    seen: list[str] = []
+    real = hashing.file_hash
+
+    def slow(path: Path) -> str:
+        seen.append(path.name)
+        started.set()
+        go.wait(10)
+        return real(path)
+
+    monkeypatch.setattr(hashing, "file_hash", slow)
+    first = hashing.hash_in_background([folder])
+    assert started.wait(10)
+    second = threading.Thread(target=hashing.folder_hash, args=(folder,))
+    second.start()
+    time.sleep(0.2)
+    go.set()
+    first.join(10)
+    second.join(10)
+    assert len(seen) == 2  # one reading for both callers
+    hashing.folder_hash(folder)
+    assert len(seen) == 4  # and forgotten afterwards
