@@ -4,7 +4,8 @@ Maps Gemma-3-270M's 262,144-token vocabulary onto SmolLM2-135M's 49,152 (the
 direction a Gemma-3 source fusing into a SmolLM2 target needs) with no cache, and
 prints the whole map's time (the two token tables included: what a first map
 of a tokenizer pair pays), the MinED search's part of it (the exact passes come
-first), the number of Levenshtein pairs it computes, and the process's peak RSS.  Needs the two GGUF packages (see docs/real-models.md).
+first), the number of Levenshtein pairs it computes, and the process's peak RSS.
+Needs the two GGUF packages (see docs/real-models.md).
 
 Run: ``python bench/vocab_map.py [--threads 2]``.
 """

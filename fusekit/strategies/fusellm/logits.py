@@ -6,9 +6,9 @@ first: for Gemma-3's 262,144-token vocabulary a batch of 8 × 512 tokens is 4.3 
 of fp32 logits.  Here the decoder runs once and its output layer is applied to a
 few hundred positions at a time, each slice reduced to its top-k and its
 log-sum-exp before the next one is made.  A slice's fp32 logits take at most
-``MAX_CHUNK_BYTES``; while it is reduced, memory holds a few times that (the
-output layer's own result, its fp32 copy, the soft-capping and log-sum-exp
-temporaries), a bound set by the slice size and never by the batch.
+``MAX_CHUNK_BYTES``; the soft-capping of a Gemma head makes temporaries of the
+slice's size, and the reduction's fp32 copies are ``REDUCE_BYTES`` each, so
+memory is bounded by the slice size and never by the batch.
 
 Only a plain projection can be sliced like that, so every model is checked once
 against its own ``forward`` on a short prefix (Gemma's final soft-capping is
