@@ -86,13 +86,17 @@ def load_causal_lm(
     ``dtype`` may be a torch dtype, a name (``"bfloat16"``) or ``"auto"``; None
     keeps transformers' default.  With ``allow_pickle`` and no safetensors present,
     transformers is left to pick the pickled files.
+    Every load makes the validation pass first (``fusekit.io.validate.check_model``),
+    whichever command asked: a truncated shard, a corrupt header or a tokenizer past
+    the embedding is one line naming the file here too, not a safetensors or
+    ``IndexError`` traceback half-way through an evaluation.
     """
     from transformers import AutoModelForCausalLM
 
+    from fusekit.io.validate import check_model
+
     folder = check_model_folder(path, allow_pickle=allow_pickle)
-    if not trust_remote_code:
-        refuse_remote_code(folder)
-        refuse_non_causal(folder)
+    check_model(folder, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     has_safetensors = bool(_safetensors_files(folder))
     kwargs: dict[str, Any] = {
         "local_files_only": True,

@@ -106,6 +106,20 @@ def tokenizer_size(folder: Path) -> int | None:
     return None
 
 
+#: Folders that passed, by their files' names, sizes and change times: a run checks its
+#: inputs up front and then loads them (a second check would rebuild the architecture).
+_PASSED: set[tuple[Any, ...]] = set()
+
+
+def _state(folder: Path, *flags: bool) -> tuple[Any, ...]:
+    """What a pass depends on: the folder's files as they are now, and the opt-ins."""
+    files = []
+    for p in sorted(folder.iterdir()):
+        st = p.stat()
+        files.append((p.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return (str(folder.resolve()), *flags, tuple(files))
+
+
 def check_model(
     folder: str | Path,
     *,
@@ -124,6 +138,14 @@ def check_model(
     from fusekit.io.loading import check_model_folder
 
     folder = check_model_folder(folder, allow_pickle=allow_pickle)
+    key = _state(folder, allow_pickle, trust_remote_code, need_tokenizer)
+    if key in _PASSED:
+        return
+    _check(folder, trust_remote_code, need_tokenizer)
+    _PASSED.add(key)
+
+
+def _check(folder: Path, trust_remote_code: bool, need_tokenizer: bool) -> None:
     read_config(folder)
     if not trust_remote_code:
         refuse_remote_code(folder)
