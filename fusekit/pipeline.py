@@ -142,7 +142,18 @@ def run_distributed(
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
         "-m", "fusekit.training.worker", str(job),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, env={**os.environ, WORKER_ENV: "1"}, check=False)
+    proc = subprocess.Popen(cmd, env={**os.environ, WORKER_ENV: "1"})
+    try:
+        proc.wait()
+    except BaseException:
+        # Ctrl-C or SIGTERM here: pass SIGTERM on (accelerate's launcher ends its ranks
+        # on it; a SIGKILL would leave them training into the checkpoint folder).
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
     error = job.with_suffix(".error.json")
     if error.is_file():
         raise FusekitError(json.loads(error.read_text())["error"])

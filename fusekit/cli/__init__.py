@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fusekit.cli import compare, convert, evaluate, fuse, recipes  # noqa: F401  (registers the commands)
-from fusekit.cli.app import app
+from fusekit.cli.app import app, interrupted, terminate_as_interrupt
 
 
 def main() -> None:
@@ -19,7 +19,8 @@ def main() -> None:
 
     command = get_command(app)
     try:
-        code = command.main(prog_name="fusekit", standalone_mode=False)
+        with terminate_as_interrupt():
+            code = command.main(prog_name="fusekit", standalone_mode=False)
     except Exception as exc:
         names = {cls.__name__ for cls in type(exc).__mro__}
         if "NoArgsIsHelpError" in names:
@@ -32,9 +33,8 @@ def main() -> None:
         where = f"{ctx.command_path} --help" if ctx is not None else "fusekit --help"
         print(f"fusekit: error: {exc.format_message()} (see {where})", file=sys.stderr)  # type: ignore[attr-defined]
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("fusekit: interrupted; nothing was written", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        sys.exit(interrupted(exc))
     sys.exit(code if isinstance(code, int) else 0)
 
 

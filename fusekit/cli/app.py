@@ -6,10 +6,13 @@ and ``fusekit strategies`` stay instant.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from types import FrameType
 from typing import Any, TypeVar
 
 import typer
@@ -88,11 +91,48 @@ def user_errors(func: F) -> F:
             if line is None:
                 raise
             raise fail([line]) from None
-        except KeyboardInterrupt:
-            print("fusekit: interrupted; nothing was written", file=sys.stderr)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            raise typer.Exit(interrupted(exc)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that it unwinds exactly as Ctrl-C does.
+
+    Schedulers (Slurm's time limit, Kubernetes, ``docker stop``) end a job with
+    SIGTERM, whose default action kills the process on the spot: no message, the
+    temporary output folder left behind.  As an exception, the atomic output
+    removes its temporary folder and the run keeps its checkpoints for ``--resume``.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises ``Terminated`` while the command runs; the old handler after."""
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted(exc: KeyboardInterrupt) -> int:
+    """Say the run was stopped (one line) and return the shell's status for the signal."""
+    _close_progress_bars()
+    if isinstance(exc, Terminated):
+        print(f"fusekit: terminated ({exc}); nothing was written", file=sys.stderr)
+        return 128 + exc.signum
+    print("fusekit: interrupted; nothing was written", file=sys.stderr)
+    return 130
 
 
 @app.callback()
