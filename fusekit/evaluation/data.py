@@ -24,6 +24,7 @@ a bad record's error says exactly where it is.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,42 @@ def data_label(data: Any) -> str:
         return f"<{len(data)} records>"
     except TypeError:
         return "<records>"
+
+
+#: UTF-16 halves: JSON may write them as ``\ud800`` escapes, Python keeps them in ``str``,
+#: but no UTF-8 text (and so no tokenizer) can hold one alone.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def refuse_surrogates(where: str, name: str, value: str) -> str:
+    """``value``, or one line naming the record and field if it holds a lone surrogate.
+
+    The tokenizers' Rust core takes only valid UTF-8 and would fail on it with its
+    own traceback, half-way through tokenising the corpus.
+    """
+    found = _SURROGATE.search(value)
+    if found is not None:
+        raise DataError(
+            f"{where}: field {name!r} holds a lone surrogate ({found.group().encode('unicode_escape').decode()} "
+            f"at character {found.start()}), which is not text; JSON escapes \\ud800–\\udfff "
+            "come in pairs — fix or drop the record"
+        )
+    return value
+
+
+def readable_data_path(path: Path) -> Path:
+    """``path`` if it exists and is a regular file or a folder, else one line saying why.
+
+    Opening a FIFO waits for a writer that never comes, and a device such as
+    ``/dev/zero`` (or a link to it) reads without end: neither is a data file.
+    """
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if not (path.is_file() or path.is_dir()):
+        raise DataError(
+            f"{path}: not a regular file (a FIFO, socket or device); give a data file or folder"
+        )
+    return path
 
 
 def _open_text(path: Path) -> Any:
@@ -162,11 +199,9 @@ _READERS = {
 def iter_records(data: Any) -> Iterator[Located]:
     """``(location, record)`` for every record of ``data`` (see the module docstring), lazily."""
     if isinstance(data, (str, Path)):
-        path = Path(data)
+        path = readable_data_path(Path(data))
         if path.is_dir():
             return _iter_datasets_folder(path)
-        if not path.exists():
-            raise DataError(f"{path}: no such file")
         reader = _READERS.get(path.suffix.lower())
         if reader is None:
             raise DataError(
@@ -184,6 +219,8 @@ def _field(where: str, record: Mapping[str, Any], name: str, kind: type) -> Any:
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         shown = "missing" if value is None else f"a {type(value).__name__}"
         raise DataError(f"{where}: field {name!r} must be a {kind.__name__}, found {shown}")
+    if isinstance(value, str):
+        refuse_surrogates(where, name, value)
     return value
 
 
@@ -214,6 +251,8 @@ def as_choice(where: str, record: Mapping[str, Any]) -> tuple[str, list[str], in
     choices = _field(where, record, "choices", list)
     if not choices or not all(isinstance(c, str) for c in choices):
         raise DataError(f"{where}: field 'choices' must be a non-empty list of strings")
+    for choice in choices:
+        refuse_surrogates(where, "choices", choice)
     answer = _field(where, record, "answer", int)
     if not 0 <= answer < len(choices):
         raise DataError(

@@ -9,11 +9,14 @@ that is what "learn to answer" means and packing would blur the answer boundary.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fusekit.errors import DataError
+from fusekit.evaluation.data import iter_records, readable_data_path, refuse_surrogates
 
 Record = dict[str, Any]
 
@@ -48,8 +51,6 @@ def _read_jsonl(path: Path) -> list[Record]:
 def _read_file(path: Path) -> list[Record]:
     if path.is_dir() or path.suffix == ".parquet":
         # one reader for both with evaluation: split choice, row locations, clear errors
-        from fusekit.evaluation.data import iter_records
-
         return [dict(record) for _, record in iter_records(path)]
     if path.suffix == ".jsonl":
         return _read_jsonl(path)
@@ -76,15 +77,18 @@ def _check_shape(records: list[Record], where: str) -> list[Record]:
     if not records:
         raise DataError(f"{where}: no records")
     for i, rec in enumerate(records):
-        if "text" in rec and isinstance(rec["text"], str):
-            continue
-        if isinstance(rec.get("prompt"), str) and isinstance(rec.get("completion"), str):
-            continue
-        if isinstance(rec.get("prompt"), str) and isinstance(rec.get("choices"), list):
-            continue
-        raise DataError(
-            f"{where}: record {i} has neither a 'text' string nor 'prompt' and 'completion' strings"
-        )
+        if not (
+            ("text" in rec and isinstance(rec["text"], str))
+            or (isinstance(rec.get("prompt"), str) and isinstance(rec.get("completion"), str))
+            or (isinstance(rec.get("prompt"), str) and isinstance(rec.get("choices"), list))
+        ):
+            raise DataError(
+                f"{where}: record {i} has neither a 'text' string nor 'prompt' and 'completion' "
+                "strings"
+            )
+        for name in ("text", "prompt", "completion"):
+            if isinstance(rec.get(name), str):
+                refuse_surrogates(f"{where}: record {i}", name, rec[name])
     if all("text" in rec and not rec["text"].strip() for rec in records):
         # one empty document would "train" on nothing but the tokenizer's specials
         raise DataError(f"{where}: holds no text (every record is empty)")
@@ -103,7 +107,7 @@ def load_records(ref: Any) -> list[Record]:
         path = Path(ref)
         if not path.exists():
             raise DataError(f"{path}: data file does not exist")
-        return _check_shape(_read_file(path), str(path))
+        return _check_shape(_read_file(readable_data_path(path)), str(path))
     if hasattr(ref, "task"):
         from fusekit.tasks import task_examples
 
@@ -135,6 +139,36 @@ def encode_prompt_completion(
     return ids, labels
 
 
+#: Characters handed to the tokenizer at once.  A fast tokenizer keeps strings and
+#: offsets for every token of its input, ~700 bytes a token: a single 50 MB line
+#: tokenised whole took ~9 GB.  Pieces of a megabyte bound that at ~200 MB.
+SEGMENT_CHARS = 1 << 20
+
+
+def segments(text: str, size: int | None = None) -> Iterator[str]:
+    """``text`` in pieces of at most ``size`` (``SEGMENT_CHARS``) characters whose ids join
+    to the whole's.
+
+    Each cut falls just before a space that starts a word (``" word"``), where
+    byte-level and SentencePiece-style pre-tokenizers split anyway, so tokenising
+    the pieces one by one gives the ids of the whole text.  A piece with no such
+    space in its second half (one enormous word) is cut at ``size``; only that cut
+    may tokenise differently.
+    """
+    size = size or SEGMENT_CHARS
+    start, n = 0, len(text)
+    while n - start > size:
+        end = start + size
+        cut = text.rfind(" ", start + size // 2, end)
+        while cut > start and (cut + 1 >= n or text[cut + 1].isspace()):
+            cut = text.rfind(" ", start + size // 2, cut)
+        cut = cut if cut > start else end
+        yield text[start:cut]
+        start = cut
+    if start < n or not text:
+        yield text[start:]
+
+
 def chunk_texts(
     texts: Iterable[str], tokenizer: Any, seq_len: int, separator: str = "\n\n", batch: int = 256
 ) -> list[str]:
@@ -148,19 +182,19 @@ def chunk_texts(
     """
     content = max(1, seq_len - tokenizer.num_special_tokens_to_add(pair=False))
     stream: list[str] = []
-    starts: list[int] = []
+    found: list[np.ndarray] = []
     base = 0
     docs = [t for t in texts if t]
     pieces = [doc + (separator if k < len(docs) - 1 else "") for k, doc in enumerate(docs)]
-    for first in range(0, len(pieces), batch):  # one tokenizer call per batch of documents
-        part = pieces[first : first + batch]
+    for part in _batches([seg for piece in pieces for seg in segments(piece)], batch):
         enc = tokenizer(part, add_special_tokens=False, return_offsets_mapping=True)
         for piece, offsets in zip(part, enc["offset_mapping"], strict=True):
-            starts.extend(base + a for a, _ in offsets)
+            found.append(base + np.asarray([a for a, _ in offsets], dtype=np.int64))
             stream.append(piece)
             base += len(piece)
     text = "".join(stream)
-    cuts = starts[::content]
+    starts = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+    cuts = starts[::content].tolist()
     if cuts:
         cuts[0] = 0  # whatever precedes the first token (e.g. trimmed spaces) stays in
     chunks = []
@@ -174,6 +208,21 @@ def chunk_texts(
     return [c for c in chunks if c.strip()]
 
 
+def _batches(pieces: list[str], most: int) -> Iterator[list[str]]:
+    """Consecutive pieces, at most ``most`` of them and about ``SEGMENT_CHARS`` characters
+    a batch: one tokenizer call each, its memory bounded like a single segment's."""
+    batch: list[str] = []
+    chars = 0
+    for piece in pieces:
+        if batch and (len(batch) == most or chars + len(piece) > SEGMENT_CHARS):
+            yield batch
+            batch, chars = [], 0
+        batch.append(piece)
+        chars += len(piece)
+    if batch:
+        yield batch
+
+
 def special_prefix(tokenizer: Any) -> list[int]:
     """The ids the tokenizer puts in front of every encoding (``[bos]``), or ``[]``."""
     probe = "a b"
@@ -183,6 +232,40 @@ def special_prefix(tokenizer: Any) -> list[int]:
         if full[start : start + len(plain)] == plain:
             return list(full[:start])
     return []
+
+
+def token_stream(tokenizer: Any, texts: Iterable[str]) -> np.ndarray:
+    """Documents' ids, each followed by EOS (when the tokenizer has one), as one int64 array.
+
+    Each document is tokenised in ``segments`` and kept as a compact array, not a
+    list of Python ints (36 bytes a token), so memory stays near 8 bytes a token.
+    """
+    parts: list[np.ndarray] = []
+    eos = tokenizer.eos_token_id
+    last: int | None = None
+    for text in texts:
+        for piece in segments(text):
+            ids = tokenizer(piece, add_special_tokens=False)["input_ids"]
+            if ids:
+                parts.append(np.asarray(ids, dtype=np.int64))
+                last = int(ids[-1])
+        if eos is not None and last != eos:
+            parts.append(np.asarray([eos], dtype=np.int64))
+            last = eos
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def packed_blocks(tokenizer: Any, texts: Iterable[str], seq_len: int) -> list[np.ndarray]:
+    """``pack_texts`` as arrays: each block a row of one ``[blocks, seq_len]`` array."""
+    prefix = np.asarray(special_prefix(tokenizer), dtype=np.int64)
+    content = max(1, seq_len - len(prefix))
+    stream = token_stream(tokenizer, texts)
+    n = (len(stream) // content) * content
+    if n == 0:
+        return [np.concatenate([prefix, stream])] if len(stream) else []
+    body = stream[:n].reshape(-1, content)
+    rows = np.concatenate([np.broadcast_to(prefix, (len(body), len(prefix))), body], axis=1)
+    return list(rows)
 
 
 def pack_texts(tokenizer: Any, texts: Iterable[str], seq_len: int) -> list[list[int]]:
@@ -197,19 +280,7 @@ def pack_texts(tokenizer: Any, texts: Iterable[str], seq_len: int) -> list[list[
     covers every token after the prefix.  A tokenizer that adds no BOS (SmolLM2's)
     packs as one plain stream.
     """
-    prefix = special_prefix(tokenizer)
-    content = max(1, seq_len - len(prefix))
-    stream: list[int] = []
-    eos = tokenizer.eos_token_id
-    for text in texts:
-        stream.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
-        if eos is not None and (not stream or stream[-1] != eos):
-            stream.append(eos)
-    starts = range(0, len(stream) - content + 1, content)
-    blocks = [prefix + stream[i : i + content] for i in starts]
-    if not blocks and stream:
-        blocks = [prefix + stream]
-    return blocks
+    return [block.tolist() for block in packed_blocks(tokenizer, texts, seq_len)]
 
 
 def predicted_tokens(dataset: Any) -> int:
@@ -231,27 +302,34 @@ def predicted_tokens(dataset: Any) -> int:
 
 
 class CausalLMDataset:
-    """A list of ``{"input_ids", "labels"}`` examples; a torch-compatible map dataset."""
+    """``{"input_ids", "labels"}`` examples; a torch-compatible map dataset.
+
+    Packed text blocks are kept as arrays and become lists only when a batch asks
+    for them: a list of Python ints costs ~36 bytes a token, twice over for labels.
+    """
 
     def __init__(self, records: Sequence[Record], tokenizer: Any, seq_len: int) -> None:
-        self.examples: list[dict[str, list[int]]] = []
         texts = [r["text"] for r in records if "text" in r]
-        for block in pack_texts(tokenizer, texts, seq_len) if texts else []:
-            self.examples.append({"input_ids": block, "labels": list(block)})
-        for r in records:
-            if "completion" in r and "text" not in r:
-                ids, labels = encode_prompt_completion(
-                    tokenizer, r["prompt"], r["completion"], seq_len
-                )
-                self.examples.append({"input_ids": ids, "labels": labels})
-        if not self.examples:
+        self.blocks = packed_blocks(tokenizer, texts, seq_len) if texts else []
+        self.pairs: list[tuple[list[int], list[int]]] = [
+            encode_prompt_completion(tokenizer, r["prompt"], r["completion"], seq_len)
+            for r in records
+            if "completion" in r and "text" not in r
+        ]
+        if not self.blocks and not self.pairs:
             raise DataError("the training data produced no examples (texts too short?)")
 
     def __len__(self) -> int:
-        return len(self.examples)
+        return len(self.blocks) + len(self.pairs)
 
     def __getitem__(self, i: int) -> dict[str, list[int]]:
-        return self.examples[i]
+        if i < 0:
+            i += len(self)
+        if i < len(self.blocks):
+            ids = self.blocks[i].tolist()
+            return {"input_ids": ids, "labels": list(ids)}
+        ids, labels = self.pairs[i - len(self.blocks)]
+        return {"input_ids": ids, "labels": labels}
 
 
 class PadCollator:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import os
 import shutil
 import struct
 from collections.abc import Callable
@@ -273,6 +274,20 @@ def _file(name: str, content: bytes) -> Callable[[Path], Path]:
     return write
 
 
+def _fifo(tmp: Path) -> Path:
+    """A named pipe with no writer: opening it would wait for ever."""
+    os.mkfifo(tmp / "d.jsonl")
+    return tmp / "d.jsonl"
+
+
+def _link(name: str, target: str) -> Callable[[Path], Path]:
+    def write(tmp: Path) -> Path:
+        (tmp / name).symlink_to(target)
+        return tmp / name
+
+    return write
+
+
 _LINE = json.dumps({"text": "the cat sat on the mat"}).encode() + b"\n"
 _MASKED = json.dumps({"prompt": " ".join(["the"] * 40), "completion": "cat"}).encode() + b"\n"
 
@@ -303,6 +318,34 @@ DATA_CASES = {
         _train_on(_file("d.jsonl", b'{"text": "\xff"}\n'), "calm"), ("d.jsonl", "UTF-8")
     ),
     "FuseLLM data empty": Case(_train_on(_file("d.txt", b""), "fusellm"), ("d.txt", "no text")),
+    "lone surrogate in a record": Case(
+        _train_on(_file("d.jsonl", _LINE + b'{"text": "ok \\ud800 then"}\n')),
+        ("d.jsonl", "record 1", "'text'", "lone surrogate", "\\ud800"),
+    ),
+    "lone surrogate in a prompt, CALM": Case(
+        _train_on(_file("d.jsonl", b'{"prompt": "\\udfff", "completion": "x"}\n'), "calm"),
+        ("d.jsonl", "'prompt'", "lone surrogate"),
+    ),
+    "data path is a FIFO": Case(_train_on(_fifo), ("d.jsonl", "not a regular file")),
+    "data path links to /dev/zero": Case(
+        _train_on(_link("d.jsonl", "/dev/zero")), ("d.jsonl", "not a regular file")
+    ),
+    "eval data is a FIFO": Case(
+        lambda tmp, m: (["eval", str(m["a"]), "--data", str(_fifo(tmp))], [m["a"]]),
+        ("d.jsonl", "not a regular file"),
+    ),
+    "eval data with a lone surrogate": Case(
+        lambda tmp, m: (
+            [
+                "eval",
+                str(m["a"]),
+                "--data",
+                str(_file("h.jsonl", b'{"text": "a \\ud83d b"}\n')(tmp)),
+            ],
+            [m["a"]],
+        ),
+        ("h.jsonl:1", "lone surrogate"),
+    ),
 }
 
 
