@@ -36,10 +36,12 @@ sign, each further one is preceded by ``+`` or ``-`` with equal probability.
 Operand keys are drawn uniformly with replacement from the chosen key pool;
 numeric arithmetic draws values uniformly from ``0..value_max``.
 
-**key_exposure — why.** In the paper the keys are ordinary words the anchor
-already knows; only the key→value mapping is new. A from-scratch anchor trained
-on numbers alone has never seen a key token, so the keys' embedding rows stay
-at their random initialisation and the composition's queries become
+**key_exposure — why.** In the paper (§4.1) the keys are English strings of
+2–6 characters sampled from the vocabulary of PaLM2-XXS (the augmenting
+model's base), and the anchor, a pre-trained PaLM2-XS, "has no knowledge of
+the KV pairs". Here the anchor is trained from scratch on numbers alone: it
+has never seen a key token at all, so the keys' embedding rows stay at their
+random initialisation and the composition's queries become
 key-specific: it memorises held-in keys instead of learning to look the value
 up (observed: held-out accuracy peaks at ≈ 36 % and falls). ``key_exposure``
 shows the anchor every key in the same expression shapes, *without values and

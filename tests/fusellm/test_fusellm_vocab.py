@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
@@ -74,20 +73,68 @@ def test_em_leaves_unmatched_tokens_unmapped_and_mined_fills_them(bpe: Any, wp: 
     assert np.array_equal(em[both], mined[both])  # exact matches come first either way
 
 
-def test_mined_agrees_with_brute_force_edit_distance(bpe: Any, sp: Any) -> None:
-    mined = compute_vocab_map(sp, bpe, "mined")
-    em = compute_vocab_map(sp, bpe, "em")
-    src, tgt = token_table(sp), token_table(bpe)
-    todo = [i for i, c in enumerate(src.canon) if c is not None and em[i] < 0]
-    assert len(todo) > 20
-    choices = [(j, c.lower()) for j, c in enumerate(tgt.canon) if c is not None]
-    for i in random.Random(0).sample(todo, 20):
-        query = src.canon[i].lower()
-        best = min(_levenshtein(query, c) for _, c in choices)
-        got = mined[i]
-        assert _levenshtein(query, tgt.canon[got].lower()) == best  # ties aside
-        first = next(j for j, c in choices if _levenshtein(query, c) == best)
-        assert got == first  # and ties go to the lowest id, like the reference
+def _brute_mined(source: Any, target: Any) -> dict[int, int]:
+    """The paper's MinED, spelled out: for every source token EM leaves unmapped, the
+    target token at minimum Levenshtein distance over the whole (non-special) target
+    vocabulary, case-sensitive; ``min`` keeps the first, so ties go to the lowest id."""
+    em = compute_vocab_map(source, target, "em")
+    src, tgt = token_table(source), token_table(target)
+    choices = [(j, c) for j, c in enumerate(tgt.canon) if c is not None]
+    return {
+        i: min(choices, key=lambda choice: _levenshtein(query, choice[1]))[0]
+        for i, query in enumerate(src.canon)
+        if query is not None and em[i] < 0
+    }
+
+
+@pytest.mark.parametrize(
+    "pair", [("sp", "bpe"), ("bpe", "sp"), ("wp", "bpe"), ("sp", "wp")], ids="-".join
+)
+def test_mined_equals_brute_force_edit_distance(
+    pair: tuple[str, str], request: pytest.FixtureRequest
+) -> None:
+    source, target = (request.getfixturevalue(name) for name in pair)
+    expected = _brute_mined(source, target)
+    assert len(expected) > 20
+    mined = compute_vocab_map(source, target, "mined")
+    got = {i: int(mined[i]) for i in expected}
+    assert got == expected
+
+
+def _word_level(tokens: list[str], scheme: str) -> Any:
+    """A tokenizer whose vocabulary is exactly the four specials and ``tokens``, in order."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", *tokens])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    if scheme == "bytelevel":
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+    else:
+        backend.pre_tokenizer = pre_tokenizers.Metaspace()
+        backend.decoder = decoders.Metaspace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+    )
+
+
+def test_mined_is_case_sensitive() -> None:
+    # Lower-cased, " mi" and "cu" would be one edit from " I" and "C" (which come first);
+    # as spelled they are one edit from " mp" and "nu" and two from " I" and "C".
+    source = _word_level(["▁mi", "cu", "▁the", "<0x0A>"], "metaspace")
+    target = _word_level(["ĠI", "C", "Ġmp", "nu", "Ġthe", "Ċ"], "bytelevel")
+    vmap = compute_vocab_map(source, target)
+    names = [target.convert_ids_to_tokens(int(vmap[_id(source, t)])) for t in ("▁mi", "cu")]
+    assert names == ["Ġmp", "nu"]
+    assert vmap[_id(source, "▁the")] == _id(target, "Ġthe")  # marker swap, exact
+    assert vmap[_id(source, "<0x0A>")] == _id(target, "Ċ")  # byte token, exact
+    expected = _brute_mined(source, target)
+    assert {i: int(vmap[i]) for i in expected} == expected
 
 
 def test_same_tokenizer_maps_to_identity(sp: Any) -> None:

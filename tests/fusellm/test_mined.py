@@ -61,3 +61,9 @@ def test_row_blocks_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     choices, queries = _words(rng, 200, 8), _words(rng, 200, 8)
     monkeypatch.setattr(mined, "BLOCK", 3 * len(choices))  # a few rows per cdist call
     np.testing.assert_array_equal(nearest(queries, choices, workers=2), _brute(queries, choices))
+
+
+def test_case_counts() -> None:
+    # "mi" is one edit from "mp" and two from "I": the search folds no case, whatever
+    # character classes its bound lumps together
+    assert nearest(["mi", "cu"], ["I", "C", "mp", "nu"]).tolist() == [2, 3]

@@ -4,14 +4,19 @@ Two tokenizers cut the same text differently.  A source's next-token
 distribution at position ``s`` can stand in for the target's at position ``t``
 only when both have read the same prefix.  Two ways to find such pairs:
 
-* ``dtw_align`` — the reference's dynamic time warping over the two token
-  strings, cost = edit distance with the space markers removed, ties on the
+* ``dtw_align`` — the released code's dynamic time warping
+  (``FuseLLM/src/utils/others.py``: ``dtw``, called by
+  ``transform_step_logits`` with ``dist_fn`` as the cost) over the two token
+  strings: cost = edit distance with the space markers removed, ties on the
   way back preferring the diagonal.  It is a heuristic (it can pair tokens that
-  merely look alike), but it needs nothing but the token strings.  The
-  reference runs it as a Python double loop (~9 s for 2048 x 2048); here the
-  cost matrix comes from rapidfuzz over *unique* token strings and the
-  accumulation is one numpy min-plus scan per row, which gives bit-identical
-  matrices (integer costs) in a few tens of milliseconds.
+  merely look alike), but it needs nothing but the token strings.  ``dtw`` is
+  a Python double loop over a numpy matrix, one edit distance per cell; here
+  the cost matrix comes from rapidfuzz over *unique* token strings and the
+  accumulation is one numpy min-plus scan per row, which gives the same matrix
+  values (integer costs, nothing rounds).  At 2048 x 2048 that loop (copied
+  into ``bench/fusellm.py`` with rapidfuzz's edit distance per cell, timed on
+  512 x 512 and scaled x16) took 2.87 s and ``dtw_align`` 0.080 s, in
+  ``OMP_NUM_THREADS=1 python bench/fusellm.py`` (``docs/benchmarks.md``).
 * ``offsets_align`` — exact: both tokenisations of one text share character
   boundaries, so a target token and a source token with the *same span* were
   produced after reading the same prefix.  No guessing, no tie-breaking.
@@ -31,7 +36,11 @@ from fusekit.strategies.fusellm.vocab import SPACE_MARKERS, cdist_workers
 
 
 def strip_markers(token: str) -> str:
-    """The reference's DTW normalisation: drop the space markers (``Ġ``, ``▁``)."""
+    """DTW's normalisation: drop both space markers (``Ġ``, ``▁``).
+
+    The released ``dist_fn`` (``others.py``, inside ``transform_step_logits``)
+    drops each tokenizer's own marker only, the same thing for ordinary tokens.
+    """
     for marker in SPACE_MARKERS:
         token = token.replace(marker, "")
     return token
@@ -91,7 +100,9 @@ def dtw_backtrack(acc: np.ndarray) -> list[list[int]]:
     """Walk back from the end preferring diagonal, then up (source), then left (target).
 
     Returns, for each target position, the source positions paired with it —
-    the reference's ``mappings_series_2`` (lists in increasing order).
+    ``mappings_series_2`` of the released ``dtw`` (``others.py``), whose walk
+    back takes ``np.argmin([diag, up, left])``, the first of equal values; lists
+    in increasing order.
     """
     n, m = acc.shape
     inf = np.iinfo(np.int64).max
@@ -117,10 +128,12 @@ def dtw_backtrack(acc: np.ndarray) -> list[list[int]]:
 def dtw_align(source_tokens: Sequence[str], target_tokens: Sequence[str]) -> list[list[int]]:
     """For each target position, the source positions DTW pairs with it.
 
-    Tokens are strings as ``convert_ids_to_tokens`` gives them; the cost of a
-    pair is the edit distance of the strings with ``Ġ``/``▁`` removed, exactly as
-    in the reference implementation, and so is the walk back (ties prefer the
-    diagonal).  Empty inputs give empty lists.
+    The cost of a pair is the edit distance of the two strings with ``Ġ``/``▁``
+    removed, as in the released ``dist_fn``, and so is the walk back (ties prefer
+    the diagonal).  The released ``transform_step_logits`` passes
+    ``convert_ids_to_tokens`` strings; ``prepare.dtw_strings`` passes each
+    token's bytes instead (its module docstring says where the two differ).
+    Empty inputs give empty lists.
     """
     if not source_tokens or not target_tokens:
         return [[] for _ in target_tokens]
@@ -195,10 +208,13 @@ def match_positions(
 
     A position is usable when it is paired with exactly one source position
     and (``require_same_token``) the source token maps onto the target token —
-    by the vocabulary map or by identical bytes.  Like the reference's special
-    case for the first word, the first pair may also differ only by a leading
-    space (SentencePiece's dummy prefix).  Offsets alignment already guarantees
-    identical text, so it passes ``require_same_token=False``.
+    by the vocabulary map or by identical bytes.  The first pair may also differ
+    only by a leading space (SentencePiece's dummy prefix), on either side; the
+    released ``transform_step_logits`` (``others.py``) has a narrower form of
+    this, its "special case for mpt": a GPT-NeoX or GPT-2 source's first token
+    gets the target's space marker when the target's first token starts with
+    one.  Offsets alignment already guarantees identical text, so it passes
+    ``require_same_token=False``.
     """
     out = np.full(len(mapping), -1, dtype=np.int64)
     sizes = np.fromiter((len(m) for m in mapping), dtype=np.int64, count=len(mapping))

@@ -11,12 +11,15 @@ distance over a coarse alphabet (characters folded into a few classes) is at
 most the bag distance over the real one, so it is a valid bound too.  With
 the classes non-ASCII / ``a-m`` / ``n-z`` / other, a token of multi-byte text
 is bounded far from every ASCII word, and a 3-letter word from every 9-letter
-one.  Strings with the same class counts share a bound, so queries and
-choices are grouped by those counts; each query group searches the choice
-groups in order of increasing bound, window by window, and a query is final
-once its best distance is below the next window's bound (a later choice can
-then neither beat nor tie it).  Duplicate strings are searched once.  The
-answer is the plain search's, tie-breaking included (tested against it).
+one.  The classes only bound the distance; the distance itself compares the
+strings as given, case included (``A`` counts as "other" in the bound, and
+``A`` and ``a`` differ by one edit).  Strings with the same class counts share
+a bound, so queries and choices are grouped by those counts; each query group
+searches the choice groups in order of increasing bound, window by window, and
+a query is final once its best distance is below the next window's bound (a
+later choice can then neither beat nor tie it).  Duplicate strings are
+searched once.  The answer is the plain search's, tie-breaking included
+(tested against it).
 """
 
 from __future__ import annotations

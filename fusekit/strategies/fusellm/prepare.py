@@ -2,19 +2,28 @@
 
 Alignment choices (the recipe's ``align``):
 
-* ``mined`` — the reference's default: DTW over the two token sequences, and
-  a pair counts when the source token maps onto the target token through the
-  MinED vocabulary map (or has the same bytes); top-k candidates are mapped by
-  MinED, so every candidate lands somewhere.
-* ``em`` — the reference's "hard" variant: the same DTW, but both the pair
-  test and the candidates use exact matches only (unmatched candidates are
-  dropped).
+* ``mined`` — what the released README's commands run
+  (``FuseLLM/src/utils/token_alignment.py`` with ``--vocab_align_type soft``
+  and the MinED map from ``vocab_mapping.py``): DTW over the two token
+  sequences, and a pair counts when the source token maps onto the target
+  token through the MinED vocabulary map (or has the same bytes); top-k
+  candidates are mapped by MinED, so every candidate lands somewhere.
+* ``em`` — ``--vocab_align_type hard``, the default of ``token_alignment.py``'s
+  ``parse_args``: the same DTW, but both the pair test and the candidates use
+  exact matches only (unmatched candidates are dropped), as in ``others.py``'s
+  ``transform_step_logits``.
 * ``offsets`` — exact: a pair counts when both tokens cover the same bytes of
   the text; candidates are mapped by MinED.
 
 DTW is fed each token's bytes spelled with ``▁`` for spaces (so ``Ċ`` and
-``<0x0A>`` are the same string); on two tokenizers of one family that is the
-reference's input exactly.
+``<0x0A>`` are the same string).  The released ``transform_step_logits`` feeds
+it ``convert_ids_to_tokens`` strings instead.  The two give the same costs when
+both tokenizers are byte-level BPE (GPT-2's byte alphabet relabels bytes one to
+one) or when every token spells printable ASCII and spaces.  They differ on
+byte tokens, control characters and non-ASCII text: the released code compares
+SentencePiece's newline ``<0x0A>`` as six characters and byte-level BPE's ``Ċ``
+as one, and ``é`` as one character in SentencePiece and two in byte-level BPE;
+fusekit compares a newline as one byte and ``é`` as two on both sides.
 """
 
 from __future__ import annotations

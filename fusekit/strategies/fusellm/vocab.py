@@ -1,10 +1,15 @@
 """Vocabulary mapping: every source token id -> a target token id.
 
 FuseLLM moves a source's top-k next-token candidates into the target's
-vocabulary.  The reference does this on token *strings* with the space marker
-swapped (``Ġ`` <-> ``▁``): an exact match (EM) maps to itself, anything else to
-the target token at minimum edit distance (MinED), searched over the whole
-target vocabulary by a 64-process pool.
+vocabulary.  The released code (``FuseLLM/src/utils/vocab_mapping.py`` in
+github.com/fanqiwan/FuseAI, ``find_best_mapping``) works on token strings: it
+swaps the space marker (``Ġ`` <-> ``▁``), maps a string the target vocabulary
+holds to itself (EM) and any other to the target token at minimum edit
+distance (MinED), Python's ``min`` of ``editdistance.eval`` over every target
+token, which compares characters as they are, case-sensitively.  ``min``
+keeps the first of equal distances, and the slow ``LlamaTokenizer`` that
+``get_tokenizer`` (``FuseLLM/src/utils/others.py``) loads for the Llama target
+lists its vocabulary in id order, so ties go to the lowest target id.
 
 fusekit compares tokens by the **bytes they stand for** instead of their
 surface strings.  That is the same thing for ordinary tokens (a marker is a
@@ -17,12 +22,14 @@ space byte either way) but also gets right what string matching cannot:
   SentencePiece as ``é``; both are ``b"\\xc3\\xa9"``;
 * special tokens (BOS/EOS/PAD/UNK) are mapped by role, never by spelling.
 
-MinED runs in C++ (rapidfuzz ``cdist`` with Levenshtein, torch's thread count),
-pruned by a bound that skips pairs that cannot win (``mined.py``), on the
-byte strings read as latin-1 (one character per byte) and lower-cased like the
-reference; ties go to the lowest target id.  Results are cached on disk keyed
-by both tokenizers' contents, because a 32k x 32k search takes seconds and
-every run over the same pair needs the same answer.
+MinED is otherwise the paper's: the byte strings read as latin-1 (one
+character per byte, so a distance counts bytes) are compared as they are,
+case-sensitively, over the whole non-special target vocabulary, and ties go
+to the lowest target id.  It runs in C++ (rapidfuzz ``cdist`` with
+Levenshtein, torch's thread count), pruned by a bound that skips pairs that
+cannot win (``mined.py``).  Results are cached on disk keyed by both
+tokenizers' contents, because a 32k x 32k search takes seconds and every run
+over the same pair needs the same answer.
 """
 
 from __future__ import annotations
@@ -41,7 +48,9 @@ import numpy as np
 
 from fusekit.strategies.fusellm.mined import nearest
 
-MAP_VERSION = 1
+#: Part of the cache key: bumped whenever the same tokenizers would map differently
+#: (2: MinED became case-sensitive).
+MAP_VERSION = 2
 SPACE_MARKERS = ("Ġ", "▁")
 _BYTE_TOKEN = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 _ROLES = ("eos", "bos", "unk", "pad")
@@ -237,8 +246,6 @@ def compute_vocab_map(
     source_tokenizer: Any,
     target_tokenizer: Any,
     method: Literal["mined", "em"] = "mined",
-    *,
-    lowercase: bool = True,
 ) -> np.ndarray:
     """The mapping itself (no cache); see ``map_vocab``."""
     if method not in ("mined", "em"):
@@ -275,11 +282,12 @@ def compute_vocab_map(
 
     # 4. MinED over the whole (non-special) target vocabulary for the rest.
     choice_ids = np.array([i for i, c in enumerate(tgt.canon) if c is not None], dtype=np.int64)
-    fold = (lambda s: s.lower()) if lowercase else (lambda s: s)
-    choices = [fold(tgt.canon[i]) for i in choice_ids]  # type: ignore[arg-type]
+    #    Case-sensitive, as in the paper: ``mi`` is one edit from ``mp``, two from ``I``.
+    choices = [c for c in tgt.canon if c is not None]
     todo = [i for i, c in enumerate(src.canon) if result[i] < 0 and c is not None]
+    queries = [c for i, c in enumerate(src.canon) if result[i] < 0 and c is not None]
     if todo and len(choices):
-        best = _min_edit([fold(src.canon[i]) for i in todo], choices)  # type: ignore[arg-type]
+        best = _min_edit(queries, choices)
         result[np.array(todo)] = choice_ids[best]
     # Specials with no counterpart: the closest target special, else the target's EOS/UNK.
     leftovers = [i for i in np.flatnonzero(src.special) if result[i] < 0]
@@ -307,7 +315,6 @@ def map_vocab(
     method: Literal["mined", "em"] = "mined",
     *,
     cache_dir: str | Path | None = None,
-    lowercase: bool = True,
     use_cache: bool = True,
 ) -> np.ndarray:
     """For every source id a target id (``-1`` where EM finds none, or for id-space holes).
@@ -323,7 +330,6 @@ def map_vocab(
         "source": token_table(source_tokenizer).fingerprint,
         "target": token_table(target_tokenizer).fingerprint,
         "method": method,
-        "lowercase": lowercase,
     }
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:32]
     path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -333,7 +339,7 @@ def map_vocab(
             return np.load(file)
         except (OSError, ValueError):
             pass  # a damaged cache entry is recomputed and rewritten
-    result = compute_vocab_map(source_tokenizer, target_tokenizer, method, lowercase=lowercase)
+    result = compute_vocab_map(source_tokenizer, target_tokenizer, method)
     if use_cache:
         path.mkdir(parents=True, exist_ok=True)
         tmp = path / f".{key}.{os.getpid()}.tmp.npy"
