@@ -16,6 +16,13 @@ from pydantic import Field, ValidationError, model_validator
 
 from fusekit.errors import RecipeError
 from fusekit.recipe.common import DataRef, ModelRef, Strict
+from fusekit.recipe.loading import (
+    apply_override,
+    format_validation_error,
+    load_yaml,
+    parse_recipe,
+    read_recipe_data,
+)
 
 
 class CompareRun(Strict):
@@ -82,13 +89,6 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def load_compare(path: str | Path, overrides: list[str] | None = None) -> CompareSpec:
     """Read and validate a compare file; every run's recipe is validated too."""
-    from fusekit.recipe.loading import (
-        apply_override,
-        format_validation_error,
-        parse_recipe,
-        read_recipe_data,
-    )
-
     data = read_recipe_data(path)
     for assignment in overrides or []:
         apply_override(data, assignment)
@@ -112,7 +112,7 @@ def load_compare(path: str | Path, overrides: list[str] | None = None) -> Compar
 def is_compare_file(path: str | Path) -> bool:
     """A YAML file with ``runs:`` or ``parents:`` and no ``strategy:`` is a compare file."""
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = load_yaml(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return False  # the recipe reader names the problem
     return (

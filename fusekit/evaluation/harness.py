@@ -18,6 +18,7 @@ generation), ``multiple_choice`` (log-likelihood); aliases ``ppl``, ``em``,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from itertools import chain
 from pathlib import Path
@@ -319,6 +320,12 @@ def evaluate(
         raise
     except ValueError as exc:
         raise DataError(f"{label}: {exc}") from exc
+    if not math.isfinite(body["value"]):
+        # a score of nan is no score: said as one, never printed as a result with exit 0
+        raise ModelIOError(
+            f"{model_path or model_name}: scoring {label} gave {name} = {body['value']}; the "
+            "model's outputs are not finite (NaN or inf in its weights?) — check the folder"
+        )
     return {
         "metric": name,
         "value": body["value"],

@@ -109,8 +109,32 @@ class DuplicateKeyError(yaml.YAMLError):
     """A mapping names the same key twice (YAML would silently keep the last)."""
 
 
+class NestingError(yaml.YAMLError):
+    """Lists or mappings nested past ``MAX_DEPTH`` (PyYAML's composer recurses per level)."""
+
+
+#: No recipe or config needs more than a handful of levels; PyYAML builds nested nodes
+#: recursively, so a list nested 10,000 deep ends in a ``RecursionError`` traceback.
+MAX_DEPTH = 64
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """``SafeLoader`` that refuses duplicate keys, naming both lines."""
+    """``SafeLoader`` that refuses duplicate keys, naming both lines, and deep nesting."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                line = self.peek_event().start_mark.line + 1
+                raise NestingError(
+                    f"nested more than {MAX_DEPTH} levels deep (line {line}); "
+                    "a recipe needs only a few"
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         seen: dict[Any, int] = {}
@@ -127,6 +151,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def load_yaml(text: str) -> Any:
+    """YAML text parsed safely: no arbitrary objects, no duplicate keys, bounded nesting.
+
+    Raises ``DuplicateKeyError``/``NestingError`` (both ``yaml.YAMLError``) or PyYAML's own.
+    """
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def read_recipe_data(path: str | Path) -> dict[str, Any]:
     """The raw mapping in a YAML recipe file."""
     p = Path(path)
@@ -137,8 +169,8 @@ def read_recipe_data(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise RecipeError([f"{p}: not UTF-8 text (byte {exc.start}); save it as UTF-8"]) from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
-    except DuplicateKeyError as exc:
+        data = load_yaml(text)
+    except (DuplicateKeyError, NestingError) as exc:
         raise RecipeError([f"{p}: {exc}"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
