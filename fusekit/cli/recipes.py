@@ -23,6 +23,7 @@ def strategies() -> None:
 
 
 @app.command()
+@user_errors
 def validate(
     recipes: list[Path] = typer.Argument(..., help="recipe YAML files"),
     set_: list[str] = typer.Option([], "--set", help="override: key.path=value"),

@@ -119,6 +119,7 @@ def atomic_output(
     out = Path(out).expanduser().absolute()
     check_output(out, overwrite=overwrite, inputs=[Path(p) for p in inputs])
     parent = out.parent
+    made = [p for p in out.parents if not p.exists()]  # nearest first: removed on failure
     parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(parent, out.name)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=parent))
@@ -144,9 +145,37 @@ def atomic_output(
         else:
             os.rename(tmp, out)
             _fsync_path(parent)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in made:  # one that another process has filled meanwhile stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        named = named_os_error(exc, out, tmp)
+        if named is not None:
+            raise named from exc
         raise
+
+
+def named_os_error(exc: BaseException, out: Path, tmp: Path) -> OSError | None:
+    """A failed write as an ``OSError`` naming ``out``, for the CLI's one line (None when
+    ``exc`` is no OS error, or already names a path outside the temporary folder).
+
+    The temporary folder is gone by the time the user reads the line, and the file
+    descriptors the shard writer writes through give an ``OSError`` no path at all
+    ("(unknown path)").  safetensors and tokenizers (Rust) report a full disk as a
+    plain exception ending ``(os error 28)``.
+    """
+    if isinstance(exc, OSError):
+        code, name = exc.errno, exc.filename
+    else:
+        found = re.search(r"\(os error (\d+)\)", str(exc))
+        code, name = (int(found.group(1)), None) if found else (None, None)
+    if code is None:
+        return None
+    if name is not None and str(tmp) not in str(name):
+        return None if isinstance(exc, OSError) else OSError(code, os.strerror(code), str(name))
+    where = str(out) if name is None else str(name).replace(str(tmp), str(out))
+    return OSError(code, os.strerror(code), where)
 
 
 def write_file(path: str | Path, text: str) -> None:
