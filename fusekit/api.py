@@ -1,8 +1,8 @@
 """The Python API behind the CLI: ``run``, ``build``, ``evaluate``, ``compare``.
 
 ``run`` is the only pipeline.  It owns what every strategy shares — the atomic
-output folder, checkpoints, fingerprinted resume, the accelerate relaunch,
-provenance, the model card — and a strategy supplies stages
+output folder, checkpoints and the lock on them, fingerprinted resume, the
+accelerate relaunch, provenance, the model card — and a strategy supplies stages
 (``fusekit.strategies.base``).
 """
 
@@ -89,6 +89,16 @@ def checkpoint_root(out: Path) -> Path:
     return out.parent / f".{out.name}.checkpoints"
 
 
+def lock_file(out: Path) -> Path:
+    """The file a run locks while it owns ``out``'s checkpoints.
+
+    Beside the checkpoint folder, not in it: starting over removes that folder,
+    and the lock must stay held while it does.
+    """
+    root = checkpoint_root(out)
+    return root.with_name(root.name + ".lock")
+
+
 def run(
     recipe: Any,
     *,
@@ -103,16 +113,27 @@ def run(
 
     The one pipeline: prepare (resolve, surgery) -> per unit build -> fit -> save ->
     evaluate -> provenance.  ``resume`` (default: the recipe's ``train.resume``)
-    continues from the checkpoints an interrupted run left in ``.OUT.checkpoints/``;
-    ``callbacks`` are extra ``transformers.TrainerCallback`` objects for every fit.
+    continues from the checkpoints an interrupted run left in ``.OUT.checkpoints/``
+    (the newest complete one; broken ones are skipped, said and removed); while a
+    run works it holds the lock on them, so a second run of the same output is
+    refused.  ``callbacks`` are extra ``transformers.TrainerCallback`` objects for
+    every fit.
     """
     from fusekit.checks import checked
     from fusekit.io.gguf import conversion_record
     from fusekit.io.hashing import data_hash, folder_hash, hash_in_background
-    from fusekit.io.output import atomic_output
+    from fusekit.io.lock import lock_checkpoints
+    from fusekit.io.output import atomic_output, check_output
     from fusekit.io.provenance import versions, write_model_card, write_run_record
-    from fusekit.pipeline import StageContext, run_distributed, run_stages, unit_fingerprint
-    from fusekit.training.fit import complete_checkpoints, resume_point
+    from fusekit.pipeline import (
+        StageContext,
+        check_accelerate_config,
+        run_distributed,
+        run_stages,
+        unit_fingerprint,
+        unit_label,
+    )
+    from fusekit.training.fit import complete_checkpoints, discard_incomplete, resume_point
 
     recipe = _as_recipe(recipe, overrides)
     recipe_dict = recipe_to_dict(recipe)  # as the user wrote it (.gguf files, not the cache)
@@ -120,18 +141,18 @@ def run(
     if not out:
         raise FusekitError("no output folder: give -o OUT or set output: in the recipe")
     out = Path(out)
-    config = Path(accelerate_config).resolve() if accelerate_config else None
-    if config is not None and not config.is_file():
-        raise FusekitError(f"accelerate config {config} does not exist")
+    config = check_accelerate_config(accelerate_config) if accelerate_config else None
     spec = recipe.train
     resume = bool(spec is not None and spec.resume) if resume is None else resume
     recipe, strategy = checked(recipe)  # every folder and data file, before any work
     root = checkpoint_root(out)
     start = time.perf_counter()
     overwrite = recipe.overwrite if overwrite is None else overwrite
+    local = local_model_paths(recipe)
+    check_output(out, overwrite=overwrite, inputs=local)  # before the lock beside it
+    release = lock_checkpoints(out, lock_file(out))  # before the try: a refusal leaves them
     tmp: Path | None = None  # the temporary folder, kept out of error messages
     try:
-        local = local_model_paths(recipe)
         with atomic_output(out, overwrite=overwrite, inputs=local) as tmp:
             # The bases' hashes run beside prepare; every later hash of them (prepare's
             # own included) waits for that one reading instead of making another.
@@ -163,6 +184,8 @@ def run(
             if resume:  # refuse another run's checkpoints before any work
                 for unit in units:
                     resume_point(root / unit, unit_fingerprint(ctx, unit))
+                for unit in units:  # then drop those no resume can use, saying why
+                    discard_incomplete(root / unit, unit_label(strategy, unit))
             elif root.exists():
                 if any(complete_checkpoints(root / unit) for unit in units):
                     log.info(
@@ -194,12 +217,14 @@ def run(
                 base_models=[r.path for r in inputs.values()],
                 strategy=recipe.strategy,
             )
+        shutil.rmtree(root, ignore_errors=True)
     except BaseException as exc:
         _leftovers(root)
         if isinstance(exc, FusekitError) and tmp is not None:
             exc.replace_path(str(tmp), str(out))
         raise
-    shutil.rmtree(root, ignore_errors=True)
+    finally:
+        release()
     log.info(f"fusekit: wrote {out}")
     return result
 

@@ -46,6 +46,11 @@ def unit_fingerprint(ctx: StageContext, unit: str) -> dict[str, Any]:
     return {**ctx.fingerprint, "unit": unit}
 
 
+def unit_label(strategy: Strategy, unit: str) -> str:
+    """A unit's name in progress lines: the strategy's tag for "model", else the unit ("lora")."""
+    return strategy.tag if unit == "model" else unit
+
+
 def rank() -> int:
     """This process's rank in the process group (0 when there is none).
 
@@ -99,7 +104,7 @@ def run_stages(
             Path(ctx.checkpoint_root) / unit,
             fingerprint=unit_fingerprint(ctx, unit),
             resume=ctx.resume,
-            label=strategy.tag if unit == "model" else unit,  # "block_expansion", "calm", "lora"
+            label=unit_label(strategy, unit),
             log_path=workdir / "train_log.jsonl" if unit == strategy.main_unit else None,
             callbacks=callbacks,
             clear_stale=False,  # api.run cleared them before any rank started
@@ -160,3 +165,58 @@ def run_distributed(
     if proc.returncode != 0:
         raise RuntimeError(f"distributed training failed (exit {proc.returncode}): {' '.join(cmd)}")
     return StageResult.model_validate_json(job.with_suffix(".result.json").read_text())
+
+
+def check_accelerate_config(path: str | Path) -> Path:
+    """The ``--accelerate-config`` file, read and checked before any work.
+
+    ``accelerate launch`` reads it only after fusekit has prepared the run, and
+    reports a bad one as its own traceback, which the parent could only call an
+    internal error.  Checked here: the file exists and is YAML (or JSON) holding a
+    mapping; ``distributed_type`` is one accelerate knows; ``num_processes`` and
+    ``num_machines`` are at least 1 and ``machine_rank`` below ``num_machines``.
+    """
+    import yaml
+    from accelerate.utils import DistributedType
+
+    from fusekit.recipe.loading import load_yaml
+
+    file = Path(path).expanduser().resolve()
+    if not file.is_file():
+        raise FusekitError(f"accelerate config {file} does not exist")
+    try:
+        doc = load_yaml(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise FusekitError(f"accelerate config {file} is not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise FusekitError(
+            f"accelerate config {file} is not valid YAML{where}; write it with `accelerate config`"
+        ) from None
+    if not isinstance(doc, dict):
+        raise FusekitError(f"accelerate config {file} does not hold a mapping of settings")
+    known = [d.value for d in DistributedType]
+    kind = doc.get("distributed_type")
+    if kind is not None and str(kind) not in known:
+        raise FusekitError(
+            f"accelerate config {file}: distributed_type {kind!r} is not one accelerate knows; "
+            f"choose one of {', '.join(known)}"
+        )
+    for key in ("num_processes", "num_machines"):
+        value = doc.get(key)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
+            raise FusekitError(
+                f"accelerate config {file}: {key} must be a whole number ≥ 1, got {value!r}"
+            )
+    rank, machines = doc.get("machine_rank"), doc.get("num_machines") or 1
+    if rank is not None and (
+        not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank < machines
+    ):
+        raise FusekitError(
+            f"accelerate config {file}: machine_rank must be between 0 and num_machines - 1 "
+            f"({machines - 1}), got {rank!r}"
+        )
+    return file

@@ -10,6 +10,10 @@ What it adds to ``Trainer``:
   every checkpoint once it is complete.  Resuming a checkpoint whose fingerprint
   differs is refused, naming the fields that differ: continuing another run's
   optimizer state would give weights that no recipe describes.
+* **Only checkpoints that read back** are resumed from (``checkpoint_problem``): a
+  crash or a full disk while saving leaves files cut short, which ``Trainer``
+  would load into a traceback; resume falls back to the newest complete one and
+  says which it skipped and why.
 * **Numerical guards**: data that predicts no token is refused; a non-finite loss
   or gradient stops the run naming the step, or with ``train.skip_nonfinite`` the
   step is skipped and counted (see ``FusekitTrainer``).
@@ -23,12 +27,14 @@ import json
 import math
 import shutil
 import time
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from fusekit import log
 from fusekit.errors import DataError, FusekitError, listing
+from fusekit.io.safetensors_format import read_header
 from fusekit.result import TrainingRecord
 
 FINGERPRINT_FILE = "fusekit-fingerprint.json"
@@ -72,16 +78,82 @@ def _step(path: Path) -> int:
     return int(path.name.rsplit("-", 1)[1])
 
 
-def complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
-    """``checkpoint-N`` folders whose fingerprint was written (written last), oldest first."""
+def _file_problem(path: Path) -> str | None:
+    """What is wrong with one checkpoint file, judged without reading any tensor."""
+    if path.suffix == ".safetensors":
+        try:
+            read_header(path)  # the header against the file's size: truncation shows here
+        except (OSError, ValueError) as exc:
+            return str(exc)
+    elif path.suffix == ".json":
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return "is not valid JSON (cut short?)"
+        shards = doc.get("weight_map") if isinstance(doc, dict) else None
+        if isinstance(shards, dict):
+            missing = sorted(
+                {str(s) for s in shards.values() if not (path.parent / str(s)).is_file()}
+            )
+            if missing:
+                return f"names shards that are missing ({listing(missing)})"
+    elif path.suffix in (".pt", ".pth", ".bin") and not zipfile.is_zipfile(path):
+        # torch.save writes a zip whose directory comes last: a cut-short file lacks it
+        return "is empty or cut short"
+    return None
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot be resumed from, or None when every file in it reads back.
+
+    The fingerprint is written last, so without it the save never finished.  With
+    it, a file can still be cut short (a full disk, a crash in a filesystem's write
+    back), and ``Trainer`` would stop in ``torch.load`` or safetensors with a
+    traceback; so every safetensors header is checked against its file's size,
+    every shard an index names must exist, every JSON file must parse and every
+    ``torch.save`` file must end with its zip directory.
+    """
+    if not (folder / FINGERPRINT_FILE).is_file():
+        return f"its save did not finish: no {FINGERPRINT_FILE}"
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    if not any(p.suffix == ".safetensors" for p in files):
+        return "it holds no weights (*.safetensors)"
+    for path in files:
+        problem = _file_problem(path)
+        if problem is not None:
+            return f"{path.name}: {problem}"
+    return None
+
+
+def _checkpoint_folders(checkpoint_dir: Path) -> list[Path]:
+    """Every ``checkpoint-N`` folder, complete or not, oldest first."""
     if not checkpoint_dir.is_dir():
         return []
     found = [
         p
         for p in checkpoint_dir.glob("checkpoint-*")
-        if p.name.rsplit("-", 1)[1].isdigit() and (p / FINGERPRINT_FILE).is_file()
+        if p.name.rsplit("-", 1)[1].isdigit() and p.is_dir()
     ]
     return sorted(found, key=_step)
+
+
+def complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
+    """``checkpoint-N`` folders resume can use (``checkpoint_problem`` finds none), oldest first."""
+    return [p for p in _checkpoint_folders(checkpoint_dir) if checkpoint_problem(p) is None]
+
+
+def discard_incomplete(checkpoint_dir: Path, label: str) -> None:
+    """Remove the checkpoints resume cannot use, one warning each naming it and why.
+
+    Only the process that owns the folder calls this, before training: resume then
+    starts from the newest complete checkpoint, and ``Trainer`` never saves into a
+    folder that still holds a broken file or a stale fingerprint.
+    """
+    for folder in _checkpoint_folders(checkpoint_dir):
+        problem = checkpoint_problem(folder)
+        if problem is not None:
+            log.warning(f"fusekit: {label}: skipping {folder.name} ({problem}); removing it")
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def resume_point(checkpoint_dir: Path, fingerprint: dict[str, Any]) -> Path | None:
@@ -149,6 +221,9 @@ def fit(
 
     ``resume`` continues the newest complete checkpoint in ``checkpoint_dir`` (after
     checking its fingerprint); without it, checkpoints left there are removed first.
+    ``clear_stale`` says this process owns the folder and removes what is stale there
+    (with ``resume``, the incomplete checkpoints); the pipeline's ranks pass False,
+    ``api.run`` having done it before any of them started.
     """
     from transformers import PrinterCallback
 
@@ -166,6 +241,8 @@ def fit(
         )
     checkpoint_dir = Path(checkpoint_dir)
     start_from = resume_point(checkpoint_dir, fingerprint) if resume else None
+    if clear_stale and resume:
+        discard_incomplete(checkpoint_dir, label)
     if resume and start_from is None:
         log.info(f"fusekit: {label}: no checkpoint to resume from; starting at step 0")
     if clear_stale and not resume and checkpoint_dir.exists():

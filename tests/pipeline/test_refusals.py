@@ -98,6 +98,10 @@ def _edit_bytes(edit: Callable[[bytearray], None]) -> Callable[[Path], None]:
     return mutate
 
 
+def _nan_norm(state: dict) -> None:
+    state["model.norm.weight"].fill_(float("nan"))
+
+
 def _shrink_norm(state: dict) -> None:
     state["model.norm.weight"] = state["model.norm.weight"][:8].clone()
 
@@ -361,6 +365,19 @@ def _recipe_text(text: bytes | str) -> Callable:
     return setup
 
 
+def _accelerate(text: str) -> Callable:
+    """A training run launched with ``--accelerate-config`` holding ``text``."""
+
+    def setup(tmp: Path, models: dict[str, Path]) -> tuple[list[str], list[Path]]:
+        (tmp / "accel.yaml").write_text(text)
+        data = write_corpus(tmp / "c.jsonl")
+        recipe = write_recipe(tmp / "r.yaml", recipe_for("finetune", models, data))
+        argv = ["run", str(recipe), "-o", str(tmp / "out"), "--accelerate-config"]
+        return [*argv, str(tmp / "accel.yaml")], [tmp / "accel.yaml", recipe, data, models["a"]]
+
+    return setup
+
+
 RECIPE_CASES = {
     "duplicate key": Case(
         _recipe_text("strategy: block_expansion\nmodel: {a}\ngroups: 2\ngroups: 4\n"),
@@ -381,6 +398,28 @@ RECIPE_CASES = {
     "negative steps": Case(
         _recipe_text("strategy: block_expansion\nmodel: {a}\ngroups: 2\ntrain: {{steps: -1}}\n"),
         ("train.steps",),
+    ),
+    "list nested 10,000 deep": Case(
+        _recipe_text("strategy: block_expansion\nmodel: " + "[" * 10_000 + "]" * 10_000 + "\n"),
+        ("r.yaml", "nested more than 64 levels"),
+    ),
+    "accelerate config not YAML": Case(
+        _accelerate("distributed_type: [MULTI_CPU\n"), ("accel.yaml", "not valid YAML", "line")
+    ),
+    "accelerate config with num_processes 0": Case(
+        _accelerate("distributed_type: MULTI_CPU\nnum_processes: 0\n"),
+        ("accel.yaml", "num_processes", "≥ 1", "0"),
+    ),
+    "accelerate config with an unknown distributed_type": Case(
+        _accelerate("distributed_type: MULTI_TPU\nnum_processes: 2\n"),
+        ("accel.yaml", "MULTI_TPU", "MULTI_CPU"),
+    ),
+    "accelerate config with machine_rank past num_machines": Case(
+        _accelerate("distributed_type: MULTI_CPU\nnum_machines: 2\nmachine_rank: 2\n"),
+        ("accel.yaml", "machine_rank", "2"),
+    ),
+    "accelerate config not a mapping": Case(
+        _accelerate("- MULTI_CPU\n"), ("accel.yaml", "mapping")
     ),
     "recipe missing": Case(
         lambda tmp, m: (["run", str(tmp / "none.yaml"), "-o", str(tmp / "out")], []),
@@ -455,6 +494,13 @@ def _nan_model(tmp: Path, models: dict[str, Path]) -> tuple[list[str], list[Path
     return ["run", str(recipe), "-o", str(tmp / "out")], [folder, data, recipe]
 
 
+def _nan_eval(tmp: Path, models: dict[str, Path]) -> tuple[list[str], list[Path]]:
+    """Evaluation of a model with a NaN weight: a score of nan is no result."""
+    folder = _copy(models, tmp, "nan")
+    _edit_state(_nan_norm)(folder)
+    return _eval(tmp, {"a": folder}), [folder]
+
+
 def _skip_everything(tmp: Path, models: dict[str, Path]) -> tuple[list[str], list[Path]]:
     argv, inputs = _nan_model(tmp, models)
     return [*argv, "--set", "train.skip_nonfinite=true"], inputs
@@ -493,6 +539,7 @@ TRAINING_EVAL_CASES = {
         lambda tmp, m: (["eval", str(tmp), "--data", str(write_corpus(tmp / "h.jsonl"))], []),
         ("not a model folder",),
     ),
+    "eval of a model whose scores are NaN": Case(_nan_eval, ("nan", "bpb = nan", "not finite")),
     "eval with an unknown metric": Case(
         lambda tmp, m: (_eval(tmp, m, "--metric", "bleu"), [m["a"]]), ("bleu",)
     ),
