@@ -11,15 +11,22 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fusekit.recipe.common import LoadSpec
+
 
 class ModelInput(BaseModel):
-    """A model folder the output depends on, with the loading options its recipe gave."""
+    """A model folder the output depends on, with the loading options its recipe gave.
+
+    ``load`` is the reference's own ``load:`` only; the strategy resolves it against
+    the recipe's (``BaseRecipe.model_load``), which knows whether the model trains.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     path: str
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    load: LoadSpec | None = None
 
 
 class Prepared(BaseModel):

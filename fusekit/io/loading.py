@@ -78,14 +78,18 @@ def load_causal_lm(
     path: str | Path,
     *,
     dtype: Any = None,
+    attn_implementation: str | None = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
 ) -> Any:
     """``AutoModelForCausalLM`` from a checked local folder, in eval mode.
 
-    ``dtype`` may be a torch dtype, a name (``"bfloat16"``) or ``"auto"``; None
-    keeps transformers' default.  With ``allow_pickle`` and no safetensors present,
-    transformers is left to pick the pickled files.
+    ``dtype`` may be a torch dtype, a name (``"bfloat16"``) or ``"auto"``;
+    ``attn_implementation`` a name transformers knows (``"sdpa"``, ``"eager"``,
+    ``"flash_attention_2"``); None keeps transformers' default for either.  A
+    recipe's ``load:`` settings, resolved per model, arrive here.
+    With ``allow_pickle`` and no safetensors present, transformers is left to pick
+    the pickled files.
     Every load makes the validation pass first (``fusekit.io.validate.check_model``),
     whichever command asked: a truncated shard, a corrupt header or a tokenizer past
     the embedding is one line naming the file here too, not a safetensors or
@@ -105,6 +109,8 @@ def load_causal_lm(
     }
     if dtype is not None:
         kwargs["dtype"] = _torch_dtype(dtype)
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
             str(folder), output_loading_info=True, **kwargs

@@ -7,6 +7,7 @@ against the current working directory, like every other command-line tool.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -38,6 +39,86 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+# --------------------------------------------------------------------------- loading
+
+#: A recipe's dtype names -> ``load_causal_lm``'s (``auto``: the checkpoint's own dtype).
+TORCH_DTYPES = {"auto": "auto", "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+#: transformers' attention implementations a recipe may name, with the module a
+#: flash kernel needs (it is refused up front where that module is missing).
+ATTENTION_KERNELS: dict[str, str | None] = {
+    "eager": None,
+    "sdpa": None,
+    "flex_attention": None,
+    "flash_attention_2": "flash_attn",
+    "flash_attention_3": "flash_attn_interface",
+}
+
+
+def known_attention(value: str | None) -> str | None:
+    """An attention implementation transformers knows and whose kernel is installed."""
+    if value is None:
+        return None
+    if value not in ATTENTION_KERNELS:
+        raise ValueError(
+            f"unknown attention implementation {value!r}; choose one of: "
+            f"{', '.join(ATTENTION_KERNELS)}"
+        )
+    module = ATTENTION_KERNELS[value]
+    if module is not None and importlib.util.find_spec(module) is None:
+        raise ValueError(
+            f"{value} needs the {module} package, which is not installed; install it "
+            "(CUDA only) or use sdpa"
+        )
+    return value
+
+
+class LoadSpec(Strict):
+    """How models load: the dtype their weights are held in and their attention kernel.
+
+    A model's own ``load:`` wins field by field over the recipe's, which wins over
+    the defaults: the trained model in fp32 (``train.precision`` adds autocast over
+    those fp32 master weights) and frozen models (CALM's anchor and augments,
+    FuseLLM's sources) in bf16 under ``precision: bf16`` and fp32 otherwise — they
+    take no optimizer step, so halving their memory costs the update no precision.
+    """
+
+    dtype: Literal["auto", "bf16", "fp32", "fp16"] | None = Field(
+        None,
+        description="weights' dtype in memory; auto = the checkpoint's own; default: fp32 "
+        "for the trained model, and for frozen ones bf16 under precision: bf16, else fp32",
+    )
+    attn_implementation: str | None = Field(
+        None,
+        description="eager, sdpa, flex_attention, flash_attention_2 or flash_attention_3 "
+        "(flash_attn installed); default: transformers' choice",
+    )
+
+    _known_attention = field_validator("attn_implementation")(
+        classmethod(lambda cls, v: known_attention(v))
+    )
+
+    def loader_kwargs(self) -> dict[str, Any]:
+        """``dtype`` and ``attn_implementation`` for ``fusekit.io.loading.load_causal_lm``."""
+        return {
+            "dtype": TORCH_DTYPES[self.dtype] if self.dtype is not None else None,
+            "attn_implementation": self.attn_implementation,
+        }
+
+
+def resolve_load(*specs: LoadSpec | None, dtype: str) -> LoadSpec:
+    """Every field from the most specific of ``specs`` that sets it; ``dtype`` if none does."""
+    fields: dict[str, Any] = {}
+    for spec in reversed([s for s in specs if s is not None]):
+        fields.update(spec.model_dump(exclude_none=True))
+    return LoadSpec(**{"dtype": dtype, **fields})
+
+
+def own_load(ref: Any) -> LoadSpec | None:
+    """A model reference's own ``load:`` (a from-scratch model has none)."""
+    return ref.load if isinstance(ref, LocalModel) else None
+
+
 # --------------------------------------------------------------------------- models
 
 
@@ -47,6 +128,9 @@ class LocalModel(Strict):
     path: str
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    load: LoadSpec | None = Field(
+        None, description="this model's dtype / attention kernel, over the recipe's load:"
+    )
 
     @model_validator(mode="after")
     def _check_folder(self) -> LocalModel:
@@ -217,6 +301,50 @@ def parse_size(text: str | int) -> int:
     return size
 
 
+#: Shown when ``train.optim`` names no optimizer transformers knows.
+_COMMON_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "adamw_bnb_8bit", "sgd")
+
+#: Optimizers whose code is another package's: name prefixes -> the module they import.
+_OPTIMIZER_PACKAGES = (
+    (("adamw_bnb", "adamw_8bit", "paged_", "ademamix", "lion_", "rmsprop_bnb"), "bitsandbytes"),
+    (("adamw_torch_4bit", "adamw_torch_8bit"), "torchao"),
+    (("schedule_free_",), "schedulefree"),
+    (("lomo", "adalomo"), "lomo_optim"),
+    (("grokadamw",), "grokadamw"),
+    (("stable_adamw",), "optimi"),
+    (("adamw_anyprecision",), "torchdistx"),
+    (("adamw_torch_xla",), "torch_xla"),
+    (("adamw_torch_npu_fused",), "torch_npu"),
+)
+
+
+def known_optimizer(value: str) -> str:
+    """A ``TrainingArguments.optim`` name whose package is installed.
+
+    Checked here, not when ``Trainer`` builds the optimizer after the surgery, the
+    parents' training and the data preparation.  transformers is imported only for a
+    name other than the default, so parsing a recipe stays light.
+    """
+    if value == "adamw_torch":
+        return value
+    from transformers.training_args import OptimizerNames
+
+    if value not in {o.value for o in OptimizerNames}:
+        raise ValueError(
+            f"unknown optimizer {value!r}; use one of transformers' OptimizerNames, e.g. "
+            f"{', '.join(_COMMON_OPTIMIZERS)}"
+        )
+    if value.startswith(("galore_", "apollo_")):
+        raise ValueError(
+            f"{value} needs optim_target_modules, which fusekit does not set; use "
+            "adamw_torch, adafactor or adamw_bnb_8bit"
+        )
+    for prefixes, module in _OPTIMIZER_PACKAGES:
+        if value.startswith(prefixes) and importlib.util.find_spec(module) is None:
+            raise ValueError(f"{value} needs the {module} package, which is not installed")
+    return value
+
+
 class TrainSpec(Strict):
     """How to train, mapped onto ``transformers.TrainingArguments``.
 
@@ -252,6 +380,18 @@ class TrainSpec(Strict):
     report_to: str | list[str] = Field(
         "none", description="Trainer loggers: none, tensorboard, wandb, … (when installed)"
     )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="recompute activations in the backward pass instead of keeping them: "
+        "less memory for about a third more compute; loss and gradients unchanged",
+    )
+    optim: str = Field(
+        "adamw_torch",
+        description="transformers' optimizer: adamw_torch, adamw_torch_fused, adafactor, "
+        "adamw_bnb_8bit (bitsandbytes), …",
+    )
+
+    _known_optimizer = field_validator("optim")(classmethod(lambda cls, v: known_optimizer(v)))
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> TrainSpec:
@@ -274,6 +414,20 @@ class BaseRecipe(Strict):
     overwrite: bool = False
     data: DataSpec | None = None
     train: TrainSpec | None = None
+    load: LoadSpec | None = Field(
+        None, description="dtype and attention kernel of every model loaded; a model's own wins"
+    )
+
+    def frozen_dtype(self) -> str:
+        """A frozen model's dtype when no ``load.dtype`` names one: bf16 under bf16
+        training, fp32 otherwise (fp16 weights of a checkpoint trained in bf16 can
+        overflow, and fp16 autocast runs the matrix products in half anyway)."""
+        return "bf16" if self.train is not None and self.train.precision == "bf16" else "fp32"
+
+    def model_load(self, own: LoadSpec | None = None, *, frozen: bool = False) -> LoadSpec:
+        """One model's load settings: ``own`` over the recipe's ``load:`` over the defaults
+        (fp32 for the model that trains, ``frozen_dtype`` for one that does not)."""
+        return resolve_load(own, self.load, dtype=self.frozen_dtype() if frozen else "fp32")
 
     def train_data(self) -> Any:
         """``train.data`` wins over ``data.train``; either may be used."""
@@ -291,9 +445,16 @@ class BaseRecipe(Strict):
 
 
 class SurgeryRecipe(BaseRecipe):
-    """Fields the surgery strategies (depth up-scaling, block expansion) share."""
+    """Fields the surgery strategies (depth up-scaling, block expansion) share.
+
+    ``dtype`` is the output's, written by the surgery; training (if any) then loads
+    that output as ``load:`` says and saves it back in the output's dtype.
+    """
 
     shard_size: str = "2GB"
+    dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
+        None, description="cast the output's weights; default keeps the source dtype"
+    )
 
     @field_validator("shard_size")
     @classmethod

@@ -35,6 +35,7 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("a built-in task as data (TaskData)", common.TaskData),
     ("a data file (FileData)", common.FileData),
     ("a local model (LocalModel)", common.LocalModel),
+    ("load (LoadSpec)", common.LoadSpec),
     ("from_scratch (ScratchSpec)", common.ScratchSpec),
     ("slices[i] (Slice)", Slice),
     ("slices[i].sources[j] (SliceSource)", SliceSource),
@@ -58,6 +59,8 @@ Rules that hold everywhere:
   (concatenated).
 - `--set key.path=value` overrides any field (`--set train.steps=0`, `--set augment.0.path=x`).
 - `train.steps: 0` builds and saves the untrained result; it never means "train by epochs".
+- What `train.precision`, `load:`, `train.gradient_checkpointing` and `train.optim` mean for
+  trained and frozen weights: [memory.md](memory.md).
 """
 
 

@@ -22,6 +22,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
+from fusekit.recipe.common import own_load
 from fusekit.result import StageResult, TrainingRecord
 from fusekit.stages import Built, ModelInput, Prepared
 
@@ -114,6 +115,7 @@ def _input(ref: Any, path: Path) -> ModelInput:
         path=str(path),
         allow_pickle=allow_pickle,
         trust_remote_code=bool(getattr(ref, "trust_remote_code", False)),
+        load=own_load(ref),
     )
 
 

@@ -75,12 +75,15 @@ class SurgeryStrategy(Strategy):
         from fusekit.training.run import causal_lm_unit
 
         trust = any(m.trust_remote_code for m in prepared.inputs.values())
+        # the surgery's output loads as its base model would: that one's load: settings
+        load = self.recipe.model_load(prepared.inputs["model"].load)
         return causal_lm_unit(
             prepared.state["folder"],
             self.recipe.train_data(),
             self.recipe.train,
             trainable=self.freeze_mask(prepared),
             trust_remote_code=trust,
+            **load.loader_kwargs(),
         )
 
     def report(

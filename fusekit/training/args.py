@@ -1,14 +1,37 @@
 """``TrainSpec`` -> ``transformers.TrainingArguments``.
 
 One mapping in one place, so every strategy trains with the same semantics:
-checkpoints, resume, gradient accumulation, precision and distributed launch all
-come from ``transformers.Trainer`` rather than from per-strategy loops.
+checkpoints, resume, gradient accumulation, precision, gradient checkpointing, the
+optimizer and distributed launch all come from ``transformers.Trainer`` rather
+than from per-strategy loops.  ``precision: bf16``/``fp16`` is autocast over the
+weights as loaded (fp32 master weights unless ``load.dtype`` says otherwise).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
+
+
+def _checkpointing_arguments(arguments_class: type) -> dict[str, Any]:
+    """``TrainingArguments`` fields for non-reentrant gradient checkpointing.
+
+    Non-reentrant, because fusekit trains behind frozen embeddings (block expansion,
+    LoRA, CALM's anchor): reentrant checkpointing ties a block's output into the
+    graph through its tensor inputs only, not its weights, so a block whose input
+    needs no gradient (frozen embeddings, frozen blocks below) would give its own
+    trainable weights none, and the run would train nothing without a word.
+    transformers 5 renamed the field ``activation_checkpointing``; the old name
+    still works there, with a warning.
+    """
+    names = {f.name for f in dataclasses.fields(arguments_class)}
+    name = (
+        "activation_checkpointing"
+        if "activation_checkpointing" in names
+        else "gradient_checkpointing"
+    )
+    return {name: True, f"{name}_kwargs": {"use_reentrant": False}}
 
 
 def to_training_arguments(spec: Any, checkpoint_dir: Path, **overrides: Any) -> Any:
@@ -42,7 +65,10 @@ def to_training_arguments(spec: Any, checkpoint_dir: Path, **overrides: Any) -> 
         disable_tqdm=True,
         # a NaN loss must stay visible (the guard in FusekitTrainer stops on it)
         logging_nan_inf_filter=False,
+        optim=spec.optim,
     )
+    if spec.gradient_checkpointing:
+        kwargs.update(_checkpointing_arguments(TrainingArguments))
     if spec.steps is not None:
         kwargs["max_steps"] = spec.steps
     else:

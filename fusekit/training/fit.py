@@ -41,8 +41,11 @@ FINGERPRINT_FILE = "fusekit-fingerprint.json"
 
 #: TrainSpec fields that do not change the weights: a resume may change them.
 NOT_WEIGHTS_TRAIN = frozenset(
-    {"resume", "save_steps", "save_total_limit", "log_steps", "report_to"}
-)
+    {"resume", "save_steps", "save_total_limit", "log_steps", "report_to",
+     # recomputing activations gives the same loss and gradients (tests/pipeline/
+     # test_memory_knobs.py): switching it on to resume after running out of memory is fine
+     "gradient_checkpointing"}
+)  # fmt: skip
 
 
 class ResumeMismatchError(FusekitError):

@@ -23,13 +23,17 @@ def causal_lm_unit(
     lora: dict[str, Any] | None = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
+    dtype: Any = "float32",
+    attn_implementation: str | None = None,
 ) -> Built:
     """Model, tokenizer, dataset and collator for next-token training of ``model_dir``.
 
     ``trainable`` is ``None`` (everything), a name predicate, or exact names / ``re:``
     patterns.  ``lora`` (``peft.LoraConfig`` fields) trains adapters instead; they
     are merged when the unit is saved, so the output is a plain model.  With
-    ``spec.steps == 0`` no data is read.
+    ``spec.steps == 0`` no data is read.  ``dtype`` (fp32: the master weights
+    ``train.precision``'s autocast works from) and ``attn_implementation`` are
+    ``load_causal_lm``'s.
     """
     import torch
 
@@ -40,7 +44,8 @@ def causal_lm_unit(
     model_dir = Path(model_dir)
     model = load_causal_lm(
         model_dir,
-        dtype=torch.float32,
+        dtype=dtype,
+        attn_implementation=attn_implementation,
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
     )

@@ -293,6 +293,27 @@ TABLE: dict[str, Entry] = {
     "python -m pytest -m real": Entry(
         "suite-real", "the suite itself (no recursion): static check that the marker exists",
         static=the_suite_itself),
+    # docs/memory.md
+    """
+    strategy: calm
+    anchor: big
+    augment:
+      - {path: small, load: {dtype: fp32}}   # this model's own load: wins over the recipe's
+    data: {train: dc.jsonl}
+    load: {dtype: bf16, attn_implementation: sdpa}
+    train:
+      steps: 1000
+      precision: bf16
+      gradient_checkpointing: true
+      optim: adafactor
+    output: out/calm-lean
+    """: Entry(
+        "memory-recipe", "fast: saved as lean.yaml beside big/ and small/, run for 2 steps "
+        "(bf16 autocast, checkpointing, Adafactor on CPU); a composition written",
+        fast=(Run("docs_ws", composed("out/calm-lean", steps=2),
+                  setup=steps([recipe_from_block("lean.yaml"), fresh("out/calm-lean")]),
+                  line="fusekit run lean.yaml --set train.steps=2 --set train.batch_size=4 "
+                       "--set train.seq_len=16"),)),
     # docs/strategies/depth_upscaling.md
     """
     strategy: depth_upscaling

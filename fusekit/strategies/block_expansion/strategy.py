@@ -34,7 +34,7 @@ class BlockExpansionStrategy(SurgeryStrategy):
         r = self.recipe
         return {
             "zero": r.zero or "auto",
-            "dtype": getattr(r, "dtype", None),
+            "dtype": r.dtype,
             "max_shard_bytes": r.shard_size or DEFAULT_SHARD_BYTES,
         }
 

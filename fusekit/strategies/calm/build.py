@@ -9,7 +9,7 @@ describes the same thing from config files alone, for ``--dry-run``.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,11 +112,14 @@ def compose(
     )
 
 
-def load_base(source: Any, *, dtype: Any = None) -> tuple[Any, Any]:
+def load_base(
+    source: Any, *, dtype: Any = None, attn_implementation: str | None = None
+) -> tuple[Any, Any]:
     """A frozen causal LM and its tokenizer (None if the folder has none).
 
     ``source`` is a folder, or a prepared model input carrying the recipe's
-    ``allow_pickle`` / ``trust_remote_code`` for that model.
+    ``allow_pickle`` / ``trust_remote_code`` for that model; ``dtype`` and
+    ``attn_implementation`` are ``load_causal_lm``'s.
     """
     from fusekit.io.loading import load_causal_lm, load_tokenizer
 
@@ -125,6 +128,7 @@ def load_base(source: Any, *, dtype: Any = None) -> tuple[Any, Any]:
     model = load_causal_lm(
         path,
         dtype=dtype,
+        attn_implementation=attn_implementation,
         allow_pickle=bool(getattr(source, "allow_pickle", False)),
         trust_remote_code=trust,
     )
@@ -140,13 +144,18 @@ def compose_from_paths(
     augment_paths: Sequence[Any],
     *,
     seed: int = 0,
-    dtype: Any = None,
+    load: Callable[[Any], Mapping[str, Any]] | None = None,
     **shape: Any,
 ) -> ComposedModel:
     """``compose`` on models loaded from local folders (or prepared model inputs); the
-    folders are remembered for saving."""
-    anchor, anchor_tok = load_base(anchor_path, dtype=dtype)
-    loaded = [load_base(p, dtype=dtype) for p in augment_paths]
+    folders are remembered for saving.  ``load(source)`` gives one base's ``load_base``
+    options (dtype, attention kernel); None keeps transformers' defaults."""
+
+    def base(source: Any) -> tuple[Any, Any]:
+        return load_base(source, **(load(source) if load is not None else {}))
+
+    anchor, anchor_tok = base(anchor_path)
+    loaded = [base(p) for p in augment_paths]
     model = compose(
         anchor,
         [m for m, _ in loaded],

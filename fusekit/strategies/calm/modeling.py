@@ -9,6 +9,8 @@ call the hooks do nothing, so ``composed.anchor(...)`` is still the plain anchor
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -86,6 +88,7 @@ class ComposedModel(nn.Module):
         self._inject: dict[int, list[tuple[CrossBlock, torch.Tensor, torch.Tensor, torch.Tensor]]]
         self._inject = {}
         self._handles: list[Any] = []
+        self._checkpoint: Callable[..., Any] | None = None
         self._install_hooks()
 
     # ------------------------------------------------------------------ set-up
@@ -157,8 +160,12 @@ class ComposedModel(nn.Module):
         if not entries:
             return None
         total = h
+        checkpoint = self._recompute_with()
         for block, k, v, visible in entries:
-            total = total + block(h, k, v, visible)
+            if checkpoint is not None:
+                total = total + checkpoint(block, h, k, v, visible)
+            else:
+                total = total + block(h, k, v, visible)
         return total
 
     def _make_inject(self, j: int) -> Any:
@@ -185,9 +192,71 @@ class ComposedModel(nn.Module):
 
     def remove_hooks(self) -> None:
         """Detach from the bases (they are plain models again)."""
+        self.activation_checkpointing_disable()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+    # ------------------------------------------------------------------ checkpointing
+
+    def activation_checkpointing_enable(
+        self,
+        activation_checkpointing_kwargs: dict[str, Any] | None = None,
+        every_n_layers: int = 1,
+        offload: bool = False,
+    ) -> None:
+        """Recompute the anchor's decoder blocks and the cross-attention blocks in backward.
+
+        ``Trainer`` calls this under ``train.gradient_checkpointing``.  The anchor stays
+        in eval mode (its dropout off), which leaves transformers' own per-layer
+        checkpointing inactive, so each anchor block's ``forward`` is wrapped here
+        instead.  The injection hooks run outside that wrapper and every cross-attention
+        block is checkpointed on its own, with its inputs passed explicitly: a
+        recomputation never reads ``_inject``, which is empty again by then.
+        Checkpointing is non-reentrant: the frozen blocks' inputs need no gradient, and
+        reentrant checkpointing would answer that with none for Θ_C either.  The augments
+        run without gradients and keep nothing to recompute.
+        """
+        from torch.utils.checkpoint import checkpoint
+
+        if every_n_layers != 1 or offload:
+            raise PlanError(
+                "CALM checkpoints every anchor block, on the device; "
+                "every_n_layers and offload are not supported"
+            )
+        options = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
+        self._checkpoint = functools.partial(checkpoint, **options)
+        for block in decoder_layers(self.anchor):
+            if "forward" not in vars(block):  # an instance attribute, ahead of the class's
+                vars(block)["forward"] = self._recomputed(block.forward)
+
+    def gradient_checkpointing_enable(
+        self, gradient_checkpointing_kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> None:
+        """The name ``Trainer`` calls before transformers 5 (see the method above)."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **options)
+
+    def activation_checkpointing_disable(self) -> None:
+        """Keep activations again; the anchor's blocks get their own ``forward`` back."""
+        self._checkpoint = None
+        for block in decoder_layers(self.anchor):
+            vars(block).pop("forward", None)
+
+    def _recompute_with(self) -> Callable[..., Any] | None:
+        """The checkpoint function if this forward checkpoints (enabled, training, with
+        gradients recorded), else None: evaluation and generation run as they are."""
+        if self.training and torch.is_grad_enabled():
+            return self._checkpoint
+        return None
+
+    def _recomputed(self, forward: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            checkpoint = self._recompute_with()
+            if checkpoint is not None:
+                return checkpoint(forward, *args, **kwargs)
+            return forward(*args, **kwargs)
+
+        return run
 
     def train(self, mode: bool = True) -> ComposedModel:
         super().train(mode)

@@ -306,7 +306,9 @@ class CalmStrategy(Strategy):
         if unit == "random_augment":
             model = self._random_augment_composition(anchor, augments, shape)
         else:
-            model = compose_from_paths(anchor, augments, seed=spec.seed, **shape)
+            model = compose_from_paths(
+                anchor, augments, seed=spec.seed, load=self._frozen_load, **shape
+            )
         details: dict[str, Any] = {}
         if unit == self.main_unit:
             details = {
@@ -327,14 +329,19 @@ class CalmStrategy(Strategy):
             details=details,
         )
 
+    def _frozen_load(self, source: Any) -> dict[str, Any]:
+        """``load_base`` options of a frozen base: its own ``load:`` over the recipe's,
+        in the training precision by default (``BaseRecipe.model_load``)."""
+        return self.recipe.model_load(source.load, frozen=True).loader_kwargs()
+
     def _random_augment_composition(self, anchor: Any, augments: list[Any], shape: dict) -> Any:
         """The same composition over augments of the same architecture with random weights."""
         from fusekit.strategies.calm.baselines import random_like
         from fusekit.strategies.calm.build import compose, load_base
 
         seed = self.recipe.train.seed
-        anchor_model, anchor_tok = load_base(anchor)
-        loaded = [load_base(a) for a in augments]
+        anchor_model, anchor_tok = load_base(anchor, **self._frozen_load(anchor))
+        loaded = [load_base(a, **self._frozen_load(a)) for a in augments]
         return compose(
             anchor_model,
             [random_like(m, seed=seed + 1 + k) for k, (m, _) in enumerate(loaded)],
@@ -351,7 +358,8 @@ class CalmStrategy(Strategy):
 
         spec = self.recipe.train
         anchor, _ = self._bases(prepared)
-        base, tokenizer = load_base(anchor)
+        # the anchor trains here (through adapters): fp32 unless its load.dtype says otherwise
+        base, tokenizer = load_base(anchor, **self.recipe.model_load(anchor.load).loader_kwargs())
         model, info = lora_model(base, prepared.plan["composition_parameters"], seed=spec.seed)
         return Built(
             model=model,

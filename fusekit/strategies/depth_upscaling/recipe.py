@@ -66,9 +66,6 @@ class DepthUpscalingRecipe(SurgeryRecipe):
     merge_method: Literal["passthrough"] | None = Field(
         None, description="accepted so mergekit passthrough configs load unchanged"
     )
-    dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
-        None, description="cast the output's weights; default keeps the source dtype"
-    )
 
     @model_validator(mode="after")
     def _one_form(self) -> DepthUpscalingRecipe:

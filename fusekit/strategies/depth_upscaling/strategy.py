@@ -10,6 +10,7 @@ from fusekit.io.arch import arch_facts
 from fusekit.io.config import load_config
 from fusekit.io.refs import local_settings, peek_model
 from fusekit.io.writer import DEFAULT_SHARD_BYTES
+from fusekit.recipe.common import own_load
 from fusekit.strategies.base import ModelInput, Prepared, model_input
 from fusekit.strategies.depth_upscaling.plan import LayerSource, slices_plan, solar_plan
 from fusekit.strategies.depth_upscaling.splice import load_configs, splice, splice_plan
@@ -75,7 +76,7 @@ class DepthUpscalingStrategy(SurgeryStrategy):
                 folders,
                 layers,
                 base=base,
-                dtype=getattr(r, "dtype", None),
+                dtype=r.dtype,
                 max_shard_bytes=self._shard_size(),
                 configs=configs,
             )
@@ -95,7 +96,7 @@ class DepthUpscalingStrategy(SurgeryStrategy):
             layers,
             Path(workdir),
             base=base,
-            dtype=getattr(self.recipe, "dtype", None),
+            dtype=self.recipe.dtype,
             max_shard_bytes=self._shard_size(),
             configs=configs,
         )
@@ -106,8 +107,11 @@ class DepthUpscalingStrategy(SurgeryStrategy):
             "parameters_after": summary["parameters_after"],
         }
         trust = self._trust()
+        base_load = own_load(self._base_ref())  # the spliced output trains with its settings
         inputs = {
-            ("model" if k == base else k): ModelInput(path=str(v), trust_remote_code=trust)
+            ("model" if k == base else k): ModelInput(
+                path=str(v), trust_remote_code=trust, load=base_load if k == base else None
+            )
             for k, v in folders.items()
         }
         return Prepared(
@@ -115,6 +119,11 @@ class DepthUpscalingStrategy(SurgeryStrategy):
             plan={k: v for k, v in summary.items() if k != "shards"},
             state={"folder": str(workdir), "details": details},
         )
+
+    def _base_ref(self) -> Any:
+        """The reference the output's non-layer tensors come from (see ``_layout``)."""
+        r = self.recipe
+        return r.model if r.model is not None else r.slices[0].sources[0].model
 
     def _trust(self) -> bool:
         r = self.recipe

@@ -61,4 +61,5 @@ class FinetuneStrategy(Strategy):
             lora=r.lora.peft_kwargs() if r.lora is not None else None,
             allow_pickle=source.allow_pickle,
             trust_remote_code=source.trust_remote_code,
+            **r.model_load(source.load).loader_kwargs(),
         )

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from fusekit.recipe.common import BaseRecipe, ModelRef, TrainSpec
+from fusekit.recipe.common import BaseRecipe, LoadSpec, ModelRef, TrainSpec, resolve_load
 
 
 class FuseLLMRecipe(BaseRecipe):
@@ -33,21 +33,31 @@ class FuseLLMRecipe(BaseRecipe):
     )
     source_precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
-        description="dtype the sources run in, without gradients: auto follows "
-        "train.precision; bf16 keeps the target in fp32 and halves the sources' memory and, "
-        "on hardware with bf16 matrix units (AMX, tensor cores), most of their time, at a "
-        "small change to the fused target",
+        description="dtype the sources run in, without gradients: auto follows load.dtype, "
+        "else train.precision; bf16 keeps the target in fp32 and halves the sources' memory "
+        "and, on hardware with bf16 matrix units (AMX, tensor cores), most of their time, at "
+        "a small change to the fused target; a source's own load.dtype wins",
     )
     reference_fallback: bool = Field(
         False, description="reproduce the released code's one-hot on the current token"
     )
     train: TrainSpec
 
+    def source_load(self, own: LoadSpec | None = None) -> LoadSpec:
+        """A source's load settings, most specific first: its own ``load:``, then
+        ``source_precision`` (unless auto), the recipe's ``load:``, the training precision.
+
+        ``source_precision`` is the older knob for the sources alone, so it stays more
+        specific than the recipe-wide ``load.dtype`` (which also sets the target's).
+        """
+        precision = (
+            None if self.source_precision == "auto" else LoadSpec(dtype=self.source_precision)
+        )
+        return resolve_load(own, precision, self.load, dtype=self.frozen_dtype())
+
     def source_dtype(self) -> str:
-        """The sources' dtype as resolved: ``source_precision``, or the training's for auto."""
-        if self.source_precision != "auto":
-            return self.source_precision
-        return "bf16" if self.train.precision == "bf16" else "fp32"
+        """The dtype of a source that sets none of its own (``source_load``)."""
+        return str(self.source_load().dtype)
 
     @model_validator(mode="after")
     def _has_data(self) -> FuseLLMRecipe:

@@ -84,7 +84,7 @@ class FuseLLMStrategy(Strategy):
         sources = [model_facts(s) for s in r.sources]
         batch, seq = train_shape(r.train)
         online = r.mode == "online"
-        half = online and r.source_dtype() == "bf16"
+        half = online and r.source_dtype() in ("bf16", "fp16")
         return {
             "models": {
                 "target": target.as_dict(),
@@ -123,8 +123,6 @@ class FuseLLMStrategy(Strategy):
         return [self.main_unit]  # steps: 0 still saves the target, unchanged
 
     def build(self, prepared: Prepared, unit: str) -> Built:
-        import torch
-
         from fusekit.io.loading import load_causal_lm, load_tokenizer
         from fusekit.io.saving import config_dtype
         from fusekit.strategies.fusellm.batching import FusionCollator, FusionDataset
@@ -135,9 +133,9 @@ class FuseLLMStrategy(Strategy):
         tokenizer = load_tokenizer(target.path, trust_remote_code=target.trust_remote_code)
         model = load_causal_lm(
             target.path,
-            dtype=torch.float32,
             allow_pickle=target.allow_pickle,
             trust_remote_code=target.trust_remote_code,
+            **r.model_load(target.load).loader_kwargs(),
         )
         save_dtype = config_dtype(target.path)
         if spec.steps == 0:
@@ -188,8 +186,6 @@ class FuseLLMStrategy(Strategy):
         self, n: int, source: Any, tokenizer: Any, chunks: list[str], target_encs: list[Any]
     ) -> tuple[Any, Any, Any, dict[str, Any]]:
         """One source: tokenizer, vocabulary map, alignment, and its model or top-k store."""
-        import torch
-
         from fusekit.io.hashing import folder_hash
         from fusekit.io.loading import load_causal_lm, load_tokenizer
         from fusekit.strategies.fusellm.batching import SourceExamples
@@ -200,12 +196,11 @@ class FuseLLMStrategy(Strategy):
         stok = load_tokenizer(source.path, trust_remote_code=source.trust_remote_code)
         if not getattr(stok, "is_fast", False):
             raise FusekitError(f"source {source.path}: fusellm needs a fast (tokenizers) tokenizer")
-        dtype = torch.bfloat16 if r.source_dtype() == "bf16" else torch.float32
         smodel = load_causal_lm(
             source.path,
-            dtype=dtype,
             allow_pickle=source.allow_pickle,
             trust_remote_code=source.trust_remote_code,
+            **r.source_load(source.load).loader_kwargs(),
         )
         prepared = prepare_source(
             stok,
