@@ -42,12 +42,33 @@ def local_model_paths(recipe: Any) -> list[Path]:
     return [Path(ref.path) for ref in local_models(recipe)]
 
 
-def plan(recipe: Any, overrides: list[str] | None = None) -> dict[str, Any]:
-    """What ``run`` would do (``--dry-run``): reads no weights, writes nothing."""
-    from fusekit.checks import checked
+def plan(
+    recipe: Any,
+    overrides: list[str] | None = None,
+    accelerate_config: str | Path | None = None,
+) -> dict[str, Any]:
+    """What ``run`` would do (``--dry-run``): reads no weights, writes nothing.
 
+    A training step's memory is per process: sharded as ``accelerate_config`` says
+    (FSDP, ZeRO), compared with the device a process trains on (the GPU, else RAM),
+    and, when over it, with the settings that would bring it under.
+    """
+    from fusekit.checks import checked
+    from fusekit.estimates import device_memory, memory_advice, sharded
+    from fusekit.pipeline import check_accelerate_config
+    from fusekit.recipe.loading import load_yaml
+
+    config = check_accelerate_config(accelerate_config) if accelerate_config else None
     recipe, strategy = checked(_as_recipe(recipe, overrides))
     plan = {"strategy": recipe.strategy, **strategy.plan()}
+    memory = plan.get("training_memory_bytes")
+    if memory is not None:
+        if config is not None:
+            memory = plan["training_memory_bytes"] = sharded(memory, load_yaml(config.read_text()))
+        name, capacity = device_memory()
+        plan["memory_device"] = {"name": name, "bytes": capacity}
+        if memory["total"] > capacity:
+            plan["memory_advice"] = memory_advice(memory, capacity, sharded_already=bool(config))
     if strategy.has_training():
         t = recipe.train
         plan["train"] = {

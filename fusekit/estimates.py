@@ -8,23 +8,38 @@ been trained yet.
 
 Training memory is an estimate of the peak, in bytes, of one training step:
 
-* weights: every loaded model in fp32 (fusekit trains in fp32; ``precision``
-  autocasts the matmuls but keeps fp32 masters), 4 bytes per parameter;
-* optimiser: a gradient and AdamW's two moments per trainable parameter, 12 bytes;
+* weights: every model held, in its load dtype (``load.dtype``: fp32 for the model
+  that trains, the training precision for frozen ones by default);
+* gradients: 4 bytes per trainable parameter (fp32, like the master weights);
+* optimizer: its state per trainable parameter (``train.optim``): 8 bytes for the
+  AdamW family (two fp32 moments), 2 for 8-bit AdamW, about none for Adafactor
+  (factored moments) and SGD;
 * activations kept for backward, per layer of each model gradients flow through,
-  ``s·b·h·(34 + 5·a·s/h)`` bytes at 16 bits (Korthikanti et al. 2022, "Reducing
-  Activation Recomputation in Large Transformer Models", no recomputation),
-  doubled for fp32;
+  counted for a pre-norm decoder block the way autograd saves them: per token
+  ``6h + 4i`` values in the compute dtype (projection and MLP outputs, 2 bytes under
+  bf16/fp16 autocast) and ``5h`` in fp32 (norm inputs and outputs), plus the
+  attention probabilities (``a·s`` per token) with ``eager`` attention only — SDPA
+  keeps none (measured on SmolLM2-135M at 4 × 512 tokens: 4.1 GB after the forward
+  with SDPA, 5.8 GB with eager).  With gradient checkpointing each layer keeps its
+  input (``h``) and one layer at a time is recomputed;
 * logits: ``[batch, seq, vocab]`` fp32 three times over (logits, log-softmax,
-  their gradient) for a trained model; once for a model run without gradients.
+  their gradient) for a trained model; once for a model run without gradients;
+* runtime: what a training step allocates beyond these on the CPU (autograd's
+  engine, oneDNN's scratch, ``Trainer``), measured at 250-300 MB for any model
+  size by ``bench/memory.py``; not counted on a GPU, whose peak
+  (``torch.cuda.max_memory_allocated``) holds tensors only.
 
-It is an order-of-magnitude guide (allocator overheads, fused kernels and the
-framework itself are not counted), which is what the plan labels it.
+On the CPU the parts add up: freed memory stays in the allocator, so the peak
+RSS is their sum.  ``bench/memory.py`` checks the estimate against measured peaks
+(``docs/benchmarks.md``).  It does not count a run's save, which serialises each
+tensor once more.
 """
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +47,9 @@ from typing import Any
 from fusekit import log
 
 FP32 = 4
-#: A gradient and AdamW's two moments, in fp32, per trainable parameter.
-OPTIMIZER_BYTES_PER_PARAMETER = 3 * FP32
+#: What a CPU training step allocates beyond the parts counted (bench/memory.py: 290-299 MB
+#: measured on tiny models, whose counted parts are ~16 MB).
+CPU_RUNTIME_BYTES = 256 * 10**6
 
 
 @dataclass(frozen=True)
@@ -45,6 +61,8 @@ class ModelFacts:
     layers: int
     hidden: int
     heads: int
+    #: the MLP's inner width (``intermediate_size``; GPT-2's ``n_inner`` or 4·hidden)
+    intermediate: int
     vocab: int
     parameters: int
     #: parameters of one decoder block (every block has the same shape here)
@@ -86,12 +104,15 @@ def _facts(name: str, config: Any, model: Any, from_scratch: bool) -> ModelFacts
     layers = int(getattr(text, "num_hidden_layers", 0) or getattr(text, "n_layer", 0))
     block = sum(p.numel() for n, p in model.named_parameters() if _FIRST_BLOCK.search(n))
     dtype = str(getattr(text, "dtype", None) or "float32")
+    hidden = int(getattr(text, "hidden_size", 0) or getattr(text, "n_embd", 0))
+    inner = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None)
     return ModelFacts(
         name=name,
         architecture=str(config.model_type),
         layers=layers,
-        hidden=int(getattr(text, "hidden_size", 0) or getattr(text, "n_embd", 0)),
+        hidden=hidden,
         heads=int(getattr(text, "num_attention_heads", 0) or getattr(text, "n_head", 0)),
+        intermediate=int(inner or 4 * hidden),
         vocab=int(text.vocab_size),
         parameters=total,
         layer_parameters=block,
@@ -138,40 +159,169 @@ def lora_parameters(ref: Any, peft_kwargs: dict[str, Any]) -> int:
     return int(wrapped.get_nb_trainable_parameters()[0])
 
 
-def _activation_bytes(m: ModelFacts, batch: int, seq: int) -> int:
-    per_layer = seq * batch * m.hidden * (34 + 5 * m.heads * seq / max(m.hidden, 1))
-    return int(per_layer * m.layers * (FP32 / 2))
+def optimizer_state_bytes(optim: str) -> int:
+    """Bytes of optimizer state per trainable parameter, by ``train.optim``'s family."""
+    if optim.startswith(("sgd", "adafactor")):
+        return 0  # no momentum; Adafactor keeps a row and a column per matrix
+    if "8bit" in optim or optim.startswith(("adamw_bnb", "lion_bnb")):
+        return 2  # two 8-bit moments (lion: one)
+    if optim.startswith("lion"):
+        return FP32
+    return 2 * FP32  # AdamW and its kin: two fp32 moments
+
+
+def activation_bytes(
+    m: ModelFacts, batch: int, seq: int, *, precision: str, attention: str | None,
+    checkpointing: bool,
+) -> int:  # fmt: skip
+    """What ``m``'s layers keep for backward (see the module docstring)."""
+    compute = 2 if precision in ("bf16", "fp16") else FP32
+    per_token = (6 * m.hidden + 4 * m.intermediate) * compute + 5 * m.hidden * FP32
+    if attention == "eager":
+        per_token += m.heads * seq * compute
+    layer = batch * seq * per_token
+    if checkpointing:
+        return batch * seq * m.hidden * compute * m.layers + layer
+    return layer * m.layers
 
 
 def training_memory(
     *,
-    loaded: list[ModelFacts],
+    held: Sequence[tuple[ModelFacts, int]],
     trainable: int,
-    backprop: list[ModelFacts],
-    forward_only: list[ModelFacts],
-    batch: int,
-    seq: int,
-    loaded_half: tuple[ModelFacts, ...] = (),
-) -> dict[str, int]:
+    backprop: Sequence[ModelFacts],
+    forward_only: Sequence[ModelFacts],
+    train: Any,
+    attention: str | None = None,
+    extra_weights: int = 0,
+    alternatives: bool = True,
+) -> dict[str, Any]:
     """The parts of one training step's peak memory, and their ``total`` (bytes).
 
-    ``loaded``: models held in fp32, ``loaded_half`` in a 2-byte dtype;
+    ``held``: every model in memory with the bytes per parameter of its load dtype;
     ``backprop``: models gradients flow through (their activations are kept);
-    ``forward_only``: models run without gradients (only their logits count).
+    ``forward_only``: models run without gradients (only their logits count);
+    ``train``: the recipe's ``TrainSpec`` (batch, length, precision, optimizer,
+    checkpointing); ``attention``: the trained model's attention kernel;
+    ``extra_weights``: bytes of trained weights outside every model (CALM's Θ_C).
+    ``options`` holds the parts each memory knob not yet set would give (the dry run
+    suggests them when the total exceeds the device).
     """
-    parts = {
-        "weights": FP32 * sum(m.parameters for m in loaded)
-        + 2 * sum(m.parameters for m in loaded_half),
-        "optimizer": OPTIMIZER_BYTES_PER_PARAMETER * trainable,
-        "activations": sum(_activation_bytes(m, batch, seq) for m in backprop),
-        "logits": FP32
-        * batch
-        * seq
-        * (3 * sum(m.vocab for m in backprop) + sum(m.vocab for m in forward_only)),
+    batch, seq = train_shape(train)
+    activations = sum(
+        activation_bytes(
+            m, batch, seq, precision=train.precision, attention=attention,
+            checkpointing=train.gradient_checkpointing,
+        )
+        for m in backprop
+    )  # fmt: skip
+    vocab = 3 * sum(m.vocab for m in backprop) + sum(m.vocab for m in forward_only)
+    parts: dict[str, Any] = {
+        "weights": sum(m.parameters * size for m, size in held) + extra_weights,
+        "gradients": FP32 * trainable,
+        "optimizer": optimizer_state_bytes(train.optim) * trainable,
+        "activations": activations,
+        "logits": FP32 * batch * seq * vocab,
+        "runtime": 0 if _cuda() else CPU_RUNTIME_BYTES,
     }
-    return {**parts, "total": sum(parts.values())}
+    parts["total"] = sum(parts.values())
+    if alternatives:
+        kwargs = dict(held=held, trainable=trainable, backprop=backprop,
+                      forward_only=forward_only, attention=attention,
+                      extra_weights=extra_weights, alternatives=False)  # fmt: skip
+        parts["options"] = {
+            knob: training_memory(train=train.model_copy(update=change), **kwargs)
+            for knob, change in _knobs(train).items()
+        }
+    return parts
+
+
+def _knobs(train: Any) -> dict[str, dict[str, Any]]:
+    """The settings that would lower a step's memory, as recipe lines, and their change."""
+    knobs: dict[str, dict[str, Any]] = {}
+    if not train.gradient_checkpointing:
+        knobs["train.gradient_checkpointing: true"] = {"gradient_checkpointing": True}
+    if train.precision == "fp32":
+        knobs["train.precision: bf16"] = {"precision": "bf16"}
+    if optimizer_state_bytes(train.optim) > 0:
+        knobs["train.optim: adafactor"] = {"optim": "adafactor"}
+    if train.batch_size > 1:
+        half = train.batch_size // 2
+        knobs[f"train.batch_size: {half} with grad_accum: {train.grad_accum * 2}"] = {
+            "batch_size": half, "grad_accum": train.grad_accum * 2,
+        }  # fmt: skip
+    return knobs
+
+
+def _cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def load_bytes(dtype: str | None, facts: ModelFacts) -> int:
+    """Bytes per parameter of a model loaded as ``load.dtype`` says (``auto``: as stored)."""
+    return {"bf16": 2, "fp16": 2, "fp32": FP32}.get(str(dtype), facts.disk_bytes_per_parameter)
 
 
 def train_shape(train: Any) -> tuple[int, int]:
     """(micro-batch rows, tokens per row) of a recipe's ``train`` section."""
     return int(train.batch_size), int(train.seq_len)
+
+
+def sharded(parts: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """A step's memory per rank under an accelerate config's sharding.
+
+    FSDP (fusekit shards with FSDP2, full sharding) divides weights, gradients and
+    optimizer state by the number of ranks; DeepSpeed ZeRO-2 the gradients and
+    state, ZeRO-1 the state; data parallelism (DDP) divides nothing.  Activations,
+    logits and the runtime are each rank's own.
+    """
+    ranks = int(config.get("num_processes") or 1)
+    kind = str(config.get("distributed_type") or "NO")
+    stage = int((config.get("deepspeed_config") or {}).get("zero_stage") or 0)
+    divided = {
+        "FSDP": ("weights", "gradients", "optimizer"),
+        "DEEPSPEED": {1: ("optimizer",), 2: ("gradients", "optimizer")}.get(stage, ()),
+    }.get(kind, ())
+    out: dict[str, Any] = {
+        k: (v // ranks if k in divided else v)
+        for k, v in parts.items()
+        if k not in ("options", "total", "ranks")
+    }
+    out["total"] = sum(out.values())
+    out["ranks"] = ranks
+    if "options" in parts:
+        out["options"] = {k: sharded(v, config) for k, v in parts["options"].items()}
+    return out
+
+
+def device_memory() -> tuple[str, int]:
+    """What one training process must fit in: the first GPU's memory where CUDA is
+    present, else the machine's RAM."""
+    import torch
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return f"GPU {props.name}", int(props.total_memory)
+    return "RAM", int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def memory_advice(
+    memory: dict[str, Any], capacity: int, *, sharded_already: bool = False
+) -> list[tuple[str, int]]:
+    """``(setting, total it gives)`` for each setting that lowers a step over ``capacity``,
+    lowest first; then FSDP2 over the fewest GPUs that would fit (unless sharded)."""
+    worth = 0.99 * memory["total"]  # a setting that saves under 1 % is no advice
+    advice = sorted(
+        ((knob, parts["total"]) for knob, parts in memory.get("options", {}).items()
+         if parts["total"] < worth),
+        key=lambda item: item[1],
+    )  # fmt: skip
+    if not sharded_already:
+        for ranks in (2, 4, 8, 16, 32, 64):
+            total = sharded(memory, {"distributed_type": "FSDP", "num_processes": ranks})["total"]
+            if total <= capacity:
+                advice.append((f"FSDP2 over {ranks} GPUs (docs/distributed.md)", total))
+                break
+    return advice

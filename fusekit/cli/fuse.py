@@ -153,7 +153,7 @@ def fuse(
     recipe = parse_recipe(data_dict, source="fusekit fuse", overrides=list(set_))
     check_json_flag(as_json, dry_run, "a run's record is OUT/fusekit.json")
     if dry_run:
-        show_plan(api.plan(recipe), as_json)
+        show_plan(api.plan(recipe, accelerate_config=accelerate_config), as_json)
         return
     print_summary(
         api.run(

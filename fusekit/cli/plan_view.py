@@ -17,7 +17,8 @@ from typing import Any
 _SHOWN = {
     "strategy", "models", "layers_before", "layers_after", "layer_map", "layer_sources",
     "parameters_before", "parameters_after", "trainable_parameters", "disk_bytes", "shards",
-    "peak_memory_bytes", "training_memory_bytes", "train", "note", "anchor", "augments",
+    "peak_memory_bytes", "training_memory_bytes", "memory_device", "memory_advice", "train",
+    "note", "anchor", "augments",
     "anchor_parameters", "composition_bytes_fp32", "target", "sources", "steps", "lr",
     "composition_parameters", "share_of_anchor", "architecture", "seq_len",
     "offline_store_bytes_per_chunk_per_source",
@@ -72,9 +73,18 @@ def _memory_lines(plan: dict[str, Any]) -> list[str]:
     step = plan.get("training_memory_bytes")
     if step:
         parts = ", ".join(
-            f"{name} {human_bytes(value)}" for name, value in step.items() if name != "total"
+            f"{name} {human_bytes(value)}"
+            for name, value in step.items()
+            if name not in ("total", "options", "ranks")
         )
-        lines.append(f"training step ~{human_bytes(step['total'])} ({parts})")
+        each = f" per process of {step['ranks']}" if step.get("ranks", 1) > 1 else ""
+        lines.append(f"training step ~{human_bytes(step['total'])}{each} ({parts})")
+    device = plan.get("memory_device")
+    if step and device:
+        fits = "fits" if step["total"] <= device["bytes"] else "does NOT fit"
+        lines.append(f"{fits} the {human_bytes(device['bytes'])} of {device['name']}")
+        for setting, total in plan.get("memory_advice", []):
+            lines.append(f"  with {setting}: ~{human_bytes(total)}")
     return lines
 
 

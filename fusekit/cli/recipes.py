@@ -74,7 +74,7 @@ def run(
     overrides = list(set_)
     check_json_flag(as_json, dry_run, "a run's record is OUT/fusekit.json")
     if dry_run:
-        show_plan(api.plan(recipe, overrides), as_json)
+        show_plan(api.plan(recipe, overrides, accelerate_config), as_json)
         return
     result = api.run(
         recipe,

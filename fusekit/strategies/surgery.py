@@ -12,7 +12,8 @@ from dataclasses import replace
 from typing import Any
 
 from fusekit.errors import DataError
-from fusekit.estimates import ModelFacts, train_shape, training_memory
+from fusekit.estimates import ModelFacts, load_bytes, training_memory
+from fusekit.recipe.common import own_load
 from fusekit.result import StageResult, TrainingRecord
 from fusekit.strategies.base import Built, Prepared, Strategy
 
@@ -31,20 +32,22 @@ class SurgeryStrategy(Strategy):
             raise DataError("train needs data: set train.data (or data.train) in the recipe")
 
     def with_estimates(
-        self, described: dict[str, Any], parent: ModelFacts, trainable: int
+        self, described: dict[str, Any], parent: ModelFacts, trainable: int, base: Any
     ) -> dict[str, Any]:
         """The surgery's plan plus the parent's facts and, when the recipe trains, the
-        estimated memory of a training step on the result (``trainable`` parameters)."""
+        estimated memory of a training step on the result (``trainable`` parameters),
+        which loads as the ``base`` reference's ``load:`` says."""
         after = replace(
             parent, layers=described["layers_after"], parameters=described["parameters_after"]
         )
         plan = {**described, "models": {"model": parent.as_dict()}}
         if self.has_training():
-            batch, seq = train_shape(self.recipe.train)
+            load = self.recipe.model_load(own_load(base))
             plan["trainable_parameters"] = trainable
             plan["training_memory_bytes"] = training_memory(
-                loaded=[after], trainable=trainable, backprop=[after], forward_only=[],
-                batch=batch, seq=seq,
+                held=[(after, load_bytes(load.dtype, after))], trainable=trainable,
+                backprop=[after], forward_only=[], train=self.recipe.train,
+                attention=load.attn_implementation,
             )  # fmt: skip
         return plan
 

@@ -151,15 +151,117 @@ def test_lora_parameters_match_peft(models: dict[str, Path]) -> None:
 
 
 def test_training_memory_parts() -> None:
-    from fusekit.estimates import ModelFacts
+    from fusekit.estimates import CPU_RUNTIME_BYTES, ModelFacts, activation_bytes
+    from fusekit.recipe.common import TrainSpec
 
-    m = ModelFacts("m", "llama", layers=2, hidden=64, heads=4, vocab=1000, parameters=10_000,
-                   layer_parameters=3000, disk_bytes_per_parameter=2, from_scratch=False)  # fmt: skip
-    one = training_memory(loaded=[m, m], trainable=100, backprop=[m], forward_only=[m],
-                          batch=2, seq=16)  # fmt: skip
-    assert one["weights"] == 4 * 20_000 and one["optimizer"] == 12 * 100
+    m = ModelFacts("m", "llama", layers=2, hidden=64, heads=4, intermediate=128, vocab=1000,
+                   parameters=10_000, layer_parameters=3000, disk_bytes_per_parameter=2,
+                   from_scratch=False)  # fmt: skip
+    spec = TrainSpec(steps=1, batch_size=2, seq_len=16)
+    one = training_memory(held=[(m, 4), (m, 2)], trainable=100, backprop=[m], forward_only=[m],
+                          train=spec)  # fmt: skip
+    assert one["weights"] == 4 * 10_000 + 2 * 10_000
+    assert one["gradients"] == 4 * 100 and one["optimizer"] == 8 * 100  # 16 B with the master
     assert one["logits"] == 4 * 2 * 16 * (3 * 1000 + 1000)
-    assert one["total"] == sum(v for k, v in one.items() if k != "total")
-    two = training_memory(loaded=[m], trainable=100, backprop=[m], forward_only=[],
-                          batch=4, seq=16)  # fmt: skip
+    # per token and layer: 6h + 4i values in fp32 and 5h fp32 norm values
+    assert one["activations"] == 2 * 16 * 2 * ((6 * 64 + 4 * 128) * 4 + 5 * 64 * 4)
+    assert one["runtime"] == CPU_RUNTIME_BYTES  # no GPU here
+    assert one["total"] == sum(v for k, v in one.items() if k not in ("total", "options"))
+    # what each memory setting not yet made would give, for the dry run's advice
+    options = one["options"]
+    assert options["train.gradient_checkpointing: true"]["activations"] < one["activations"]
+    assert options["train.batch_size: 1 with grad_accum: 2"]["logits"] == one["logits"] // 2
+    two = training_memory(held=[(m, 4)], trainable=100, backprop=[m], forward_only=[],
+                          train=spec.model_copy(update={"batch_size": 4}))  # fmt: skip
     assert two["activations"] == 2 * one["activations"]
+    # eager attention keeps the probabilities (a·s per token); SDPA keeps none
+    eager = activation_bytes(m, 2, 16, precision="fp32", attention="eager", checkpointing=False)
+    assert eager - one["activations"] == 2 * 16 * 2 * 4 * 16 * 4
+    # checkpointing keeps each layer's input and recomputes one layer at a time
+    kept = activation_bytes(m, 2, 16, precision="fp32", attention=None, checkpointing=True)
+    assert kept == 2 * 16 * 64 * 4 * 2 + one["activations"] // 2
+    bf16 = activation_bytes(m, 2, 16, precision="bf16", attention=None, checkpointing=False)
+    assert bf16 == 2 * 16 * 2 * ((6 * 64 + 4 * 128) * 2 + 5 * 64 * 4)
+    # the optimizer's state follows train.optim
+    for optim, per in (("adafactor", 0), ("sgd", 0), ("adamw_torch_fused", 8)):
+        got = training_memory(held=[], trainable=100, backprop=[], forward_only=[],
+                              train=spec.model_copy(update={"optim": optim}))  # fmt: skip
+        assert got["optimizer"] == per * 100, optim
+
+
+def _seven_billion(folder: Path) -> Path:
+    """Llama-2-7B's config and a safetensors file whose header names every tensor in
+    fp16: a sparse file of the right size, so the dry run reads headers, never weights."""
+    import struct
+
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from tests.training.conftest import make_tokenizer
+
+    config = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
+                         max_position_embeddings=4096, tie_word_embeddings=False)  # fmt: skip
+    config.save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    header, offset = {}, 0
+    for name, tensor in model.state_dict().items():
+        size = tensor.numel() * 2
+        header[name] = {"dtype": "F16", "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + size]}  # fmt: skip
+        offset += size
+    raw = json.dumps(header).encode()
+    with open(folder / "model.safetensors", "wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)) + raw)
+        fh.truncate(8 + len(raw) + offset)
+    return folder
+
+
+def test_a_seven_billion_model_plans_with_the_usual_accounting(
+    corpus: Path, tmp_path: Path
+) -> None:
+    """16 bytes per trained parameter (fp32 master and gradient, two AdamW moments),
+    activations on top, and what to change when the step exceeds the machine."""
+    folder = _seven_billion(tmp_path / "llama-7b")
+    recipe = {"strategy": "finetune", "model": str(folder),
+              "train": {"data": str(corpus), "steps": 10, "batch_size": 1, "seq_len": 2048,
+                        "precision": "bf16"}}  # fmt: skip
+    path = write_recipe(tmp_path / "r.yaml", recipe)
+    result = cli("run", str(path), "-o", str(tmp_path / "out"), "--dry-run", "--json")
+    assert result.code == 0, result.stderr
+    plan = json.loads(result.stdout)
+    params = plan["models"]["model"]["parameters"]
+    assert 6.7e9 < params < 6.8e9  # Llama-2-7B
+    memory = plan["training_memory_bytes"]
+    assert memory["weights"] + memory["gradients"] + memory["optimizer"] == 16 * params
+    # bf16 activations of 32 layers at 2,048 tokens: (6h + 4i)·2 + 5h·4 bytes per token
+    assert memory["activations"] == 2048 * 32 * ((6 * 4096 + 4 * 11008) * 2 + 5 * 4096 * 4)
+    assert memory["logits"] == 4 * 2048 * 32000 * 3
+    assert memory["total"] > plan["memory_device"]["bytes"]  # 2 cores, 24 GB: no 7B training
+    advice = dict(plan["memory_advice"])
+    assert advice["train.gradient_checkpointing: true"] < memory["total"] - 13e9
+    fsdp = [k for k in advice if k.startswith("FSDP2 over")]
+    assert fsdp and advice[fsdp[0]] <= plan["memory_device"]["bytes"]
+    assert not (tmp_path / "out").exists()
+    text = cli("run", str(path), "-o", str(tmp_path / "out"), "--dry-run")
+    assert (
+        "does NOT fit" in text.stdout and "with train.gradient_checkpointing: true" in text.stdout
+    )
+
+
+def test_an_fsdp_config_divides_what_it_shards(
+    models: dict[str, Path], corpus: Path, tmp_path: Path
+) -> None:
+    path = write_recipe(tmp_path / "r.yaml", recipe_for("finetune", models, corpus))
+    config = tmp_path / "fsdp.yaml"
+    config.write_text("distributed_type: FSDP\nnum_processes: 4\nfsdp_config: {fsdp_version: 2}\n")
+    one = json.loads(cli("run", str(path), "--dry-run", "--json").stdout)["training_memory_bytes"]
+    four = json.loads(cli("run", str(path), "--dry-run", "--json", "--accelerate-config",
+                          str(config)).stdout)["training_memory_bytes"]  # fmt: skip
+    assert four["ranks"] == 4
+    for part in ("weights", "gradients", "optimizer"):
+        assert four[part] == one[part] // 4
+    for part in ("activations", "logits", "runtime"):
+        assert four[part] == one[part]

@@ -52,7 +52,7 @@ class BlockExpansionStrategy(SurgeryStrategy):
             described = expansion_describe(folder, plan, config=config, **self._options())
         new = len(plan.new_layers) * parent.layer_parameters
         trainable = new if r.trainable == "new" else described["parameters_after"]
-        return self.with_estimates(described, parent, trainable)
+        return self.with_estimates(described, parent, trainable, r.model)
 
     def input_paths(self) -> list[Path]:
         folder = peek_model(self.recipe.model)

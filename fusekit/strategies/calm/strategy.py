@@ -14,6 +14,7 @@ from typing import Any
 
 from fusekit import log
 from fusekit.errors import PlanError
+from fusekit.recipe.common import own_load
 from fusekit.result import StageResult, TrainingRecord
 from fusekit.strategies.base import Built, Prepared, Strategy, model_inputs
 
@@ -212,7 +213,7 @@ class CalmStrategy(Strategy):
         }
 
     def plan(self) -> dict[str, Any]:
-        from fusekit.estimates import model_facts, train_shape, training_memory
+        from fusekit.estimates import FP32, load_bytes, model_facts, training_memory
         from fusekit.strategies.calm.build import composition_config
 
         r = self.recipe
@@ -242,13 +243,15 @@ class CalmStrategy(Strategy):
         if any(m.from_scratch for m in (anchor, *augments)):
             plan["note"] = "from-scratch bases are trained (and cached) before composing"
         if self.has_training():
-            batch, seq = train_shape(r.train)
             plan["trainable_parameters"] = theta
+            loads = [r.model_load(own_load(ref), frozen=True) for ref in (r.anchor, *r.augment)]
+            held = [(m, load_bytes(load.dtype, m)) for m, load in zip(
+                (anchor, *augments), loads, strict=True)]  # fmt: skip
             # the augments run without gradients and stop at their last paired layer,
             # so their logits are never formed; the anchor's activations are kept
             plan["training_memory_bytes"] = training_memory(
-                loaded=[anchor, *augments], trainable=theta, backprop=[anchor], forward_only=[],
-                batch=batch, seq=seq,
+                held=held, trainable=theta, backprop=[anchor], forward_only=[], train=r.train,
+                attention=loads[0].attn_implementation, extra_weights=FP32 * theta,
             )  # fmt: skip
         return plan
 

@@ -61,7 +61,7 @@ class DepthUpscalingStrategy(SurgeryStrategy):
 
     def plan(self) -> dict[str, Any]:
         r = self.recipe
-        parent = model_facts(r.model if r.model is not None else r.slices[0].sources[0].model)
+        parent = model_facts(self._base_ref())
         layout = self._layout(materialize=False)
         if layout is None:
             # an untrained from-scratch parent: the plan follows from its config
@@ -80,7 +80,9 @@ class DepthUpscalingStrategy(SurgeryStrategy):
                 max_shard_bytes=self._shard_size(),
                 configs=configs,
             )
-        return self.with_estimates(described, parent, described["parameters_after"])
+        return self.with_estimates(
+            described, parent, described["parameters_after"], self._base_ref()
+        )
 
     def input_paths(self) -> list[Path]:
         layout = self._layout(materialize=False)

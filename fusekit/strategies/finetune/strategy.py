@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
+from fusekit.recipe.common import own_load
 from fusekit.strategies.base import Built, Prepared, Strategy, model_input
 
 
@@ -17,16 +18,16 @@ class FinetuneStrategy(Strategy):
     tag: ClassVar[str] = "finetune"
 
     def plan(self) -> dict[str, Any]:
-        from fusekit.estimates import lora_parameters, model_facts, train_shape, training_memory
+        from fusekit.estimates import load_bytes, lora_parameters, model_facts, training_memory
 
         r = self.recipe
         model = model_facts(r.model)
         lora = r.lora.peft_kwargs() if r.lora is not None else None
         trainable = lora_parameters(r.model, lora) if lora is not None else model.parameters
-        batch, seq = train_shape(r.train)
+        load = r.model_load(own_load(r.model))
         memory = training_memory(
-            loaded=[model], trainable=trainable, backprop=[model], forward_only=[],
-            batch=batch, seq=seq,
+            held=[(model, load_bytes(load.dtype, model))], trainable=trainable,
+            backprop=[model], forward_only=[], train=r.train, attention=load.attn_implementation,
         )  # fmt: skip
         return {
             "method": "lora" if r.lora is not None else "full",

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fusekit.errors import DataError, FusekitError
+from fusekit.recipe.common import own_load
 from fusekit.strategies.base import Built, Prepared, Strategy, model_inputs
 
 
@@ -77,14 +78,17 @@ class FuseLLMStrategy(Strategy):
     def _estimates(self) -> dict[str, Any]:
         """Sizes of the target and sources, and one training step's memory: the sources
         run without gradients beside the target online, before training offline."""
-        from fusekit.estimates import model_facts, train_shape, training_memory
+        from fusekit.estimates import load_bytes, model_facts, training_memory
 
         r = self.recipe
         target = model_facts(r.target)
         sources = [model_facts(s) for s in r.sources]
-        batch, seq = train_shape(r.train)
         online = r.mode == "online"
-        half = online and r.source_dtype() in ("bf16", "fp16")
+        load = r.model_load(own_load(r.target))
+        held = [(target, load_bytes(load.dtype, target))]
+        if online:  # offline, the sources ran (one at a time) before training
+            held += [(m, load_bytes(r.source_load(own_load(ref)).dtype, m))
+                     for m, ref in zip(sources, r.sources, strict=True)]  # fmt: skip
         return {
             "models": {
                 "target": target.as_dict(),
@@ -93,13 +97,12 @@ class FuseLLMStrategy(Strategy):
             "trainable_parameters": target.parameters,
             "disk_bytes": target.parameters * target.disk_bytes_per_parameter,
             "training_memory_bytes": training_memory(
-                loaded=[target, *sources] if online and not half else [target],
-                loaded_half=tuple(sources) if half else (),
+                held=held,
                 trainable=target.parameters,
                 backprop=[target],
                 forward_only=sources if online else [],
-                batch=batch,
-                seq=seq,
+                train=r.train,
+                attention=load.attn_implementation,
             ),
         }
 
