@@ -70,11 +70,11 @@ def bench_vocab(bpe: Any, sp: Any, rows: list) -> None:
     em = compute_vocab_map(sp, bpe, "em")
     src, tgt = token_table(sp), token_table(bpe)
     todo = [i for i, c in enumerate(src.canon) if c is not None and em[i] < 0]
-    choices = [c.lower() for c in tgt.canon if c is not None]
+    choices = [c for c in tgt.canon if c is not None]
     sample = random.Random(0).sample(todo, min(100, len(todo)))
     start = time.perf_counter()
     for i in sample:  # the reference: min over the whole vocabulary, one Python call per pair
-        query = src.canon[i].lower()
+        query = src.canon[i]
         min(((y, Levenshtein.distance(query, y)) for y in choices), key=lambda d: d[1])
     per_query = (time.perf_counter() - start) / len(sample)
     t_ref = per_query * len(todo)
