@@ -122,18 +122,97 @@ def models(kind: str, root: Path) -> tuple[dict[str, str], dict[str, dict[str, A
                   "b": {"groups": 2, "remove": 1, "every": 2}}  # fmt: skip
 
 
+#: Published shapes (hidden, intermediate, layers, heads, kv heads, vocab, tied embeddings).
+SHAPES = {
+    "Llama-3.2-1B": (2048, 8192, 16, 32, 8, 128256, True),
+    "Llama-3.2-3B": (3072, 8192, 28, 24, 8, 128256, True),
+    "Llama-3.1-8B": (4096, 14336, 32, 32, 8, 128256, False),
+    "Llama-2-13B": (5120, 13824, 40, 40, 40, 32000, False),
+    "Llama-3.1-70B": (8192, 28672, 80, 64, 8, 128256, False),
+}
+
+#: (label, train fields, bytes per held parameter, LoRA, FSDP ranks)
+COMBOS = [
+    ("AdamW, fp32 masters", {}, 4, False, 1),
+    ("+ checkpointing", {"gradient_checkpointing": True}, 4, False, 1),
+    ("+ checkpointing, 8-bit AdamW", {"gradient_checkpointing": True,
+                                      "optim": "adamw_bnb_8bit"}, 4, False, 1),
+    ("+ checkpointing, pure bf16", {"gradient_checkpointing": True}, 2, False, 1),
+    ("LoRA r16 on a bf16 base + checkpointing", {"gradient_checkpointing": True}, 2, True, 1),
+    ("+ checkpointing, FSDP2 over 8 GPUs", {"gradient_checkpointing": True}, 4, False, 8),
+]  # fmt: skip
+
+
+def fit_table(seq: int = 2048) -> list[dict[str, Any]]:
+    """The dry run's estimate for published model shapes under each combination of
+    settings, at one sequence of ``seq`` tokens per GPU in bf16 autocast: what fits
+    on one 24 GB or 80 GB GPU (no runtime part: a GPU's peak holds tensors only)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from fusekit.estimates import _facts, sharded, training_memory
+    from fusekit.recipe.common import TrainSpec
+
+    rows = []
+    for name, (h, i, layers, heads, kv, vocab, tied) in SHAPES.items():
+        config = LlamaConfig(hidden_size=h, intermediate_size=i, num_hidden_layers=layers,
+                             num_attention_heads=heads, num_key_value_heads=kv,
+                             vocab_size=vocab, tie_word_embeddings=tied)  # fmt: skip
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        facts = _facts(name, config, model, False)
+        lora = get_peft_model(model, LoraConfig(r=16, target_modules="all-linear"))
+        adapters = int(lora.get_nb_trainable_parameters()[0])
+        for label, fields, size, with_lora, ranks in COMBOS:
+            # model_copy: an estimate needs no optimizer package installed
+            train = TrainSpec(steps=1, batch_size=1, seq_len=seq, precision="bf16").model_copy(
+                update=fields
+            )
+            parts = training_memory(
+                held=[(facts, size)], trainable=adapters if with_lora else facts.parameters,
+                backprop=[facts], forward_only=[], train=train,
+                trained_bytes=4 if with_lora else size, alternatives=False,
+            )  # fmt: skip
+            parts["runtime"] = 0
+            parts["total"] = sum(v for k, v in parts.items() if k != "total")
+            if ranks > 1:
+                parts = sharded(parts, {"distributed_type": "FSDP", "num_processes": ranks})
+            rows.append({"model": name, "parameters": facts.parameters, "setting": label,
+                         "total": parts["total"]})  # fmt: skip
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", choices=["real", "tiny"], default="real")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--checkpointing", choices=["off", "on", "both"], default="both")
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--seq", type=int, help="tokens a row (default 128; 2,048 for --fit-table)")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--fit-table",
+        action="store_true",
+        help="print what fits on one 24/80 GB GPU, from the estimate alone",
+    )
     args = parser.parse_args(argv)
+    if args.fit_table:
+        rows = fit_table(args.seq or 2048)
+        settings = list(dict.fromkeys(r["setting"] for r in rows))
+        print("| model | " + " | ".join(settings) + " |")
+        print("|---|" + "---:|" * len(settings))
+        for name in SHAPES:
+            cells = [r for r in rows if r["model"] == name]
+            marks = []
+            for r in cells:
+                fits = "/".join(str(g) for g in (24, 80) if r["total"] <= g * 1e9)
+                marks.append(f"{r['total'] / 1e9:.0f} GB" + (f" (fits {fits})" if fits else ""))
+            print(f"| {name} | " + " | ".join(marks) + " |")
+        return rows
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return []
@@ -147,7 +226,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         print("|---|---|---|---:|---:|---:|")
         for name in names:
             other = folders[names[1 - names.index(name)]]
-            shape = {**shapes[name], "batch": args.batch, "seq": args.seq, "steps": args.steps}
+            shape = {**shapes[name], "batch": args.batch, "seq": args.seq or 128,
+                     "steps": args.steps}  # fmt: skip
             for strategy in args.strategies.split(","):
                 for on in switches:
                     rec = recipe(strategy, folders[name], other, data, shape)

@@ -10,10 +10,11 @@ Training memory is an estimate of the peak, in bytes, of one training step:
 
 * weights: every model held, in its load dtype (``load.dtype``: fp32 for the model
   that trains, the training precision for frozen ones by default);
-* gradients: 4 bytes per trainable parameter (fp32, like the master weights);
-* optimizer: its state per trainable parameter (``train.optim``): 8 bytes for the
-  AdamW family (two fp32 moments), 2 for 8-bit AdamW, about none for Adafactor
-  (factored moments) and SGD;
+* gradients: one per trainable parameter in the parameters' dtype (fp32 masters
+  by default; LoRA adapters and CALM's Θ_C are always fp32);
+* optimizer: its state per trainable parameter (``train.optim``): two moments in
+  the parameters' dtype for the AdamW family (8 bytes over fp32 masters), 2 bytes
+  for 8-bit AdamW, about none for Adafactor (factored moments) and SGD;
 * activations kept for backward, per layer of each model gradients flow through,
   counted for a pre-norm decoder block the way autograd saves them: per token
   ``6h + 4i`` values in the compute dtype (projection and MLP outputs, 2 bytes under
@@ -159,15 +160,16 @@ def lora_parameters(ref: Any, peft_kwargs: dict[str, Any]) -> int:
     return int(wrapped.get_nb_trainable_parameters()[0])
 
 
-def optimizer_state_bytes(optim: str) -> int:
-    """Bytes of optimizer state per trainable parameter, by ``train.optim``'s family."""
+def optimizer_state_bytes(optim: str, trained_bytes: int = FP32) -> int:
+    """Bytes of optimizer state per trainable parameter, by ``train.optim``'s family;
+    torch's optimizers keep their moments in the parameters' dtype (``trained_bytes``)."""
     if optim.startswith(("sgd", "adafactor")):
         return 0  # no momentum; Adafactor keeps a row and a column per matrix
     if "8bit" in optim or optim.startswith(("adamw_bnb", "lion_bnb")):
         return 2  # two 8-bit moments (lion: one)
     if optim.startswith("lion"):
-        return FP32
-    return 2 * FP32  # AdamW and its kin: two fp32 moments
+        return trained_bytes
+    return 2 * trained_bytes  # AdamW and its kin: two moments
 
 
 def activation_bytes(
@@ -194,6 +196,7 @@ def training_memory(
     train: Any,
     attention: str | None = None,
     extra_weights: int = 0,
+    trained_bytes: int = FP32,
     alternatives: bool = True,
 ) -> dict[str, Any]:
     """The parts of one training step's peak memory, and their ``total`` (bytes).
@@ -203,7 +206,9 @@ def training_memory(
     ``forward_only``: models run without gradients (only their logits count);
     ``train``: the recipe's ``TrainSpec`` (batch, length, precision, optimizer,
     checkpointing); ``attention``: the trained model's attention kernel;
-    ``extra_weights``: bytes of trained weights outside every model (CALM's Θ_C).
+    ``extra_weights``: bytes of trained weights outside every model (CALM's Θ_C);
+    ``trained_bytes``: the trained parameters' dtype, which their gradients and the
+    optimizer's moments share (fp32 masters by default; 2 under ``load.dtype: bf16``).
     ``options`` holds the parts each memory knob not yet set would give (the dry run
     suggests them when the total exceeds the device).
     """
@@ -218,8 +223,8 @@ def training_memory(
     vocab = 3 * sum(m.vocab for m in backprop) + sum(m.vocab for m in forward_only)
     parts: dict[str, Any] = {
         "weights": sum(m.parameters * size for m, size in held) + extra_weights,
-        "gradients": FP32 * trainable,
-        "optimizer": optimizer_state_bytes(train.optim) * trainable,
+        "gradients": trained_bytes * trainable,
+        "optimizer": optimizer_state_bytes(train.optim, trained_bytes) * trainable,
         "activations": activations,
         "logits": FP32 * batch * seq * vocab,
         "runtime": 0 if _cuda() else CPU_RUNTIME_BYTES,
@@ -228,7 +233,8 @@ def training_memory(
     if alternatives:
         kwargs = dict(held=held, trainable=trainable, backprop=backprop,
                       forward_only=forward_only, attention=attention,
-                      extra_weights=extra_weights, alternatives=False)  # fmt: skip
+                      extra_weights=extra_weights, trained_bytes=trained_bytes,
+                      alternatives=False)  # fmt: skip
         parts["options"] = {
             knob: training_memory(train=train.model_copy(update=change), **kwargs)
             for knob, change in _knobs(train).items()

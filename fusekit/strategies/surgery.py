@@ -47,7 +47,7 @@ class SurgeryStrategy(Strategy):
             plan["training_memory_bytes"] = training_memory(
                 held=[(after, load_bytes(load.dtype, after))], trainable=trainable,
                 backprop=[after], forward_only=[], train=self.recipe.train,
-                attention=load.attn_implementation,
+                attention=load.attn_implementation, trained_bytes=load_bytes(load.dtype, after),
             )  # fmt: skip
         return plan
 

@@ -25,9 +25,11 @@ class FinetuneStrategy(Strategy):
         lora = r.lora.peft_kwargs() if r.lora is not None else None
         trainable = lora_parameters(r.model, lora) if lora is not None else model.parameters
         load = r.model_load(own_load(r.model))
+        held = load_bytes(load.dtype, model)
         memory = training_memory(
-            held=[(model, load_bytes(load.dtype, model))], trainable=trainable,
-            backprop=[model], forward_only=[], train=r.train, attention=load.attn_implementation,
+            held=[(model, held)], trainable=trainable, backprop=[model], forward_only=[],
+            train=r.train, attention=load.attn_implementation,
+            trained_bytes=held if lora is None else 4,  # peft keeps adapters in fp32
         )  # fmt: skip
         return {
             "method": "lora" if r.lora is not None else "full",

@@ -103,6 +103,7 @@ class FuseLLMStrategy(Strategy):
                 forward_only=sources if online else [],
                 train=r.train,
                 attention=load.attn_implementation,
+                trained_bytes=held[0][1],
             ),
         }
 
