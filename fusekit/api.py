@@ -12,13 +12,16 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fusekit import log
 from fusekit.errors import FusekitError
 from fusekit.recipe import load_recipe, recipe_to_dict
 from fusekit.registry import list_strategies
 from fusekit.result import InputRecord, RunResult
+
+if TYPE_CHECKING:
+    from fusekit.pipeline import StageContext
 
 
 def _as_recipe(recipe: Any, overrides: list[str] | None = None) -> Any:
@@ -129,7 +132,7 @@ def run(
     accelerate_config: str | Path | None = None,
     resume: bool | None = None,
     callbacks: Sequence[Any] = (),
-) -> RunResult:
+) -> RunResult | None:
     """Build (and train) what the recipe describes into its output folder; return the result.
 
     The one pipeline: prepare (resolve, surgery) -> per unit build -> fit -> save ->
@@ -138,17 +141,18 @@ def run(
     (the newest complete one; broken ones are skipped, said and removed); while a
     run works it holds the lock on them, so a second run of the same output is
     refused.  ``callbacks`` are extra ``transformers.TrainerCallback`` objects for
-    every fit.
+    every fit.  With an accelerate config for a machine other than the first
+    (``machine_rank`` > 0) only that machine's ranks run (``_run_other_machine``) and
+    the result is None: machine 0 writes the output.
     """
     from fusekit.checks import checked
-    from fusekit.io.gguf import conversion_record
-    from fusekit.io.hashing import data_hash, folder_hash, hash_in_background
+    from fusekit.io.hashing import hash_in_background
     from fusekit.io.lock import lock_checkpoints
     from fusekit.io.output import atomic_output, check_output
     from fusekit.io.provenance import versions, write_model_card, write_run_record
     from fusekit.pipeline import (
-        StageContext,
         check_accelerate_config,
+        machine_rank,
         run_distributed,
         run_stages,
         unit_fingerprint,
@@ -166,6 +170,9 @@ def run(
     spec = recipe.train
     resume = bool(spec is not None and spec.resume) if resume is None else resume
     recipe, strategy = checked(recipe)  # every folder and data file, before any work
+    if config is not None and machine_rank(config) > 0:
+        _run_other_machine(strategy, recipe, recipe_dict, out, config, resume)
+        return None
     root = checkpoint_root(out)
     start = time.perf_counter()
     overwrite = recipe.overwrite if overwrite is None else overwrite
@@ -179,27 +186,8 @@ def run(
             # own included) waits for that one reading instead of making another.
             hash_in_background([path for path in local if path.is_dir()])
             prepared = strategy.prepare(Path(tmp))
-            inputs = {
-                name: InputRecord(
-                    path=m.path, hash=folder_hash(m.path), converted_from=conversion_record(m.path)
-                )
-                for name, m in prepared.inputs.items()
-            }
-            data = {
-                k: InputRecord(path=str(p), hash=data_hash(p))
-                for k, p in _data_files(recipe).items()
-            }
-            ctx = StageContext(
-                workdir=str(tmp),
-                checkpoint_root=str(root),
-                fingerprint={
-                    "recipe": weight_fields(recipe_dict),
-                    "inputs": {k: v.hash for k, v in inputs.items()},
-                    "data": {k: v.hash for k, v in data.items()},
-                    "plan": prepared.plan,
-                },
-                resume=resume,
-                output_name=out.name,
+            inputs, data, ctx = _stage_context(
+                recipe, recipe_dict, prepared, Path(tmp), out, resume
             )
             units = strategy.units(prepared)
             if resume:  # refuse another run's checkpoints before any work
@@ -248,6 +236,71 @@ def run(
         release()
     log.info(f"fusekit: wrote {out}")
     return result
+
+
+def _stage_context(
+    recipe: Any,
+    recipe_dict: dict[str, Any],
+    prepared: Any,
+    workdir: Path,
+    out: Path,
+    resume: bool,
+) -> tuple[dict[str, InputRecord], dict[str, InputRecord], StageContext]:
+    """The run's input and data records, and what every rank needs (``StageContext``).
+
+    ``recipe_dict`` is the recipe as the user wrote it.  The fingerprint is of the
+    inputs' and data's content, so every machine of a multi-machine run computes
+    the same one from its own copies.
+    """
+    from fusekit.io.gguf import conversion_record
+    from fusekit.io.hashing import data_hash, folder_hash
+    from fusekit.pipeline import StageContext
+
+    inputs = {
+        name: InputRecord(
+            path=m.path, hash=folder_hash(m.path), converted_from=conversion_record(m.path)
+        )
+        for name, m in prepared.inputs.items()
+    }
+    data = {k: InputRecord(path=str(p), hash=data_hash(p)) for k, p in _data_files(recipe).items()}
+    ctx = StageContext(
+        workdir=str(workdir),
+        checkpoint_root=str(checkpoint_root(out)),
+        fingerprint={
+            "recipe": weight_fields(recipe_dict),
+            "inputs": {k: v.hash for k, v in inputs.items()},
+            "data": {k: v.hash for k, v in data.items()},
+            "plan": prepared.plan,
+        },
+        resume=resume,
+        output_name=out.name,
+    )
+    return inputs, data, ctx
+
+
+def _run_other_machine(
+    strategy: Any, recipe: Any, recipe_dict: dict[str, Any], out: Path, config: Path, resume: bool
+) -> None:
+    """This machine's ranks of a run whose output machine 0 writes (``machine_rank`` > 0).
+
+    Machine 0's parent owns the output, its temporary sibling, the lock and the run
+    record, and global rank 0 (on machine 0) saves.  Here the inputs are prepared
+    into a private scratch folder, never beside the output; the ranks read
+    ``--resume`` checkpoints from ``.OUT.checkpoints``, which must then be on a
+    filesystem every machine shares.  When nothing trains, machine 0 works alone.
+    """
+    import tempfile
+
+    from fusekit.pipeline import run_distributed
+
+    with tempfile.TemporaryDirectory(prefix="fusekit-machine-") as scratch:
+        prepared = strategy.prepare(Path(scratch))
+        if not strategy.units(prepared):
+            log.info(f"fusekit: nothing trains; machine 0 writes {out} alone")
+            return
+        ctx = _stage_context(recipe, recipe_dict, prepared, Path(scratch), out, resume)[2]
+        run_distributed(strategy, prepared, ctx, config)
+    log.info(f"fusekit: this machine's ranks are done; machine 0 writes {out}")
 
 
 def _leftovers(root: Path) -> None:

@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -125,46 +126,59 @@ def run_stages(
 
 def run_distributed(
     strategy: Strategy, prepared: Prepared, ctx: StageContext, config: Path
-) -> StageResult:
-    """``run_stages`` on every rank of ``accelerate launch --config_file config``."""
+) -> StageResult | None:
+    """``run_stages`` on every rank of ``accelerate launch --config_file config``.
+
+    The job file and the ranks' answer live in a private temporary folder of this
+    machine, not beside the output: on a machine other than the first, whose parent
+    never touches the output, there is then nothing to collide with machine 0's.
+    None when none of this machine's ranks is global rank 0 (the one that reports).
+    """
     from fusekit.recipe import recipe_to_dict
 
-    root = Path(ctx.checkpoint_root)
-    root.mkdir(parents=True, exist_ok=True)
-    job = root / "job.json"
-    for stale in (job.with_suffix(".result.json"), job.with_suffix(".error.json")):
-        stale.unlink(missing_ok=True)
-    job.write_text(
-        json.dumps(
-            {
-                "recipe": recipe_to_dict(strategy.recipe),
-                "prepared": prepared.model_dump(mode="json"),
-                "context": ctx.model_copy(update={"distributed": True}).model_dump(mode="json"),
-            }
+    with tempfile.TemporaryDirectory(prefix="fusekit-job-") as folder:
+        job = Path(folder) / "job.json"
+        job.write_text(
+            json.dumps(
+                {
+                    "recipe": recipe_to_dict(strategy.recipe),
+                    "prepared": prepared.model_dump(mode="json"),
+                    "context": ctx.model_copy(update={"distributed": True}).model_dump(mode="json"),
+                }
+            )
         )
-    )
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
-        "-m", "fusekit.training.worker", str(job),
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, env={**os.environ, WORKER_ENV: "1"})
-    try:
-        proc.wait()
-    except BaseException:
-        # Ctrl-C or SIGTERM here: pass SIGTERM on (accelerate's launcher ends its ranks
-        # on it; a SIGKILL would leave them training into the checkpoint folder).
-        proc.terminate()
+        cmd = [
+            sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+            "-m", "fusekit.training.worker", str(job),
+        ]  # fmt: skip
+        proc = subprocess.Popen(cmd, env={**os.environ, WORKER_ENV: "1"})
         try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        raise
-    error = job.with_suffix(".error.json")
-    if error.is_file():
-        raise FusekitError(json.loads(error.read_text())["error"])
-    if proc.returncode != 0:
-        raise RuntimeError(f"distributed training failed (exit {proc.returncode}): {' '.join(cmd)}")
-    return StageResult.model_validate_json(job.with_suffix(".result.json").read_text())
+            proc.wait()
+        except BaseException:
+            # Ctrl-C or SIGTERM here: pass SIGTERM on (accelerate's launcher ends its ranks
+            # on it; a SIGKILL would leave them training into the checkpoint folder).
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+        error = job.with_suffix(".error.json")
+        if error.is_file():
+            raise FusekitError(json.loads(error.read_text())["error"])
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"distributed training failed (exit {proc.returncode}): {' '.join(cmd)}"
+            )
+        result = job.with_suffix(".result.json")
+        return StageResult.model_validate_json(result.read_text()) if result.is_file() else None
+
+
+def machine_rank(config: Path) -> int:
+    """The ``machine_rank`` of an accelerate config that ``check_accelerate_config`` accepted."""
+    from fusekit.recipe.loading import load_yaml
+
+    return int(load_yaml(config.read_text(encoding="utf-8")).get("machine_rank") or 0)
 
 
 def check_accelerate_config(path: str | Path) -> Path:
@@ -174,7 +188,9 @@ def check_accelerate_config(path: str | Path) -> Path:
     reports a bad one as its own traceback, which the parent could only call an
     internal error.  Checked here: the file exists and is YAML (or JSON) holding a
     mapping; ``distributed_type`` is one accelerate knows; ``num_processes`` and
-    ``num_machines`` are at least 1 and ``machine_rank`` below ``num_machines``.
+    ``num_machines`` are at least 1 and ``machine_rank`` below ``num_machines``; FSDP
+    is version 2 and DeepSpeed not ZeRO-3 (``FusekitTrainer`` refuses both too, for a
+    launch that did not come through fusekit).
     """
     import yaml
     from accelerate.utils import DistributedType
@@ -218,5 +234,18 @@ def check_accelerate_config(path: str | Path) -> Path:
         raise FusekitError(
             f"accelerate config {file}: machine_rank must be between 0 and num_machines - 1 "
             f"({machines - 1}), got {rank!r}"
+        )
+    fsdp = doc.get("fsdp_config") or {}
+    if kind == "FSDP" and str(fsdp.get("fsdp_version", 1)) != "2":
+        raise FusekitError(
+            f"accelerate config {file}: fusekit shards with FSDP2 only; set "
+            "fsdp_config.fsdp_version: 2"
+        )
+    stage = (doc.get("deepspeed_config") or {}).get("zero_stage")
+    if kind == "DEEPSPEED" and str(stage) == "3":
+        raise FusekitError(
+            f"accelerate config {file}: DeepSpeed ZeRO-3 is not supported (its partitioned "
+            "weights cannot be saved from rank 0); shard with FSDP2 (distributed_type: FSDP, "
+            "fsdp_version: 2)"
         )
     return file

@@ -95,7 +95,13 @@ def show_plan(plan: dict[str, Any], as_json: bool) -> None:
 
 
 def print_summary(result: Any) -> None:
-    """The run's headline figures on stdout; everything else is in ``fusekit.json``."""
+    """The run's headline figures on stdout; everything else is in ``fusekit.json``.
+
+    None on a machine other than the first of a multi-machine run, which writes no
+    output: nothing to show.
+    """
+    if result is None:
+        return
     rows: list[tuple[str, Any]] = [("output", result.output), ("strategy", result.strategy)]
     rows += [(k, v) for k, v in result.details.items() if isinstance(v, (int, float, str, bool))]
     training = result.training

@@ -13,6 +13,7 @@ from typing import Any
 
 from transformers import Trainer
 
+from fusekit import log
 from fusekit.errors import FusekitError, PlanError
 
 
@@ -79,7 +80,62 @@ class FusekitTrainer(Trainer):
         self.skip_nonfinite = skip_nonfinite
         self.lr_scale = lr_scale
         self.skipped_steps: list[int] = []
+        self.plain_copy: Any = None  # under FSDP, from ``train``: see ``fusekit.training.sharding``
         super().__init__(*args, **kwargs)
+
+    def create_accelerator_and_postprocess(self) -> None:
+        """``Trainer``'s accelerator, sharding with FSDP on CPU ranks too when launched so."""
+        from fusekit.training.sharding import enable_cpu_fsdp
+
+        super().create_accelerator_and_postprocess()
+        if enable_cpu_fsdp(self.accelerator):
+            self.is_fsdp_enabled = True
+        if self.is_fsdp_enabled and self.accelerator.state.fsdp_plugin.fsdp_version != 2:
+            raise FusekitError(
+                "fusekit shards with FSDP2 only: set fsdp_config.fsdp_version: 2 in the "
+                "accelerate config"
+            )
+        if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
+            # ZeRO-3 partitions the module's own parameters, and rank 0 would save them
+            # as empty tensors (seen in a two-rank run): refuse rather than write that
+            raise FusekitError(
+                "DeepSpeed ZeRO-3 is not supported (its partitioned weights cannot be saved "
+                "from rank 0); shard with FSDP2 instead (distributed_type: FSDP, fsdp_version: 2)"
+            )
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.train``; under FSDP the model is a plain module again afterwards (rank 0)."""
+        from fusekit.training.sharding import PlainCopy, sharded_units
+
+        model = self.model
+        self.plain_copy = PlainCopy(model) if self.is_fsdp_enabled else None
+        result = super().train(*args, **kwargs)
+        if self.plain_copy is not None:
+            units = sharded_units(model)
+            if self.is_world_process_zero():
+                log.info(f"fusekit: trained with FSDP2: {units} unit(s) sharded over "
+                         f"{self.args.world_size} ranks; gathering the weights on rank 0")  # fmt: skip
+            self.plain_copy.restore(model)
+        return result
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """A checkpoint's weights; under FSDP written by rank 0 from the gathered plain module.
+
+        ``Trainer`` hands ``_save`` a gathered state dict under FSDP, but strategies'
+        own ``_save`` (CALM writes Θ_C alone) read the module, whose parameters are
+        shards; saving from the plain module makes every checkpoint what one process
+        would write.
+        """
+        if self.plain_copy is None:
+            super().save_model(output_dir, _internal_call)
+            return
+        plain = self.plain_copy.gather(self.model)
+        if plain is not None:
+            sharded, self.model = self.model, plain
+            try:
+                self._save(output_dir)
+            finally:
+                self.model = sharded
 
     def _split_by_lr_scale(self, optimizer: Any, model: Any) -> None:
         """Split each of ``optimizer``'s groups by ``lr_scale(name)``, before its first step.

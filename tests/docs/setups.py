@@ -6,13 +6,14 @@ import importlib.metadata
 import re
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.docs.collect import REPO, DocItem
+from tests.docs.collect import REPO, DocItem, normalise
 from tests.docs.conftest import Workspace, accelerate_cpu_config
 
 if sys.version_info >= (3, 11):
@@ -215,3 +216,14 @@ def accelerate_config_block(item: DocItem) -> None:
         choices = allowed.get(dest, actions[dest].choices)
         if choices is not None:
             assert str(value) in {str(c) for c in choices}, f"{dest}: {value!r} not in {choices}"
+
+
+def tested_config(text: str) -> Callable[[DocItem], None]:
+    """An accelerate config block that must be, word for word, ``text``: the config a
+    test runs, so the doc shows only what ran."""
+
+    def check(item: DocItem) -> None:
+        accelerate_config_block(item)
+        assert normalise(item.text) == normalise(text), f"{item.where}: not the tested config"
+
+    return check

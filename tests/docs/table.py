@@ -56,8 +56,10 @@ from tests.docs.setups import (
     port,
     recipe_from_block,
     steps,
+    tested_config,
     the_suite_itself,
 )
+from tests.pipeline.test_fsdp import FSDP2_CONFIG
 
 # ---------------------------------------------------------------- the table
 
@@ -159,28 +161,47 @@ TABLE: dict[str, Entry] = {
         "accelerate-cpu", "static: accelerate's schema; slow: it is accelerate.yaml of the two "
         "--accelerate-config commands", static=accelerate_config_block),
     """
+    compute_environment: LOCAL_MACHINE
     distributed_type: FSDP
-    num_processes: 8
-    mixed_precision: bf16
+    num_processes: 2
+    num_machines: 1
+    machine_rank: 0
+    main_process_ip: 127.0.0.1
+    main_process_port: 29500
+    mixed_precision: 'no'
+    use_cpu: false
     fsdp_config:
       fsdp_version: 2
       fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
       fsdp_state_dict_type: FULL_STATE_DICT
       fsdp_cpu_ram_efficient_loading: true
+      fsdp_sync_module_states: true
       fsdp_reshard_after_forward: true
-    """: Entry("accelerate-fsdp", "static: accelerate's schema", static=accelerate_config_block),
+    """: Entry(
+        "accelerate-fsdp2", "static: accelerate's schema, and the config "
+        "tests/pipeline/test_fsdp.py runs on two CPU ranks for every strategy",
+        static=tested_config(FSDP2_CONFIG.format(machines=1, rank=0, port=29500))),
     """
-    distributed_type: DEEPSPEED
-    num_processes: 8
-    deepspeed_config:
-      zero_stage: 3            # 2 for ZeRO-2
-      offload_optimizer_device: none
-      offload_param_device: none
-      zero3_init_flag: true
-      zero3_save_16bit_model: true
-    mixed_precision: bf16
-    """: Entry("accelerate-deepspeed", "static: accelerate's schema",
-               static=accelerate_config_block),
+    compute_environment: LOCAL_MACHINE
+    distributed_type: FSDP
+    num_processes: 2
+    num_machines: 2
+    machine_rank: 0
+    main_process_ip: 127.0.0.1
+    main_process_port: 29500
+    mixed_precision: 'no'
+    use_cpu: false
+    fsdp_config:
+      fsdp_version: 2
+      fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
+      fsdp_state_dict_type: FULL_STATE_DICT
+      fsdp_cpu_ram_efficient_loading: true
+      fsdp_sync_module_states: true
+      fsdp_reshard_after_forward: true
+    """: Entry(
+        "accelerate-fsdp2-machines", "static: accelerate's schema, and machine 0's config of "
+        "the two-machine run in tests/pipeline/test_fsdp.py",
+        static=tested_config(FSDP2_CONFIG.format(machines=2, rank=0, port=29500))),
     # docs/quickstart.md (its install, CALM and validate lines are README's entries above)
     """
     fusekit: augment_0 holds held-out keys' values (probe) at 0: 91%, 1: 98%, 3: 100%, 7: 100%

@@ -421,6 +421,16 @@ RECIPE_CASES = {
     "accelerate config not a mapping": Case(
         _accelerate("- MULTI_CPU\n"), ("accel.yaml", "mapping")
     ),
+    "accelerate config with FSDP version 1": Case(
+        _accelerate("distributed_type: FSDP\nnum_processes: 2\nfsdp_config: {fsdp_version: 1}\n"),
+        ("accel.yaml", "FSDP2 only", "fsdp_version: 2"),
+    ),
+    "accelerate config with ZeRO-3": Case(
+        _accelerate(
+            "distributed_type: DEEPSPEED\nnum_processes: 2\ndeepspeed_config: {zero_stage: 3}\n"
+        ),
+        ("accel.yaml", "ZeRO-3"),
+    ),
     "recipe missing": Case(
         lambda tmp, m: (["run", str(tmp / "none.yaml"), "-o", str(tmp / "out")], []),
         ("none.yaml",),

@@ -44,6 +44,8 @@ class CalmTrainer(FusekitTrainer):
 
         from fusekit.strategies.calm.io import WEIGHTS_NAME
 
+        if not self.args.should_save:
+            return  # one writer per checkpoint: two ranks writing one file may interleave
         out = Path(output_dir or self.args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model)
