@@ -174,9 +174,15 @@ def optimizer_state_bytes(optim: str, trained_bytes: int = FP32) -> int:
 
 def activation_bytes(
     m: ModelFacts, batch: int, seq: int, *, precision: str, attention: str | None,
-    checkpointing: bool,
+    checkpointing: bool, frozen_layers: int = 0,
 ) -> int:  # fmt: skip
-    """What ``m``'s layers keep for backward (see the module docstring)."""
+    """What ``m``'s layers keep for backward (see the module docstring).
+
+    A frozen layer (``frozen_layers`` of them: block expansion's old blocks, CALM's
+    anchor) passes gradients on without computing its weights' own, and a linear
+    layer needs only its weight for that, not its input: its four linear inputs
+    (``3h + i`` values a token) are not kept.
+    """
     compute = 2 if precision in ("bf16", "fp16") else FP32
     per_token = (6 * m.hidden + 4 * m.intermediate) * compute + 5 * m.hidden * FP32
     if attention == "eager":
@@ -184,7 +190,8 @@ def activation_bytes(
     layer = batch * seq * per_token
     if checkpointing:
         return batch * seq * m.hidden * compute * m.layers + layer
-    return layer * m.layers
+    frozen = min(frozen_layers, m.layers) * batch * seq * (3 * m.hidden + m.intermediate) * compute
+    return layer * m.layers - frozen
 
 
 def training_memory(
@@ -197,6 +204,7 @@ def training_memory(
     attention: str | None = None,
     extra_weights: int = 0,
     trained_bytes: int = FP32,
+    frozen_layers: int = 0,
     alternatives: bool = True,
 ) -> dict[str, Any]:
     """The parts of one training step's peak memory, and their ``total`` (bytes).
@@ -208,7 +216,8 @@ def training_memory(
     checkpointing); ``attention``: the trained model's attention kernel;
     ``extra_weights``: bytes of trained weights outside every model (CALM's Θ_C);
     ``trained_bytes``: the trained parameters' dtype, which their gradients and the
-    optimizer's moments share (fp32 masters by default; 2 under ``load.dtype: bf16``).
+    optimizer's moments share (fp32 masters by default; 2 under ``load.dtype: bf16``);
+    ``frozen_layers``: how many of the backprop model's layers do not train.
     ``options`` holds the parts each memory knob not yet set would give (the dry run
     suggests them when the total exceeds the device).
     """
@@ -216,7 +225,7 @@ def training_memory(
     activations = sum(
         activation_bytes(
             m, batch, seq, precision=train.precision, attention=attention,
-            checkpointing=train.gradient_checkpointing,
+            checkpointing=train.gradient_checkpointing, frozen_layers=frozen_layers,
         )
         for m in backprop
     )  # fmt: skip
@@ -234,7 +243,7 @@ def training_memory(
         kwargs = dict(held=held, trainable=trainable, backprop=backprop,
                       forward_only=forward_only, attention=attention,
                       extra_weights=extra_weights, trained_bytes=trained_bytes,
-                      alternatives=False)  # fmt: skip
+                      frozen_layers=frozen_layers, alternatives=False)  # fmt: skip
         parts["options"] = {
             knob: training_memory(train=train.model_copy(update=change), **kwargs)
             for knob, change in _knobs(train).items()

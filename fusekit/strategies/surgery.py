@@ -32,11 +32,17 @@ class SurgeryStrategy(Strategy):
             raise DataError("train needs data: set train.data (or data.train) in the recipe")
 
     def with_estimates(
-        self, described: dict[str, Any], parent: ModelFacts, trainable: int, base: Any
+        self,
+        described: dict[str, Any],
+        parent: ModelFacts,
+        trainable: int,
+        base: Any,
+        frozen_layers: int = 0,
     ) -> dict[str, Any]:
         """The surgery's plan plus the parent's facts and, when the recipe trains, the
-        estimated memory of a training step on the result (``trainable`` parameters),
-        which loads as the ``base`` reference's ``load:`` says."""
+        estimated memory of a training step on the result (``trainable`` parameters,
+        ``frozen_layers`` layers that do not train), which loads as the ``base``
+        reference's ``load:`` says."""
         after = replace(
             parent, layers=described["layers_after"], parameters=described["parameters_after"]
         )
@@ -48,6 +54,7 @@ class SurgeryStrategy(Strategy):
                 held=[(after, load_bytes(load.dtype, after))], trainable=trainable,
                 backprop=[after], forward_only=[], train=self.recipe.train,
                 attention=load.attn_implementation, trained_bytes=load_bytes(load.dtype, after),
+                frozen_layers=frozen_layers,
             )  # fmt: skip
         return plan
 

@@ -180,6 +180,10 @@ def test_training_memory_parts() -> None:
     # checkpointing keeps each layer's input and recomputes one layer at a time
     kept = activation_bytes(m, 2, 16, precision="fp32", attention=None, checkpointing=True)
     assert kept == 2 * 16 * 64 * 4 * 2 + one["activations"] // 2
+    # a frozen layer's linear inputs (3h + i a token) are not kept: its weights take no gradient
+    frozen = activation_bytes(m, 2, 16, precision="fp32", attention=None, checkpointing=False,
+                              frozen_layers=1)  # fmt: skip
+    assert one["activations"] - frozen == 2 * 16 * (3 * 64 + 128) * 4
     bf16 = activation_bytes(m, 2, 16, precision="bf16", attention=None, checkpointing=False)
     assert bf16 == 2 * 16 * 2 * ((6 * 64 + 4 * 128) * 2 + 5 * 64 * 4)
     # the optimizer's state follows train.optim

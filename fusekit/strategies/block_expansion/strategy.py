@@ -51,8 +51,10 @@ class BlockExpansionStrategy(SurgeryStrategy):
             config, plan = self._layout(folder)
             described = expansion_describe(folder, plan, config=config, **self._options())
         new = len(plan.new_layers) * parent.layer_parameters
-        trainable = new if r.trainable == "new" else described["parameters_after"]
-        return self.with_estimates(described, parent, trainable, r.model)
+        if r.trainable == "new":  # the old blocks pass gradients on and train nothing
+            frozen = described["layers_after"] - len(plan.new_layers)
+            return self.with_estimates(described, parent, new, r.model, frozen)
+        return self.with_estimates(described, parent, described["parameters_after"], r.model)
 
     def input_paths(self) -> list[Path]:
         folder = peek_model(self.recipe.model)

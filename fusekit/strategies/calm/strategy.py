@@ -252,6 +252,7 @@ class CalmStrategy(Strategy):
             plan["training_memory_bytes"] = training_memory(
                 held=held, trainable=theta, backprop=[anchor], forward_only=[], train=r.train,
                 attention=loads[0].attn_implementation, extra_weights=FP32 * theta,
+                frozen_layers=anchor.layers,
             )  # fmt: skip
         return plan
 
