@@ -86,7 +86,11 @@ def _compare(tmp: Path, folder: Path, models: dict[str, Path]) -> list[str]:
     return ["compare", str(tmp / "compare.yaml")]
 
 
-COMMANDS = {"eval": _eval, "run": _run, "fuse": _fuse, "compare": _compare}
+def _validate(tmp: Path, folder: Path, models: dict[str, Path]) -> list[str]:
+    return ["validate", _run(tmp, folder, models)[1]]
+
+
+COMMANDS = {"eval": _eval, "run": _run, "fuse": _fuse, "compare": _compare, "validate": _validate}
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))
