@@ -193,6 +193,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--measured", type=Path,
+        help="the JSON of an earlier run: its measured peaks are kept (what a run allocates "
+        "does not change with the estimate's code) and only the estimates are recomputed",
+    )  # fmt: skip
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument(
         "--fit-table",
@@ -217,6 +222,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         print(json.dumps(child(json.loads(args.child))))
         return []
     rows: list[dict[str, Any]] = []
+    earlier = {
+        (r["model"], r["strategy"], r["checkpointing"]): {
+            k: r[k] for k in ("measured", "idle", "device")
+        }
+        for r in (json.loads(args.measured.read_text()) if args.measured else [])
+    }
     with tempfile.TemporaryDirectory() as tmp:
         folders, shapes = models(args.models, Path(tmp))
         data = {"task": "english", "max_chars": 20000}
@@ -233,7 +244,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     rec = recipe(strategy, folders[name], other, data, shape)
                     rec["train"]["gradient_checkpointing"] = on
                     est = estimate(rec)
-                    got = measure(rec, args.threads)
+                    key = (name, strategy, on)
+                    got = earlier[key] if key in earlier else measure(rec, args.threads)
                     row = {"model": name, "strategy": strategy, "checkpointing": on,
                            "estimate": est["total"], "parts": est, **got,
                            "ratio": est["total"] / max(got["measured"], 1)}  # fmt: skip

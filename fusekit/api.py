@@ -270,7 +270,9 @@ def _stage_context(
             "recipe": weight_fields(recipe_dict),
             "inputs": {k: v.hash for k, v in inputs.items()},
             "data": {k: v.hash for k, v in data.items()},
-            "plan": prepared.plan,
+            # the memory estimate follows settings that leave the weights alone
+            # (gradient checkpointing) and the machine (a GPU or not): not the weights'
+            "plan": {k: v for k, v in prepared.plan.items() if k != "training_memory_bytes"},
         },
         resume=resume,
         output_name=out.name,

@@ -132,7 +132,7 @@ def _state(folder: Path, *flags: bool) -> tuple[Any, ...]:
     """What a pass depends on: the folder's files as they are now, and the opt-ins."""
     files = []
     for p in sorted(folder.iterdir()):
-        st = p.stat()
+        st = p.lstat()  # a dangling link has a state too; the pass itself judges its target
         files.append((p.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     return (str(folder.resolve()), *flags, tuple(files))
 

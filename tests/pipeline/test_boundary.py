@@ -138,3 +138,14 @@ def test_python_loaders_make_the_same_pass(
         load_model(folder)
     for exc in (composed.value, loaded.value):
         assert all(n in str(exc) for n in needles), str(exc)
+
+
+def test_a_dangling_link_in_a_model_folder_is_no_traceback(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A half-finished download leaves links to nowhere; the pass's memo must stat them
+    without following (it used to raise FileNotFoundError, an internal error)."""
+    folder = Path(shutil.copytree(models["a"], tmp_path / "model"))
+    (folder / "README.md").symlink_to(tmp_path / "nowhere")
+    result = cli(*_eval(tmp_path, folder, models))
+    assert result.code == 0, result.stderr[-3000:]

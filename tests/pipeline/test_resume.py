@@ -116,6 +116,17 @@ def test_resume_with_another_learning_rate_is_refused(killed) -> None:
     assert sorted(p.name for p in _checkpoints(out).rglob("*")) == before  # left as it was
 
 
+def test_resume_may_switch_gradient_checkpointing_on(killed) -> None:
+    """Out of memory, a user resumes with checkpointing on: the weights' recipe is the same
+    (and so is the memory estimate's plan that resume fingerprints, which leaves it out)."""
+    recipe, _, out = killed
+    proc = fusekit_cli("run", str(recipe), "-o", str(out), "--resume", "--set",
+                       "train.gradient_checkpointing=true")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((out / "fusekit.json").read_text())
+    assert record["training"]["resumed_from_step"] == 2
+
+
 def test_resume_with_changed_data_is_refused(killed) -> None:
     recipe, data, out = killed
     write_corpus(data, seed=1)  # same path, other content
