@@ -234,6 +234,27 @@ def special_prefix(tokenizer: Any) -> list[int]:
     return []
 
 
+def continuation(tokenizer: Any) -> int | None:
+    """How many ids a piece cut from mid-text gains in front when tokenised alone.
+
+    0 for byte-level and Metaspace tokenizers (the cut falls where they split); 1 for
+    a normaliser that prepends ``▁`` to every input (Llama-2's and Mistral's
+    ``tokenizer.json``), whose extra marker is dropped; None when cutting would change
+    the ids in another way, and the text is then tokenised whole.
+    """
+    for text in ("the cat sat on the mat", "x = 1 and y = 2", "Hello world again"):
+        cut = text.index(" ", 4)
+        whole = tokenizer(text, add_special_tokens=False)["input_ids"]
+        head = tokenizer(text[:cut], add_special_tokens=False)["input_ids"]
+        tail = tokenizer(text[cut:], add_special_tokens=False)["input_ids"]
+        if head + tail == whole:
+            continue
+        if head + tail[1:] == whole:
+            return 1
+        return None
+    return 0
+
+
 def token_stream(tokenizer: Any, texts: Iterable[str]) -> np.ndarray:
     """Documents' ids, each followed by EOS (when the tokenizer has one), as one int64 array.
 
@@ -243,9 +264,12 @@ def token_stream(tokenizer: Any, texts: Iterable[str]) -> np.ndarray:
     parts: list[np.ndarray] = []
     eos = tokenizer.eos_token_id
     last: int | None = None
+    extra = continuation(tokenizer)
     for text in texts:
-        for piece in segments(text):
+        for k, piece in enumerate(segments(text) if extra is not None else [text]):
             ids = tokenizer(piece, add_special_tokens=False)["input_ids"]
+            if k and extra:
+                ids = ids[extra:]
             if ids:
                 parts.append(np.asarray(ids, dtype=np.int64))
                 last = int(ids[-1])

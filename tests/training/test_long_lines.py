@@ -9,6 +9,7 @@ whole text's and no call sees more than ``SEGMENT_CHARS`` characters.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -74,3 +75,40 @@ def test_no_tokenizer_call_sees_more_than_a_segment(monkeypatch) -> None:
         : len(ds) * (16 - skip)
     ]
     assert "".join(chunks).startswith(text[:1000])
+
+
+def _prepending(split: bool) -> Any:
+    """A Llama-2-style tokenizer: a normaliser that puts ``▁`` in front of every input,
+    so a piece cut from mid-text gains a marker the whole text does not have."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]
+    )
+    if split:  # merges stay inside words, as SentencePiece's do
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never", split=True)
+    corpus = [_text(2000, seed) for seed in range(3)]
+    corpus.append("the cat sat on the mat x = 1 and y = 2 Hello world again")
+    backend.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"]))  # fmt: skip
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+
+
+@pytest.mark.parametrize(("split", "gained"), [(True, 1), (False, None)])
+def test_a_prepending_normaliser_still_gives_the_whole_texts_ids(
+    split: bool, gained: int | None, monkeypatch
+) -> None:
+    """With merges inside words the extra marker of each cut is dropped; with merges
+    across words no cut is safe and the text is tokenised whole."""
+    from fusekit.training.data import continuation, token_stream
+
+    monkeypatch.setattr(data_module, "SEGMENT_CHARS", 500)
+    tok = _prepending(split)
+    assert continuation(tok) == gained
+    text = _text(3000)
+    expected = [*tok(text, add_special_tokens=False)["input_ids"], tok.eos_token_id]
+    assert token_stream(tok, [text]).tolist() == expected
