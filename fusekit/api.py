@@ -57,7 +57,7 @@ def plan(
     and, when over it, with the settings that would bring it under.
     """
     from fusekit.checks import checked
-    from fusekit.estimates import device_memory, memory_advice, sharded
+    from fusekit.estimates import device_memory, memory_advice, sharded, sharding_kind
     from fusekit.pipeline import check_accelerate_config
     from fusekit.recipe.loading import load_yaml
 
@@ -66,12 +66,14 @@ def plan(
     plan = {"strategy": recipe.strategy, **strategy.plan()}
     memory = plan.get("training_memory_bytes")
     if memory is not None:
+        settings = load_yaml(config.read_text()) if config is not None else {}
         if config is not None:
-            memory = plan["training_memory_bytes"] = sharded(memory, load_yaml(config.read_text()))
+            memory = plan["training_memory_bytes"] = sharded(memory, settings)
         name, capacity = device_memory()
         plan["memory_device"] = {"name": name, "bytes": capacity}
         if memory["total"] > capacity:
-            plan["memory_advice"] = memory_advice(memory, capacity, sharded_already=bool(config))
+            fsdp = sharding_kind(settings) in ("FSDP", "DEEPSPEED")
+            plan["memory_advice"] = memory_advice(memory, capacity, sharded_already=fsdp)
     if strategy.has_training():
         t = recipe.train
         plan["train"] = {

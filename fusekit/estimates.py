@@ -9,7 +9,9 @@ been trained yet.
 Training memory is an estimate of the peak, in bytes, of one training step:
 
 * weights: every model held, in its load dtype (``load.dtype``: fp32 for the model
-  that trains, the training precision for frozen ones by default);
+  that trains, the training precision for frozen ones by default); models run beside
+  the trained one without gradients (FuseLLM's sources) are ``source_weights``, which
+  sharding leaves whole on every rank;
 * gradients: one per trainable parameter in the parameters' dtype (fp32 masters
   by default; LoRA adapters and CALM's Θ_C are always fp32);
 * optimizer: its state per trainable parameter (``train.optim``): two moments in
@@ -230,8 +232,12 @@ def training_memory(
         for m in backprop
     )  # fmt: skip
     vocab = 3 * sum(m.vocab for m in backprop) + sum(m.vocab for m in forward_only)
+    beside = {id(m) for m in forward_only}
     parts: dict[str, Any] = {
-        "weights": sum(m.parameters * size for m, size in held) + extra_weights,
+        "weights": sum(m.parameters * size for m, size in held if id(m) not in beside)
+        + extra_weights,
+        # models run beside the trained one (FuseLLM's sources) are held whole by every rank
+        "source_weights": sum(m.parameters * size for m, size in held if id(m) in beside),
         "gradients": trained_bytes * trainable,
         "optimizer": optimizer_state_bytes(train.optim, trained_bytes) * trainable,
         "activations": activations,
@@ -293,7 +299,7 @@ def sharded(parts: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     logits and the runtime are each rank's own.
     """
     ranks = int(config.get("num_processes") or 1)
-    kind = str(config.get("distributed_type") or "NO")
+    kind = sharding_kind(config)
     stage = int((config.get("deepspeed_config") or {}).get("zero_stage") or 0)
     divided = {
         "FSDP": ("weights", "gradients", "optimizer"),
@@ -309,6 +315,11 @@ def sharded(parts: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     if "options" in parts:
         out["options"] = {k: sharded(v, config) for k, v in parts["options"].items()}
     return out
+
+
+def sharding_kind(config: dict[str, Any]) -> str:
+    """An accelerate config's ``distributed_type`` (``NO`` when it names none)."""
+    return str(config.get("distributed_type") or "NO")
 
 
 def device_memory() -> tuple[str, int]:

@@ -4,6 +4,7 @@ every shipped recipe, ``--json`` for machines, and nothing trained or written.""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -158,9 +159,11 @@ def test_training_memory_parts() -> None:
                    parameters=10_000, layer_parameters=3000, disk_bytes_per_parameter=2,
                    from_scratch=False)  # fmt: skip
     spec = TrainSpec(steps=1, batch_size=2, seq_len=16)
-    one = training_memory(held=[(m, 4), (m, 2)], trainable=100, backprop=[m], forward_only=[m],
-                          train=spec)  # fmt: skip
-    assert one["weights"] == 4 * 10_000 + 2 * 10_000
+    source = replace(m, name="source")
+    one = training_memory(held=[(m, 4), (source, 2)], trainable=100, backprop=[m],
+                          forward_only=[source], train=spec)  # fmt: skip
+    # a model run beside the trained one is held whole by every rank: a part of its own
+    assert one["weights"] == 4 * 10_000 and one["source_weights"] == 2 * 10_000
     assert one["gradients"] == 4 * 100 and one["optimizer"] == 8 * 100  # 16 B with the master
     assert one["logits"] == 4 * 2 * 16 * (3 * 1000 + 1000)
     # per token and layer: 6h + 4i values in fp32 and 5h fp32 norm values
@@ -267,5 +270,5 @@ def test_an_fsdp_config_divides_what_it_shards(
     assert four["ranks"] == 4
     for part in ("weights", "gradients", "optimizer"):
         assert four[part] == one[part] // 4
-    for part in ("activations", "logits", "runtime"):
+    for part in ("source_weights", "activations", "logits", "runtime"):
         assert four[part] == one[part]
