@@ -14,8 +14,20 @@ every ratio against a baseline timed in the same process:
   aligned positions), fusion and the fused loss vs a plain CLM step of the target —
   target 1.3x.
 
-Surgery (depth up-scaling, block expansion) is disk-bound and measured by
+Surgery's own speed (depth up-scaling, block expansion) is disk-bound and measured by
 ``bench/structural.py``, not here.
+
+Two checks follow the ratios, on the same device:
+
+* CALM cached == uncached: greedy decoding of the composition (one left-padded row)
+  with and without its KV cache must give the same tokens; the script exits non-zero
+  otherwise. It runs in float32 whatever ``--dtype`` is, so that a difference means a
+  cache bug, not bf16 rounding flipping a near-tie between two random logits;
+* memory: both random models are saved as model folders with an offline tokenizer,
+  and each strategy (``bench/memory.py``'s recipes) trains for two short steps with
+  gradient checkpointing, bf16 autocast on a GPU (fp32 on the CPU, where bf16 autocast
+  is slow and the test suite only checks that the figures exist), in a fresh process
+  per strategy; its measured peak is set against the dry run's estimate.
 
 Run: ``python bench/gpu.py [--device cuda] [--dtype bfloat16] [--size real] [--json OUT]``;
 ``--device cpu --size tiny`` is what the test suite runs.
@@ -24,11 +36,17 @@ Run: ``python bench/gpu.py [--device cuda] [--dtype bfloat16] [--size real] [--j
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
+from unittest import mock
 
 import torch
 
@@ -36,6 +54,20 @@ SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"batch": 2, "prompt": 8, "new_tokens": 8, "seq": 32, "steps": 2},
     "real": {"batch": 8, "prompt": 64, "new_tokens": 128, "seq": 512, "steps": 5},
 }
+
+#: The memory section's runs: two steps of short rows are enough for the peak (the
+#: optimizer state exists after the first step) and keep six real-size runs to minutes.
+#: ``groups``/``remove``/``every`` as bench/memory.py uses for the published models.
+MEMORY: dict[str, dict[str, Any]] = {
+    "tiny": {"batch": 2, "seq": 32, "steps": 2, "groups": 2, "remove": 1, "every": 2},
+    "real": {"batch": 4, "seq": 256, "steps": 2, "groups": 6, "remove": 4, "every": 6},
+}
+
+#: Entries of the memory section's tokenizer: below both models' embeddings at every size.
+TOKENIZER_VOCAB = 384
+
+#: The built-in corpus the memory section trains on (no download).
+MEMORY_DATA = {"task": "english", "max_chars": 20000}
 
 
 #: (Gemma-3-shaped, SmolLM2-shaped) config fields per size; "real" is the published models.
@@ -142,6 +174,29 @@ def calm_ratios(anchor: Any, augment: Any, size: dict[str, Any], device: str) ->
     }
 
 
+def calm_cached_equals_uncached(
+    anchor: Any, augment: Any, size: dict[str, Any], device: str
+) -> bool:
+    """Whether the composition's greedy decoding gives the same tokens with and without
+    its KV cache, on ``device``. The models are cast to float32 in place first, so only
+    a cache bug (positions, masks, the augment's states) can make the two differ."""
+    from fusekit.strategies.calm.build import compose
+
+    composed = compose(anchor.float(), [augment.float()], every=3)
+    torch.manual_seed(2)
+    for block in (b for blocks in composed.composition.blocks for b in blocks):
+        torch.nn.init.normal_(block.o_proj.weight, std=0.02)  # not the identity
+    composed.composition.to(device=device, dtype=torch.float32)
+    ids = torch.randint(3, anchor.config.vocab_size, (2, size["prompt"]), device=device)
+    mask = torch.ones_like(ids)
+    ids[1, :3], mask[1, :3] = 0, 0  # a left-padded row: the cache must respect the mask
+    kw = {"attention_mask": mask, "max_new_tokens": size["new_tokens"], "eos_token_id": None}
+    with torch.no_grad():
+        cached = composed.generate(ids, **kw)
+        uncached = composed.generate(ids, use_cache=False, **kw)
+    return bool(cached.tolist() == uncached.tolist())
+
+
 def fusellm_ratios(source: Any, target: Any, size: dict[str, Any], device: str) -> dict[str, float]:
     from fusekit.strategies.fusellm.extract import source_outputs
     from fusekit.strategies.fusellm.fusion import FusionConfig, SourceBatch, fuse
@@ -186,6 +241,72 @@ def fusellm_ratios(source: Any, target: Any, size: dict[str, Any], device: str) 
     return {"fusellm_step_s": fused, "clm_step_s": clm, "fusellm_step_ratio": fused / clm}
 
 
+def load_memory_bench() -> ModuleType:
+    """``bench/memory.py`` (a script, not a package): its recipes and its per-process peak."""
+    path = Path(__file__).resolve().with_name("memory.py")
+    spec = importlib.util.spec_from_file_location("bench_memory", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def save_pair(size: str, root: Path) -> tuple[str, str]:
+    """The two random models of ``size`` as model folders (safetensors, with a tokenizer).
+
+    Both share one byte-level tokenizer trained in-process on the built-in corpus, no
+    larger than either embedding, so every id it emits is a row of both models."""
+    from transformers import AutoModelForCausalLM
+
+    from fusekit.tasks.corpora import domain_documents
+    from fusekit.tasks.tokenizers import train_tokenizer
+
+    tokenizer = train_tokenizer(
+        "bpe", domain_documents("english", max_chars=MEMORY_DATA["max_chars"]), TOKENIZER_VOCAB
+    )
+    folders = []
+    for name, config, seed in zip(("gemma3", "smollm2"), configs(size), (0, 1), strict=True):
+        torch.manual_seed(seed)
+        folder = root / name
+        AutoModelForCausalLM.from_config(config).save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        folders.append(str(folder))
+    return folders[0], folders[1]
+
+
+def memory_precision(device: str) -> str:
+    """bf16 autocast on a GPU, as training there runs; fp32 on the CPU, where bf16
+    autocast is slow and the figures only need to exist."""
+    return "fp32" if device == "cpu" else "bf16"
+
+
+def memory_ratios(size: str, device: str) -> dict[str, dict[str, Any]]:
+    """Per strategy: the dry run's training-memory estimate, the measured peak, their ratio.
+
+    Each run is a fresh process (``bench/memory.py --child``), so no peak carries over;
+    the peak is ``torch.cuda.max_memory_allocated`` on a GPU and the resident set above
+    the idle interpreter on the CPU. Single-model strategies train the Gemma-shaped
+    model; CALM composes it with the SmolLM2-shaped one, which FuseLLM trains from it.
+    """
+    memory = load_memory_bench()
+    shape = MEMORY[size]
+    # CPU runs hide the GPU so the children train where the figures say they did
+    hidden = {"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else {}
+    rows: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, hidden):
+        gemma, smol = save_pair(size, Path(tmp))
+        for strategy in memory.STRATEGIES:
+            model, other = (smol, gemma) if strategy == "fusellm" else (gemma, smol)
+            rec = memory.recipe(strategy, model, other, MEMORY_DATA, shape)
+            rec["train"]["gradient_checkpointing"] = True
+            rec["train"]["precision"] = memory_precision(device)
+            estimate = memory.estimate(rec)["total"]
+            measured = memory.measure(rec, torch.get_num_threads())["measured"]
+            rows[strategy] = {"estimate": estimate, "measured": measured,
+                              "ratio": estimate / max(measured, 1)}  # fmt: skip
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -211,7 +332,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # on the host each step and is measured on the real pair by bench/calm.py)
     shared = small.__class__(**{**small.to_dict(), "vocab_size": big.vocab_size})
     del augment
-    figures.update(calm_ratios(anchor, build(shared, args.device, dtype, 1), size, args.device))
+    augment = build(shared, args.device, dtype, 1)
+    figures.update(calm_ratios(anchor, augment, size, args.device))
+    figures["calm_cached_equals_uncached"] = calm_cached_equals_uncached(
+        anchor, augment, size, args.device
+    )
+    del anchor, augment
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()  # the memory section's children need the device to themselves
+    figures["memory"] = memory_ratios(args.size, args.device)
     print(f"{figures['device']}, {args.dtype}, {args.size} shapes (batch {size['batch']})")
     print(
         f"CALM decode {size['new_tokens']} tokens: composed {figures['calm_decode_s']:.3f} s "
@@ -223,10 +352,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     print(f"FuseLLM online step: {figures['fusellm_step_s'] * 1e3:.1f} ms vs CLM "
           f"{figures['clm_step_s'] * 1e3:.1f} ms -> x{figures['fusellm_step_ratio']:.2f}")  # fmt: skip
+    same = figures["calm_cached_equals_uncached"]
+    print(f"CALM cached == uncached greedy decoding (float32): {'yes' if same else 'NO'}")
+    shape = MEMORY[args.size]
+    print(f"Training memory, {shape['steps']} steps of {shape['batch']} x {shape['seq']} tokens, "
+          f"{memory_precision(args.device)}, gradient checkpointing:")  # fmt: skip
+    print("| strategy | estimate | measured | estimate / measured |")
+    print("|---|---:|---:|---:|")
+    for strategy, row in figures["memory"].items():
+        print(f"| {strategy} | {row['estimate'] / 1e6:,.0f} MB | {row['measured'] / 1e6:,.0f} MB "
+              f"| {row['ratio']:.2f} |")  # fmt: skip
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return figures
 
 
 if __name__ == "__main__":
-    main()
+    if not main()["calm_cached_equals_uncached"]:
+        sys.exit("CALM decoding with the KV cache differs from decoding without it")
