@@ -75,7 +75,7 @@ def _memory_lines(plan: dict[str, Any]) -> list[str]:
         parts = ", ".join(
             f"{name} {human_bytes(value)}"
             for name, value in step.items()
-            if name not in ("total", "options", "ranks")
+            if name not in ("total", "options", "ranks") and value
         )
         each = f" per process of {step['ranks']}" if step.get("ranks", 1) > 1 else ""
         lines.append(f"training step ~{human_bytes(step['total'])}{each} ({parts})")

@@ -235,7 +235,7 @@ TABLE: dict[str, Entry] = {
       parameters  1.83 M after, 525 k trainable
       training    100 steps x 32 rows x 128 tokens, lr 0.001, fp32
       disk        7.3 MB
-      memory      training step ~707.7 MB (weights 7.3 MB, gradients 2.1 MB, optimizer 4.2 MB, activations 339.7 MB, logits 98.3 MB, runtime 256.0 MB)
+      memory      training step ~648.9 MB (weights 7.3 MB, gradients 2.1 MB, optimizer 4.2 MB, activations 281.0 MB, logits 98.3 MB, runtime 256.0 MB)
                   fits the 25.3 GB of RAM
       settings    new layers [2, 5]
       note        the from-scratch parent is trained (and cached) on the first run
