@@ -286,13 +286,13 @@ def bench_online(
     import torch
     from transformers import TrainingArguments
 
+    from fusekit.data.causal_lm import pad_id
     from fusekit.strategies.fusellm.batching import FusionCollator, FusionDataset, SourceExamples
     from fusekit.strategies.fusellm.data import chunk_texts, encode_chunks
     from fusekit.strategies.fusellm.extract import source_outputs
     from fusekit.strategies.fusellm.fusion import FusionConfig
     from fusekit.strategies.fusellm.prepare import prepare_source
     from fusekit.strategies.fusellm.trainer import FuseLLMTrainer
-    from fusekit.training.data import pad_id
 
     batch, seq, max_len, reps = shape
     chunks = chunk_texts(docs, tok, seq)[: batch * reps]

@@ -15,9 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def folders() -> dict[str, Path]:
     """``{"smollm2": folder, "gemma3": folder}``; converts on first use (about 2 min)."""
+    from fusekit.io.cache import cache_root
     from fusekit.io.gguf import cached_folder
     from fusekit.io.packaged import gemma3_file, smollm2_file
-    from fusekit.sources import cache_root
 
     return {
         "smollm2": cached_folder(smollm2_file()),

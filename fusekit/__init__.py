@@ -6,9 +6,18 @@ the functions below import what they need when called.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from fusekit.version import __version__
+
+if TYPE_CHECKING:  # the names load the API on first use; importing fusekit stays cheap
+    from pathlib import Path
+
+    from fusekit.comparison.recipe import CompareSpec
+    from fusekit.comparison.runner import ComparisonTable
+    from fusekit.pipeline.run import RecipeSource
+    from fusekit.recipe.common import BaseRecipe
+    from fusekit.result import RunResult
 
 __all__ = [
     "__version__",
@@ -22,21 +31,21 @@ __all__ = [
 ]
 
 
-def load_recipe(path: Any, overrides: list[str] | None = None) -> Any:
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> BaseRecipe:
     """Read and validate a YAML recipe (``--set``-style overrides optional)."""
     from fusekit.recipe import load_recipe as _load
 
     return _load(path, overrides)
 
 
-def run(recipe: Any, **kwargs: Any) -> dict[str, Any]:
+def run(recipe: RecipeSource, **kwargs: Any) -> RunResult | None:
     """Build, train, save and describe what a recipe (path, mapping or object) asks for."""
     from fusekit.api import run as _run
 
     return _run(recipe, **kwargs)
 
 
-def build(recipe: Any, **kwargs: Any) -> Any:
+def build(recipe: RecipeSource, **kwargs: Any) -> RunResult | None:
     """Like ``run`` with ``train.steps = 0``: the untrained fusion, saved."""
     from fusekit.api import build as _build
 
@@ -50,7 +59,7 @@ def evaluate(path_or_model: Any, data: Any, metric: str = "bpb", **kwargs: Any) 
     return _evaluate(path_or_model, data, metric, **kwargs)
 
 
-def compare(recipes: Any, **kwargs: Any) -> Any:
+def compare(recipes: CompareSpec | str | Path, **kwargs: Any) -> ComparisonTable:
     """Run several strategies on the same data and budget; returns a ``ComparisonTable``."""
     from fusekit.comparison.runner import compare as _compare
 

@@ -64,6 +64,10 @@ class DataError(FusekitError):
     """A data file or built-in task spec cannot be read or is empty."""
 
 
+class NonFiniteLossError(FusekitError):
+    """Training produced a NaN or infinite loss."""
+
+
 class OutputExistsError(FusekitError):
     """The output folder exists and ``--overwrite`` was not given, or it would touch an input."""
 

@@ -44,10 +44,14 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from fusekit import log
+from fusekit.models.resolve import peek_model, trusts_remote_code
+from fusekit.models.scratch import scratch_config, scratch_folder
+from fusekit.recipe.common import ModelRef, ScratchModel, TrainSpec
 
 FP32 = 4
 #: What a CPU training step allocates beyond the parts counted (bench/memory.py: 290-299 MB
@@ -124,33 +128,31 @@ def _facts(name: str, config: Any, model: Any, from_scratch: bool) -> ModelFacts
     )
 
 
-def _config(ref: Any) -> tuple[str, Any, bool]:
+def _config(ref: ModelRef) -> tuple[str, Any, bool]:
     """(name, transformers config, trust_remote_code) of a model reference."""
     from transformers import AutoConfig
 
-    from fusekit.io.refs import local_settings, peek_model
-
     folder = peek_model(ref)
     if folder is not None:
-        trust = local_settings(ref)["trust_remote_code"]
+        trust = trusts_remote_code(ref)
         config = AutoConfig.from_pretrained(
             str(folder), local_files_only=True, trust_remote_code=trust
         )
         return Path(folder).name, config, trust
-    from fusekit.sources import scratch_config, scratch_folder
 
+    assert isinstance(ref, ScratchModel)  # peek_model finds every local folder (or raises)
     spec = ref.from_scratch
     return scratch_folder(spec).name, scratch_config(spec), False
 
 
-def model_facts(ref: Any) -> ModelFacts:
+def model_facts(ref: ModelRef) -> ModelFacts:
     """Facts of a recipe's model reference, trained or not, without reading weights."""
     name, config, trust = _config(ref)
-    scratch = getattr(ref, "from_scratch", None) is not None
+    scratch = isinstance(ref, ScratchModel)
     return _facts(name, config, _meta_model(config, trust), scratch)
 
 
-def lora_parameters(ref: Any, peft_kwargs: dict[str, Any]) -> int:
+def lora_parameters(ref: ModelRef, peft_kwargs: dict[str, Any]) -> int:
     """Trainable parameters of a LoRA on ``ref``: peft wraps the meta-device model."""
     from peft import LoraConfig, get_peft_model
 
@@ -202,7 +204,7 @@ def training_memory(
     trainable: int,
     backprop: Sequence[ModelFacts],
     forward_only: Sequence[ModelFacts],
-    train: Any,
+    train: TrainSpec,
     attention: str | None = None,
     extra_weights: int = 0,
     trained_bytes: int = FP32,
@@ -246,18 +248,18 @@ def training_memory(
     }
     parts["total"] = sum(parts.values())
     if alternatives:
-        kwargs = dict(held=held, trainable=trainable, backprop=backprop,
-                      forward_only=forward_only, attention=attention,
-                      extra_weights=extra_weights, trained_bytes=trained_bytes,
-                      frozen_layers=frozen_layers, alternatives=False)  # fmt: skip
+        again = partial(training_memory, held=held, trainable=trainable, backprop=backprop,
+                        forward_only=forward_only, attention=attention,
+                        extra_weights=extra_weights, trained_bytes=trained_bytes,
+                        frozen_layers=frozen_layers, alternatives=False)  # fmt: skip
         parts["options"] = {
-            knob: training_memory(train=train.model_copy(update=change), **kwargs)
+            knob: again(train=train.model_copy(update=change))
             for knob, change in _knobs(train).items()
         }
     return parts
 
 
-def _knobs(train: Any) -> dict[str, dict[str, Any]]:
+def _knobs(train: TrainSpec) -> dict[str, dict[str, Any]]:
     """The settings that would lower a step's memory, as recipe lines, and their change."""
     knobs: dict[str, dict[str, Any]] = {}
     if not train.gradient_checkpointing:
@@ -285,7 +287,7 @@ def load_bytes(dtype: str | None, facts: ModelFacts) -> int:
     return {"bf16": 2, "fp16": 2, "fp32": FP32}.get(str(dtype), facts.disk_bytes_per_parameter)
 
 
-def train_shape(train: Any) -> tuple[int, int]:
+def train_shape(train: TrainSpec) -> tuple[int, int]:
     """(micro-batch rows, tokens per row) of a recipe's ``train`` section."""
     return int(train.batch_size), int(train.seq_len)
 

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import typer
 
 from fusekit.errors import FusekitError
+from fusekit.log import LEVELS, library_bars_off, set_level
 
 app = typer.Typer(
     name="fusekit",
@@ -79,7 +80,6 @@ def user_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from fusekit.log import library_bars_off
 
         library_bars_off()  # the command's own lines report progress
         try:
@@ -144,7 +144,6 @@ def _global_options(
         False, "-q", "--quiet", help="warnings and errors only (--log-level warning)"
     ),
 ) -> None:
-    from fusekit.log import LEVELS, set_level
 
     level = "warning" if quiet else (log_level or "").strip().lower() or None
     if level is None:

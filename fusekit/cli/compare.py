@@ -9,6 +9,7 @@ import typer
 
 from fusekit.cli.app import app, check_json_flag, user_errors
 from fusekit.cli.plan_view import render_compare_plan
+from fusekit.comparison.runner import compare, plan_compare
 
 
 @app.command("compare")
@@ -20,7 +21,6 @@ def compare_(
     as_json: bool = typer.Option(False, "--json", help="with --dry-run: the plans as JSON"),
 ) -> None:
     """Run what is not cached, score everything on the same sets, write table/JSON/chart."""
-    from fusekit.comparison.runner import compare, plan_compare
 
     check_json_flag(as_json, dry_run, "the results are OUTPUT/results.json")
     if dry_run:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from fusekit.cli.app import app, user_errors
+from fusekit.io.gguf import convert as convert_file
 
 
 @app.command()
@@ -24,7 +25,6 @@ def convert(
     Recipes and commands also take the .gguf file directly and convert it once into
     fusekit's cache; this writes the folder where you choose.
     """
-    from fusekit.io.gguf import convert as convert_file
 
     convert_file(file, output, dtype=dtype, overwrite=overwrite)
     typer.echo(f"wrote {output}")

@@ -7,7 +7,11 @@ from pathlib import Path
 
 import typer
 
+from fusekit.api import evaluate
 from fusekit.cli.app import app, user_errors
+from fusekit.errors import FusekitError
+from fusekit.evaluation.report import terminal_table
+from fusekit.io.output import write_file
 
 
 @app.command("eval")
@@ -34,9 +38,6 @@ def eval_(
     ),
 ) -> None:
     """Evaluate one model on one data set and print the result."""
-    from fusekit.api import evaluate
-    from fusekit.errors import FusekitError
-    from fusekit.evaluation.report import terminal_table
 
     bases: dict[str, str] = {}
     for item in base:
@@ -56,6 +57,4 @@ def eval_(
     )
     typer.echo(terminal_table([result]))
     if json_out is not None:
-        from fusekit.io.output import write_file
-
         write_file(json_out, json.dumps(result, indent=2) + "\n")

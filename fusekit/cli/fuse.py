@@ -1,100 +1,62 @@
-"""``fusekit fuse --strategy TAG …``: a recipe written from command-line options."""
+"""``fusekit fuse --strategy TAG …``: a recipe written from command-line options.
+
+The options every strategy shares are this command's own; each strategy's options
+come from its registry entry (``fusekit.registry.Option``), so a strategy registered
+from outside fusekit gets its flags here too.  The strategy's ``from_options``
+turns what was given into a recipe mapping, which is then parsed like a file.
+"""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+from types import GenericAlias
 from typing import Any
 
 import typer
 
+from fusekit import api
 from fusekit.cli.app import app, check_json_flag, user_errors
 from fusekit.cli.recipes import print_summary, show_plan
 from fusekit.errors import FusekitError
-from fusekit.registry import canonical_tag
-
-# Which options belong to which built-in strategy; anything else given is refused by
-# name.  Other registered strategies take their fields with --set key=value.
-_OPTIONS = {
-    "depth_upscaling": {"model", "remove", "slices"},
-    "block_expansion": {"model", "groups", "blocks_per_group"},
-    "calm": {"anchor", "augment", "every"},
-    "fusellm": {"target", "source", "lam", "fusion", "align"},
-}
-_FLAG = {"blocks_per_group": "--blocks-per-group", "lam": "--lambda", "source": "--source"}
+from fusekit.recipe import parse_recipe
+from fusekit.recipe.options import given, plain_recipe
+from fusekit.registry import Option, canonical_tag, entries, load_target
 
 
-def _train(opts: dict[str, Any], data: str | None, default_steps: int | None) -> dict[str, Any]:
-    train: dict[str, Any] = {}
-    steps = opts["steps"] if opts["steps"] is not None else default_steps
-    if steps is not None:
-        train["steps"] = steps
-    for key in ("lr", "batch_size", "seed"):
-        if opts[key] is not None:
-            train[key] = opts[key]
-    if data is not None:
-        train["data"] = data
-    return train
+def _strategy_options() -> dict[str, tuple[Option, list[str]]]:
+    """Every registered option by name, with the tags that take it (first declaration wins)."""
+    found: dict[str, tuple[Option, list[str]]] = {}
+    for tag, entry in entries().items():
+        for option in entry.options:
+            found.setdefault(option.name, (option, []))[1].append(tag)
+    return found
 
 
 def build_recipe(strategy: str, opts: dict[str, Any]) -> dict[str, Any]:
     """The recipe mapping that ``fusekit fuse`` options stand for."""
     tag = canonical_tag(strategy)
-    given = {k for k, v in opts.items() if v not in (None, [], ())}
-    stray = given & (set().union(*_OPTIONS.values()) - _OPTIONS.get(tag, set()))
+    entry = entries()[tag]
+    own = {o.name for o in entry.options}
+    stray = [
+        o for name, (o, _) in _strategy_options().items() if name not in own and given(opts, name)
+    ]
     if stray:
-        flags = ", ".join(sorted(_FLAG.get(s, "--" + s.replace("_", "-")) for s in stray))
+        flags = ", ".join(sorted(o.cli_flag for o in stray))
         raise FusekitError(f"{flags} do(es) not apply to --strategy {tag}")
-    recipe: dict[str, Any] = {"strategy": tag}
-    data = opts["data"]
-    if tag not in _OPTIONS:  # a registered strategy of its own: fields come from --set
-        if data is not None or opts["steps"] is not None:
-            recipe["train"] = _train(opts, data, None)
+    if entry.from_options:
+        recipe: dict[str, Any] = load_target(tag, entry.from_options)(opts)
         return recipe
-    if tag == "depth_upscaling":
-        recipe["model"] = opts["model"]
-        if opts["remove"] is not None:
-            recipe["remove"] = opts["remove"]
-        if opts["slices"]:
-            recipe["slices"] = [s for s in opts["slices"].split(",") if s.strip()]
-    elif tag == "block_expansion":
-        recipe.update(model=opts["model"], groups=opts["groups"])
-        if opts["blocks_per_group"] is not None:
-            recipe["blocks_per_group"] = opts["blocks_per_group"]
-    elif tag == "calm":
-        recipe.update(anchor=opts["anchor"], augment=list(opts["augment"] or []))
-        if opts["every"] is not None:
-            recipe["every"] = opts["every"]
-        recipe["data"] = {"train": data} if data else {}
-        recipe["train"] = _train(opts, None, 1000)
-        return recipe
-    else:
-        recipe.update(target=opts["target"], sources=list(opts["source"] or []))
-        for key in ("fusion", "align"):
-            if opts[key] is not None:
-                recipe[key] = opts[key]
-        if opts["lam"] is not None:
-            recipe["lambda"] = opts["lam"]
-        recipe["train"] = _train(opts, data, 1000)
-        return recipe
-    if data is not None:  # surgery strategies train only when given data
-        recipe["train"] = _train(opts, data, 100)
-    elif opts["steps"] == 0:
-        pass  # the contract: --steps 0 saves the untrained result, which needs no data
-    elif any(opts[k] is not None for k in ("steps", "lr", "batch_size")):
-        raise FusekitError(f"--strategy {tag} trains only with --data FILE; add it")
-    return recipe
+    return plain_recipe(tag, opts, {o.name: o.recipe_field for o in entry.options})
 
 
-_MODEL_KEYS = ("model", "anchor", "augment", "target", "sources")
-
-
-def _set_loading(recipe: dict[str, Any], **options: bool) -> None:
+def _set_loading(recipe: dict[str, Any], fields: list[str], **options: bool) -> None:
     """Apply ``--allow-pickle`` / ``--trust-remote-code`` to every model the options name."""
 
     def local(ref: Any) -> Any:
         return {"path": ref, **options} if isinstance(ref, str) else ref
 
-    for key in _MODEL_KEYS:
+    for key in fields:
         value = recipe.get(key)
         if isinstance(value, list):
             recipe[key] = [local(v) for v in value]
@@ -102,24 +64,9 @@ def _set_loading(recipe: dict[str, Any], **options: bool) -> None:
             recipe[key] = local(value)
 
 
-@app.command()
-@user_errors
 def fuse(
     strategy: str = typer.Option(..., "--strategy", help="calm | fusellm | block_expansion | …"),
     output: Path | None = typer.Option(None, "-o", "--output", help="output folder"),
-    model: str | None = typer.Option(None, "--model", help="model folder (surgery)"),
-    remove: int | None = typer.Option(None, "--remove", help="depth up-scaling: SOLAR's m"),
-    slices: str | None = typer.Option(None, "--slices", help="depth up-scaling: 0:24,8:32"),
-    groups: int | None = typer.Option(None, "--groups", help="block expansion: N groups"),
-    blocks_per_group: int | None = typer.Option(None, "--blocks-per-group", help="P"),
-    anchor: str | None = typer.Option(None, "--anchor", help="CALM anchor model folder"),
-    augment: list[str] = typer.Option([], "--augment", help="CALM augmenting model(s)"),
-    every: int | None = typer.Option(None, "--every", help="CALM: pair every k-th layer"),
-    target: str | None = typer.Option(None, "--target", help="FuseLLM target model"),
-    source: list[str] = typer.Option([], "--source", help="FuseLLM source model(s)"),
-    lam: float | None = typer.Option(None, "--lambda", help="FuseLLM: weight of the CLM loss"),
-    fusion: str | None = typer.Option(None, "--fusion", help="mince | avgce"),
-    align: str | None = typer.Option(None, "--align", help="mined | em | offsets"),
     data: str | None = typer.Option(None, "--data", help="training data file"),
     steps: int | None = typer.Option(None, "--steps", help="0 saves the untrained result"),
     lr: float | None = typer.Option(None, "--lr"),
@@ -141,15 +88,15 @@ def fuse(
     trust_remote_code: bool = typer.Option(
         False, "--trust-remote-code", help="run model code shipped in the model folders"
     ),
+    **strategy_options: Any,
 ) -> None:
     """Fuse models from command-line options, without a recipe file."""
-    from fusekit import api
-    from fusekit.recipe import parse_recipe
-
-    opts = dict(locals())
+    opts = {**locals(), **strategy_options}
     data_dict = build_recipe(strategy, opts)
     if allow_pickle or trust_remote_code:
-        _set_loading(data_dict, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        models = [o.recipe_field for o in entries()[canonical_tag(strategy)].options if o.model]
+        loading = {"allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
+        _set_loading(data_dict, models, **loading)
     recipe = parse_recipe(data_dict, source="fusekit fuse", overrides=list(set_))
     check_json_flag(as_json, dry_run, "a run's record is OUT/fusekit.json")
     if dry_run:
@@ -164,3 +111,26 @@ def fuse(
             accelerate_config=accelerate_config,
         )
     )
+
+
+def _with_strategy_options(command: Any) -> Any:
+    """``command`` with one keyword parameter per registered strategy option (typer reads
+    the signature), so ``fusekit fuse --help`` lists every strategy's flags."""
+    signature = inspect.signature(command)
+    fixed = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    annotations = {p.name: p.annotation for p in fixed}
+    extra = []
+    for name, (option, tags) in _strategy_options().items():
+        # GenericAlias: list[option.type], which mypy would read as a type expression
+        annotation: Any = GenericAlias(list, option.type) if option.many else option.type | None
+        default = typer.Option([] if option.many else None, option.cli_flag,
+                               help=f"{', '.join(tags)}: {option.help}")  # fmt: skip
+        extra.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                       annotation=annotation))  # fmt: skip
+        annotations[name] = annotation
+    command.__signature__ = signature.replace(parameters=[*fixed, *extra])
+    command.__annotations__ = {**annotations, "return": None}
+    return command
+
+
+app.command(name="fuse")(user_errors(_with_strategy_options(fuse)))

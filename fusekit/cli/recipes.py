@@ -9,14 +9,20 @@ from typing import Any
 
 import typer
 
+from fusekit import api
 from fusekit.cli.app import app, check_json_flag, fail, user_errors
+from fusekit.cli.plan_view import render_plan
+from fusekit.comparison.recipe import is_compare_file, load_compare
 from fusekit.errors import FusekitError
+from fusekit.evaluation.report import terminal_table
+from fusekit.pipeline.checks import checked
+from fusekit.recipe import load_recipe
+from fusekit.registry import list_strategies
 
 
 @app.command()
 def strategies() -> None:
     """List the strategy tags and what each does."""
-    from fusekit.registry import list_strategies
 
     for tag, desc in list_strategies().items():
         typer.echo(f"{tag:<16} {desc}")
@@ -30,9 +36,6 @@ def validate(
 ) -> None:
     """Check recipes, the folders and data they name and the plan they make (layer
     ranges, pairs), without running them: one line per problem, exit 2 if any."""
-    from fusekit.checks import checked
-    from fusekit.comparison.recipe import is_compare_file, load_compare
-    from fusekit.recipe import load_recipe
 
     problems: list[str] = []
     for path in recipes:
@@ -69,7 +72,6 @@ def run(
     ),
 ) -> None:
     """Run a recipe: build, train, save, describe."""
-    from fusekit import api
 
     overrides = list(set_)
     check_json_flag(as_json, dry_run, "a run's record is OUT/fusekit.json")
@@ -89,7 +91,6 @@ def run(
 
 def show_plan(plan: dict[str, Any], as_json: bool) -> None:
     """``--dry-run``: the readable plan, or with ``--json`` the whole plan for machines."""
-    from fusekit.cli.plan_view import render_plan
 
     typer.echo(json.dumps(plan, indent=2) if as_json else render_plan(plan))
 
@@ -120,6 +121,4 @@ def print_summary(result: Any) -> None:
     if result.tables:
         sys.stdout.write(result.tables + "\n")
     elif result.evaluation:
-        from fusekit.evaluation.report import terminal_table
-
         typer.echo(terminal_table(result.evaluation))

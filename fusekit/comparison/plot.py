@@ -14,6 +14,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from fusekit.comparison.recipe import CompareSpec
+
 
 def _colour(table: Any, name: str) -> Any:
     """One colour per model, the same in every panel."""
@@ -54,8 +56,9 @@ def _losses(ax: Any, table: Any) -> None:
         ax.legend(fontsize=7)
 
 
-def _tradeoff(ax: Any, table: Any, spec: Any) -> None:
+def _tradeoff(ax: Any, table: Any, spec: CompareSpec) -> None:
     t = spec.tradeoff
+    assert t is not None  # drawn only for a compare file with a tradeoff
     rx, ry = table.value(t.reference, t.x), table.value(t.reference, t.y)
     for model in table.models():
         vx, vy = table.value(model, t.x), table.value(model, t.y)
@@ -71,7 +74,7 @@ def _tradeoff(ax: Any, table: Any, spec: Any) -> None:
     ax.set_title(f"trade-off vs {t.reference} (up and left is better)")
 
 
-def plot(table: Any, spec: Any, path: Path) -> Path:
+def plot(table: Any, spec: CompareSpec, path: Path) -> Path:
     panels = 3 if spec.tradeoff is not None else 2
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5))
     _bars(axes[0], table)

@@ -15,6 +15,15 @@ from typing import Any
 
 from fusekit import log
 from fusekit.comparison.recipe import CompareSpec, deep_merge, load_compare
+from fusekit.estimates import model_facts
+from fusekit.evaluation.report import markdown_table
+from fusekit.evaluation.sets import evaluate_sets
+from fusekit.io.hashing import folder_hash
+from fusekit.models.resolve import resolve_model
+from fusekit.pipeline.plan import plan as plan_recipe
+from fusekit.pipeline.run import run as run_recipe
+from fusekit.recipe.common import DataRef, data_label
+from fusekit.version import __version__
 
 LOWER_IS_BETTER = {"bpb", "perplexity"}
 
@@ -37,7 +46,6 @@ class ComparisonTable:
         return None
 
     def to_markdown(self) -> str:
-        from fusekit.evaluation.report import markdown_table
 
         return markdown_table(self.results, layout="wide")
 
@@ -76,7 +84,6 @@ def _versions() -> dict[str, str]:
 
 
 def _key(recipe: dict[str, Any]) -> str:
-    from fusekit import __version__
 
     text = json.dumps({"v": __version__, "recipe": recipe}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -89,10 +96,6 @@ def _scores(root: Path, model_dir: Path, name: str, spec: CompareSpec) -> list[d
     and the eval sets, never inside the model folder: inputs are not written to.
     """
     from pydantic import TypeAdapter
-
-    from fusekit.evaluation.sets import evaluate_sets
-    from fusekit.io.hashing import folder_hash
-    from fusekit.recipe.common import DataRef, data_label
 
     eval_json = TypeAdapter(list[DataRef]).dump_python(spec.eval, mode="json")
     key = _key({"eval": eval_json, "model": folder_hash(model_dir)})
@@ -110,11 +113,11 @@ def _scores(root: Path, model_dir: Path, name: str, spec: CompareSpec) -> list[d
     return results
 
 
-def plan_compare(spec: Any, *, overrides: list[str] | None = None) -> dict[str, Any]:
+def plan_compare(
+    spec: CompareSpec | str | Path, *, overrides: list[str] | None = None
+) -> dict[str, Any]:
     """What ``compare`` would do (``--dry-run``): each run's plan, whether its output is
     already cached (then it is only scored), and the parents; trains and writes nothing."""
-    from fusekit import api
-    from fusekit.estimates import model_facts
 
     if not isinstance(spec, CompareSpec):
         spec = load_compare(spec, overrides)
@@ -128,7 +131,7 @@ def plan_compare(spec: Any, *, overrides: list[str] | None = None) -> dict[str, 
                 "name": run.name,
                 "output": str(out),
                 "cached": (out / "fusekit.json").is_file(),
-                "plan": api.plan(recipe),
+                "plan": plan_recipe(recipe),
             }
         )
     return {
@@ -136,14 +139,14 @@ def plan_compare(spec: Any, *, overrides: list[str] | None = None) -> dict[str, 
         "output": str(root),
         "parents": {p.name: model_facts(p.model).as_dict() for p in spec.parents},
         "runs": runs,
-        "eval": [ref.label() for ref in spec.eval],
+        "eval": [data_label(ref) for ref in spec.eval],
     }
 
 
-def compare(spec: Any, *, overrides: list[str] | None = None) -> ComparisonTable:
+def compare(
+    spec: CompareSpec | str | Path, *, overrides: list[str] | None = None
+) -> ComparisonTable:
     """Run a compare file (path or ``CompareSpec``); write table, JSON and chart; return the table."""
-    from fusekit import api
-    from fusekit.sources import resolve_model
 
     if not isinstance(spec, CompareSpec):
         spec = load_compare(spec, overrides)
@@ -160,7 +163,7 @@ def compare(spec: Any, *, overrides: list[str] | None = None) -> ComparisonTable
         out = root / "runs" / f"{run.name}-{_key(recipe)}"
         if not (out / "fusekit.json").is_file():
             log.info(f"fusekit: running {run.name}")
-            api.run(recipe, output=out, overwrite=True)
+            run_recipe(recipe, output=out, overwrite=True)
         meta = json.loads((out / "fusekit.json").read_text())
         runs[run.name] = {"kind": "run", "path": str(out), "strategy": recipe["strategy"],
                           "training": meta.get("training")}  # fmt: skip

@@ -19,6 +19,7 @@ from fusekit.evaluation.adapters import as_scorable, resolve_max_length
 from fusekit.evaluation.likelihood import ScoreRequest, score_requests
 from fusekit.evaluation.metrics import accuracy, choice_scores
 from fusekit.evaluation.tokenization import scoring_prefix, scoring_sequence
+from fusekit.log import bars_disabled
 
 ChoiceItem = tuple[str, Sequence[str], int]
 
@@ -74,8 +75,6 @@ def multiple_choice(
     stream: Iterable[ScoreRequest] = requests
     if progress:
         from tqdm.auto import tqdm
-
-        from fusekit.log import bars_disabled
 
         stream = tqdm(
             requests, desc="scoring choices", unit="choice", leave=False,

@@ -26,6 +26,7 @@ from typing import Any
 from fusekit.evaluation.adapters import ModelAdapter, ScorableModel, as_scorable, pad_batch, pad_id
 from fusekit.evaluation.metrics import accuracy, is_exact_match
 from fusekit.evaluation.tokenization import encode_plain, prompt_ids, scoring_prefix
+from fusekit.log import bars_disabled
 
 DEFAULT_MARGIN = 4
 
@@ -99,8 +100,6 @@ def greedy_generate(
     starts: Iterable[int] = range(0, len(order), batch_size)
     if progress:
         from tqdm.auto import tqdm
-
-        from fusekit.log import bars_disabled
 
         starts = tqdm(starts, desc="generating", unit="batch", leave=False, disable=bars_disabled())
     for start in starts:

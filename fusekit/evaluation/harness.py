@@ -24,7 +24,12 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
+from fusekit import log
+from fusekit.data.records import as_choice, as_pair, as_text_item, data_label, iter_records
 from fusekit.errors import DataError, FusekitError, ModelIOError, PlanError
+from fusekit.io.gguf import cached_folder, is_gguf
+from fusekit.io.loading import load_causal_lm, load_tokenizer
+from fusekit.registry import output_loader
 
 METRICS = ("bpb", "perplexity", "exact_match", "multiple_choice")
 _ALIASES = {
@@ -56,24 +61,23 @@ def load_model(
 ) -> tuple[Any, Any]:
     """``(model, tokenizer)`` from a local folder: a CALM output or a Hugging Face model.
 
-    A folder with ``composition.json`` is a CALM composition, re-attached to its
-    base models by ``fusekit.strategies.calm.io.load_composed`` (``bases`` re-points
-    moved ones by name); a folder with only ``adapter_config.json`` is a LoRA adapter
+    A folder a strategy's registry entry claims (its ``output_marker``: CALM's
+    ``composition.json``) is loaded by that entry's ``output_loader`` (CALM's
+    re-attaches the composition to its base models; ``bases`` re-points moved ones
+    by name); a folder with only ``adapter_config.json`` is a LoRA adapter
     on the base it names (``bases["base"]`` re-points it); any other
     folder must hold a causal LM and its tokenizer.  Nothing is downloaded;
     pickled weights and model code in the folder load only when opted in.
     """
-    from fusekit.io.gguf import cached_folder, is_gguf
-    from fusekit.io.loading import load_causal_lm, load_tokenizer
-    from fusekit.strategies.calm.io import load_composed
 
     folder = Path(path).expanduser()
     if is_gguf(folder):
         folder = cached_folder(folder)
     if not folder.is_dir():
         raise ModelIOError(f"{folder}: no such model folder")
-    if (folder / "composition.json").is_file():
-        model = load_composed(folder, bases=bases)
+    load_output = output_loader(folder)
+    if load_output is not None:  # a strategy's own output (a CALM composition)
+        model = load_output(folder, bases=bases)
         if tokenizer is None:
             tokenizer = getattr(model, "tokenizer", None)
         if tokenizer is None:
@@ -109,9 +113,6 @@ def _load_adapter(
 
     from peft import PeftModel
 
-    from fusekit import log
-    from fusekit.io.loading import load_causal_lm, load_tokenizer
-
     config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
     named = (bases or {}).get("base") or config.get("base_model_name_or_path")
     base = Path(str(named)).expanduser() if named else None
@@ -145,7 +146,6 @@ def _records(located: Iterator[tuple[str, Any]], convert: Any) -> Iterator[Any]:
 
 def _open_data(data: Any, label: str) -> Iterator[tuple[str, Any]]:
     """The data's located records; a missing, unreadable or empty source fails here, early."""
-    from fusekit.evaluation.data import iter_records
 
     located = iter_records(data)
     first = next(located, None)
@@ -162,7 +162,6 @@ def _text_result(
     settings: dict[str, Any],
     progress: bool,
 ) -> dict[str, Any]:
-    from fusekit.evaluation.data import as_text_item
     from fusekit.evaluation.text_scoring import score_texts
 
     score = score_texts(
@@ -191,7 +190,6 @@ def _exact_match_result(
     progress: bool,
     stop: Sequence[str],
 ) -> dict[str, Any]:
-    from fusekit.evaluation.data import as_pair
     from fusekit.evaluation.generation import exact_match
     from fusekit.evaluation.text_scoring import score_texts
 
@@ -236,7 +234,6 @@ def _choice_result(
     model: Any, located: Iterator[Any], settings: dict[str, Any], progress: bool
 ) -> dict[str, Any]:
     from fusekit.evaluation.choice import multiple_choice
-    from fusekit.evaluation.data import as_choice
 
     items = list(_records(located, as_choice))
     result = multiple_choice(
@@ -278,7 +275,7 @@ def evaluate(
     ``path_or_model``: a local Hugging Face model folder, a CALM output folder
     (``composition.json``), a ``transformers`` model, a composed model object,
     or anything implementing ``ScorableModel``.  ``data``: a path or a list of
-    records (see ``fusekit.evaluation.data``).  ``max_length``/``stride``: the
+    records (see ``fusekit.data.records``).  ``max_length``/``stride``: the
     scoring window (default: the model's context, capped at 4096, and disjoint
     windows).  ``max_new_tokens``/``stop``: exact-match generation overrides.
     ``allow_pickle``/``trust_remote_code``: the same opt-ins as in recipes;
@@ -286,7 +283,6 @@ def evaluate(
     Wrong input raises ``DataError`` (data, metric) or ``ModelIOError`` (model).
     """
     from fusekit.evaluation.adapters import as_scorable
-    from fusekit.evaluation.data import data_label
 
     name = canonical_metric(metric)
     if batch_size < 1:

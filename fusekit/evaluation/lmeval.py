@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fusekit.errors import FusekitError
+from fusekit.evaluation.tokenization import scoring_prefix, scoring_sequence
 
 DEFAULT_MAX_GEN_TOKS = 256
 
@@ -52,9 +53,8 @@ def _lm_class(base: type) -> type:
     from fusekit.evaluation.adapters import as_scorable, resolve_max_length
     from fusekit.evaluation.generation import greedy_generate
     from fusekit.evaluation.likelihood import ScoreRequest, score_requests
-    from fusekit.evaluation.tokenization import scoring_prefix, scoring_sequence
 
-    class FusekitLM(base):  # type: ignore[misc,valid-type]
+    class FusekitLM(base):
         """lm-eval's ``LM`` interface on a fusekit ``ScorableModel``."""
 
         def __init__(
@@ -86,6 +86,38 @@ def _lm_class(base: type) -> type:
         @property
         def tokenizer_name(self) -> str:
             return str(getattr(self.tokenizer, "name_or_path", "") or type(self.tokenizer).__name__)
+
+        def chat_template(self, chat_template: bool | str = False) -> str | None:
+            """The tokenizer's chat template (``lm_eval --apply_chat_template``), or a
+            template given as the string itself."""
+            if isinstance(chat_template, str):
+                return chat_template
+            return self.tokenizer.chat_template if chat_template else None
+
+        def apply_chat_template(
+            self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True
+        ) -> str:
+            """The prompt rendered in the model's chat template, as lm-eval's HF model does
+            (no generation prompt: the last assistant message is continued).
+
+            A template that writes BOS itself would give two BOS with the scoring prefix
+            every request starts from, so a leading BOS is left to that prefix.
+            """
+            if not self.tokenizer.chat_template:
+                raise FusekitError(
+                    f"{self.tokenizer_name} has no chat template; run lm_eval without "
+                    "--apply_chat_template, or give the tokenizer one"
+                )
+            text = str(
+                self.tokenizer.apply_chat_template(
+                    chat_history, tokenize=False, add_generation_prompt=add_generation_prompt,
+                    continue_final_message=not add_generation_prompt,
+                )
+            )  # fmt: skip
+            bos = self.tokenizer.bos_token
+            if self._prefix and bos and text.startswith(bos):
+                text = text[len(bos) :]
+            return text
 
         def _score(self, pairs: list[tuple[str, str]]) -> list[Any]:
             requests = []

@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fusekit.evaluation.harness import evaluate
+from fusekit.recipe.common import DataRef, data_label
+
 
 def default_metric(records: list[dict[str, Any]]) -> str:
     """Exact match for prompt/completion data, bits per byte for text."""
@@ -12,13 +15,11 @@ def default_metric(records: list[dict[str, Any]]) -> str:
 
 
 def evaluate_sets(
-    model: Any, eval_refs: list[Any], *, name: str | None = None
+    model: Any, eval_refs: list[DataRef], *, name: str | None = None
 ) -> list[dict[str, Any]]:
     """One result per set; ``name`` labels the model (a run scores its temporary folder,
     which must be reported under the output's name, not the vanishing temporary one)."""
-    from fusekit.evaluation.harness import evaluate
-    from fusekit.recipe.common import data_label
-    from fusekit.training.data import load_records
+    from fusekit.data.causal_lm import load_records
 
     results = []
     for ref in eval_refs:

@@ -18,6 +18,7 @@ from fusekit.evaluation.adapters import as_scorable, resolve_max_length
 from fusekit.evaluation.likelihood import ScoreRequest, score_requests
 from fusekit.evaluation.metrics import bits_per_byte, perplexity
 from fusekit.evaluation.tokenization import scoring_prefix, scoring_sequence
+from fusekit.log import bars_disabled
 
 TextItem = str | tuple[str, str]
 
@@ -46,8 +47,6 @@ def _progress(items: Iterable[Any], enabled: bool, desc: str) -> Iterable[Any]:
     if not enabled:
         return items
     from tqdm.auto import tqdm
-
-    from fusekit.log import bars_disabled
 
     return tqdm(items, desc=desc, unit="doc", leave=False, disable=bars_disabled())
 

@@ -16,7 +16,10 @@ from pathlib import Path
 
 from fusekit import log
 from fusekit.errors import ModelIOError
+from fusekit.io.cache import cache_root
 from fusekit.io.folders import PICKLED_SUFFIXES
+from fusekit.io.hashing import folder_hash
+from fusekit.io.output import atomic_output
 
 _INDEX = "pytorch_model.bin.index.json"
 
@@ -37,10 +40,6 @@ def safetensors_folder(folder: str | Path) -> Path:
     """``folder`` itself if it has safetensors weights, else its cached safetensors copy."""
     import torch
     from safetensors.torch import save_file
-
-    from fusekit.io.hashing import folder_hash
-    from fusekit.io.output import atomic_output
-    from fusekit.sources import cache_root
 
     folder = Path(folder)
     if has_safetensors(folder):

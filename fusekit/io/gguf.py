@@ -33,7 +33,11 @@ from typing import Any
 
 from fusekit import log
 from fusekit.errors import ModelIOError
+from fusekit.io.cache import cache_root
+from fusekit.io.folders import first_line
 from fusekit.io.hashing import file_hash
+from fusekit.io.loading import torch_dtype
+from fusekit.io.output import atomic_output, check_output
 
 MAGIC = b"GGUF"
 RECORD = "fusekit-gguf.json"
@@ -264,8 +268,6 @@ def _load(file: Path) -> tuple[Any, Any]:
     """transformers' dequantised model and tokenizer, with its refusals as one line."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from fusekit.io.loading import first_line
-
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
         model = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name)
@@ -308,7 +310,6 @@ def convert(
 
     The dtype, the output and the file's layout are checked first: a refusal should
     come in a second, not after a minute of dequantising."""
-    from fusekit.io.output import check_output
 
     if dtype is not None and dtype not in DTYPES:
         raise ModelIOError(
@@ -324,13 +325,10 @@ def _write(file: Path, out: Path, *, dtype: str | None, overwrite: bool, sha256:
     """Dequantise a checked file into ``out``; a failed write leaves no folder behind."""
     import transformers
 
-    from fusekit.io.loading import _torch_dtype
-    from fusekit.io.output import atomic_output
-
     model, tokenizer = _load(file)
     plain = _plain(model)
     if dtype is not None:
-        plain = plain.to(_torch_dtype(dtype))
+        plain = plain.to(torch_dtype(dtype))
     with atomic_output(out, overwrite=overwrite, inputs=[file]) as tmp:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -348,7 +346,6 @@ def _write(file: Path, out: Path, *, dtype: str | None, overwrite: bool, sha256:
 
 def cached_folder(path: str | Path) -> Path:
     """The converted folder of a GGUF file, converting it the first time (keyed by content)."""
-    from fusekit.sources import cache_root
 
     file = check_gguf(path)
     sha = file_hash(file)
@@ -363,31 +360,3 @@ def conversion_record(folder: str | Path) -> dict[str, Any] | None:
     """What ``convert`` recorded about the GGUF file a folder came from (None: not converted)."""
     file = Path(folder) / RECORD
     return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
-
-
-def with_converted_models(recipe: Any) -> Any:
-    """The recipe with every ``.gguf`` model reference pointing at its converted folder."""
-    from fusekit.checks import local_models
-    from fusekit.recipe import parse_recipe, recipe_to_dict
-
-    refs = [r for r in local_models(recipe) if is_gguf(r.path)]
-    if not refs:
-        return recipe
-    for ref in refs:  # every file checked before the first is dequantised
-        check_gguf(ref.path)
-    folders = {r.path: str(cached_folder(r.path)) for r in refs}
-
-    def swap(node: Any) -> Any:
-        if isinstance(node, dict):
-            if (
-                isinstance(node.get("path"), str)
-                and node["path"] in folders
-                and "allow_pickle" in node
-            ):
-                return {**node, "path": folders[node["path"]]}
-            return {k: swap(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [swap(v) for v in node]
-        return node
-
-    return parse_recipe(swap(recipe_to_dict(recipe)))

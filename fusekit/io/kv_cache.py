@@ -13,7 +13,7 @@ from typing import Any
 
 
 @functools.cache
-def _cache_name(cls: type) -> str:
+def _cache_name(cls: type[Any]) -> str:
     params = inspect.signature(cls.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
@@ -21,7 +21,10 @@ def _cache_name(cls: type) -> str:
 def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
     """``{name: cache, "use_cache": ...}`` for ``model(**...)``; ``cache=None`` = no caching."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return {_cache_name(type(base)): cache, "use_cache": cache is not None}
+    # Annotated plain ``type``: mypy checks ``type[Any]`` against functools.cache's Hashable
+    # through the class's unbound ``__hash__`` and refuses it.
+    cls: type = type(base)
+    return {_cache_name(cls): cache, "use_cache": cache is not None}
 
 
 def output_cache(output: Any) -> Any:

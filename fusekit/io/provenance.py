@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fusekit.io.hashing import folder_hash
+from fusekit.version import __version__
 
 PROVENANCE_FILE = "fusekit.json"
 
@@ -43,8 +44,6 @@ def _version(dist: str) -> str:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         if dist == "fusekit":
-            from fusekit import __version__
-
             return __version__
         return "not installed"
 

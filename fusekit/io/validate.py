@@ -17,8 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from fusekit.errors import ModelIOError, listing
+from fusekit.io.folders import (
+    check_model_folder,
+    first_line,
+    refuse_non_causal,
+    refuse_remote_code,
+)
 from fusekit.io.lazy import LazyCheckpoint
-from fusekit.io.loading import first_line, refuse_non_causal, refuse_remote_code
+from fusekit.io.tokenizer import load_tokenizer
 
 
 def read_config(folder: Path) -> dict[str, Any]:
@@ -117,8 +123,6 @@ def tokenizer_size(folder: Path) -> int | None:
         except Exception as exc:  # the Rust library raises a bare Exception
             raise ModelIOError(f"{file} is not a readable tokenizer ({first_line(exc)})") from None
     if (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.model").is_file():
-        from fusekit.io.loading import load_tokenizer
-
         return len(load_tokenizer(folder))
     return None
 
@@ -152,7 +156,6 @@ def check_model(
     with no id beyond the embedding.  Pickled checkpoints get the config and
     tokenizer checks here and the tensor check when they are converted.
     """
-    from fusekit.io.loading import check_model_folder
 
     folder = check_model_folder(folder, allow_pickle=allow_pickle)
     key = _state(folder, allow_pickle, trust_remote_code, need_tokenizer)

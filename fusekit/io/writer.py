@@ -19,32 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fusekit.io.safetensors_format import CODE_OF, DTYPES, encode_header, read_header
-
-DEFAULT_SHARD_BYTES = 5 * 10**9
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
-
-
-def parse_size(size: str | int) -> int:
-    """``"2GB"`` -> 2_000_000_000 (decimal units as in the Hub; ``GiB`` for binary)."""
-    if isinstance(size, int):
-        value = size
-    else:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(size))
-        unit = m.group(2).upper() if m else None
-        if not m or unit not in _UNITS:
-            raise ValueError(f"cannot read size {size!r}; write e.g. 2GB, 500MB or 4GiB")
-        value = int(float(m.group(1)) * _UNITS[unit])
-    if value <= 0:
-        raise ValueError(f"size must be positive, got {size!r}")
-    return value
+from fusekit.io.sizes import DEFAULT_SHARD_BYTES, parse_size
 
 
 def dtype_code(dtype: Any) -> str:

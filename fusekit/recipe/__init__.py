@@ -1,12 +1,10 @@
 """Recipes: YAML files validated by pydantic, one model per strategy.
 
 The shared pieces (model references, data, the train spec) live here; each
-strategy's own model lives beside it (``fusekit/strategies/<tag>/recipe.py``) and
-is re-exported here lazily (each of those modules imports this package's
-``common``, so importing them eagerly here would be circular).  See ``docs/recipes.md`` for every field.
+strategy's own model lives beside it (``fusekit/strategies/<tag>/recipe.py``) and is
+found through the registry (``fusekit.registry.recipe_model``), so this package
+names no strategy.  See ``docs/recipes.md`` for every field.
 """
-
-from typing import Any
 
 from fusekit.recipe.common import (
     DataSpec,
@@ -29,15 +27,9 @@ from fusekit.recipe.loading import (
 )
 
 __all__ = [
-    "BlockExpansionRecipe",
-    "CalmRecipe",
     "DataSpec",
-    "DepthUpscalingRecipe",
     "FileData",
-    "FinetuneRecipe",
-    "FuseLLMRecipe",
     "LocalModel",
-    "LoraSpec",
     "ScratchModel",
     "ScratchSpec",
     "TaskData",
@@ -51,21 +43,3 @@ __all__ = [
     "read_recipe_data",
     "recipe_to_dict",
 ]
-
-_STRATEGY_MODELS = {
-    "BlockExpansionRecipe": "block_expansion",
-    "CalmRecipe": "calm",
-    "DepthUpscalingRecipe": "depth_upscaling",
-    "FinetuneRecipe": "finetune",
-    "LoraSpec": "finetune",
-    "FuseLLMRecipe": "fusellm",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _STRATEGY_MODELS:
-        import importlib
-
-        module = importlib.import_module(f"fusekit.strategies.{_STRATEGY_MODELS[name]}.recipe")
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

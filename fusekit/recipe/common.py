@@ -8,9 +8,8 @@ against the current working directory, like every other command-line tool.
 from __future__ import annotations
 
 import importlib.util
-import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -23,10 +22,13 @@ from pydantic import (
     model_validator,
 )
 
+from fusekit.io.folders import model_folder_problem
+from fusekit.io.sizes import DEFAULT_SHARD_SIZE, parse_size
+from fusekit.tasks import TASKS
+
 
 def known_task(value: str) -> str:
     """A built-in task name, or a message listing them."""
-    from fusekit.tasks import TASKS
 
     if value not in TASKS:
         raise ValueError(f"unknown task {value!r}; choose one of: {', '.join(TASKS)}")
@@ -114,7 +116,7 @@ def resolve_load(*specs: LoadSpec | None, dtype: str) -> LoadSpec:
     return LoadSpec(**{"dtype": dtype, **fields})
 
 
-def own_load(ref: Any) -> LoadSpec | None:
+def own_load(ref: ModelRef) -> LoadSpec | None:
     """A model reference's own ``load:`` (a from-scratch model has none)."""
     return ref.load if isinstance(ref, LocalModel) else None
 
@@ -135,7 +137,6 @@ class LocalModel(Strict):
     @model_validator(mode="after")
     def _check_folder(self) -> LocalModel:
         # Imported here: the check reads file names only, and recipe loading must stay light.
-        from fusekit.io.folders import model_folder_problem
 
         problem = model_folder_problem(Path(self.path), allow_pickle=self.allow_pickle)
         if problem:
@@ -268,7 +269,7 @@ SingleData = Annotated[
 DataRef = SingleData | list[SingleData]
 
 
-def data_label(ref: Any) -> str:
+def data_label(ref: DataRef) -> str:
     """A short human name for a data reference, used as a column in reports."""
     if isinstance(ref, list):
         return "+".join(data_label(r) for r in ref)
@@ -283,23 +284,6 @@ class DataSpec(Strict):
 
 
 # --------------------------------------------------------------------------- training
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?B)\s*$", re.IGNORECASE)
-_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
-
-
-def parse_size(text: str | int) -> int:
-    """``"2GB"`` -> bytes. Decimal units, like ``save_pretrained(max_shard_size=...)``."""
-    if isinstance(text, int):
-        return text
-    match = _SIZE.match(text)
-    if not match:
-        raise ValueError(f"size {text!r} is not like '500MB' or '2GB'")
-    size = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
-    if size <= 0:
-        raise ValueError(f"size {text!r} must be positive, like '500MB' or '2GB'")
-    return size
-
 
 #: Shown when ``train.optim`` names no optimizer transformers knows.
 _COMMON_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "adamw_bnb_8bit", "sgd")
@@ -361,6 +345,16 @@ class TrainSpec(Strict):
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     seq_len: int = Field(256, ge=8)
+    loss_on: Literal["all", "completion", "assistant"] | None = Field(
+        None,
+        description="which tokens carry the loss: all; completion (the default for "
+        "prompt/completion); assistant (every assistant turn, the default for messages)",
+    )
+    chat_template: str | None = Field(
+        None,
+        description="Jinja chat template (a file or the template itself) conversations are "
+        "rendered in; default: the trained model's tokenizer's",
+    )
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     seed: int = 0
     weight_decay: float = Field(0.0, ge=0)
@@ -408,6 +402,10 @@ class TrainSpec(Strict):
 class BaseRecipe(Strict):
     """Fields every recipe has."""
 
+    if TYPE_CHECKING:
+        #: Every strategy's recipe declares it, as ``Literal["<tag>"]`` (``fusekit.registry``).
+        strategy: str
+
     name: str | None = None
     description: str | None = None
     output: str | None = Field(None, description="output folder; `-o` overrides it")
@@ -429,16 +427,16 @@ class BaseRecipe(Strict):
         (fp32 for the model that trains, ``frozen_dtype`` for one that does not)."""
         return resolve_load(own, self.load, dtype=self.frozen_dtype() if frozen else "fp32")
 
-    def train_data(self) -> Any:
+    def train_data(self) -> DataRef | None:
         """``train.data`` wins over ``data.train``; either may be used."""
         if self.train is not None and self.train.data is not None:
             return self.train.data
         return self.data.train if self.data is not None else None
 
-    def eval_data(self) -> list[Any]:
+    def eval_data(self) -> list[DataRef]:
         return list(self.data.eval) if self.data is not None else []
 
-    def shaping_data(self) -> list[Any]:
+    def shaping_data(self) -> list[DataRef]:
         """Every data reference that shapes the weights: checked, hashed, fingerprinted."""
         train = self.train_data()
         return [] if train is None else [train]
@@ -451,7 +449,7 @@ class SurgeryRecipe(BaseRecipe):
     that output as ``load:`` says and saves it back in the output's dtype.
     """
 
-    shard_size: str = "2GB"
+    shard_size: str = DEFAULT_SHARD_SIZE
     dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
         None, description="cast the output's weights; default keeps the source dtype"
     )

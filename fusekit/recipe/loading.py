@@ -9,7 +9,8 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from fusekit.errors import RecipeError
-from fusekit.registry import canonical_tag
+from fusekit.recipe.common import BaseRecipe
+from fusekit.registry import canonical_tag, list_strategies, recipe_model, recipe_union
 
 _MAPPING_TYPES = {"model_type", "dict_type", "model_attributes_type", "union_tag_invalid"}
 _TAGS = {"local-model", "scratch-model", "task-data", "file-data", "function-after"}
@@ -17,7 +18,6 @@ _TAGS = {"local-model", "scratch-model", "task-data", "file-data", "function-aft
 
 def _adapter() -> TypeAdapter[Any]:
     """The union of every registered strategy's recipe (the JSON schema's root)."""
-    from fusekit.registry import recipe_union
 
     return TypeAdapter(recipe_union())
 
@@ -45,7 +45,6 @@ def _is_branch(item: str) -> bool:
 
 
 def _strategy_tags() -> set[str]:
-    from fusekit.registry import list_strategies
 
     return set(list_strategies())
 
@@ -183,7 +182,7 @@ def read_recipe_data(path: str | Path) -> dict[str, Any]:
 
 def parse_recipe(
     data: dict[str, Any], *, source: str = "<recipe>", overrides: list[str] | None = None
-) -> Any:
+) -> BaseRecipe:
     """Validate a recipe mapping (after ``--set`` overrides) into its strategy's model."""
     data = dict(data)
     for assignment in overrides or []:
@@ -196,7 +195,6 @@ def parse_recipe(
         data["strategy"] = canonical_tag(str(data["strategy"]))
     except Exception as exc:
         raise RecipeError([f"{source}: strategy: {exc}"]) from None
-    from fusekit.registry import recipe_model
 
     try:
         return recipe_model(data["strategy"]).model_validate(data)
@@ -204,7 +202,7 @@ def parse_recipe(
         raise RecipeError(format_validation_error(err, source)) from None
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Any:
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> BaseRecipe:
     """Read, override and validate a YAML recipe; raises ``RecipeError`` listing every problem.
 
     A compare file (runs and parents, no strategy) is refused with the command that
@@ -221,7 +219,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Any:
     return parse_recipe(data, source=str(path), overrides=overrides)
 
 
-def recipe_to_dict(recipe: Any) -> dict[str, Any]:
+def recipe_to_dict(recipe: BaseRecipe) -> dict[str, Any]:
     """The recipe as plain JSON-able data (for ``fusekit.json`` and cache keys)."""
     return recipe.model_dump(mode="json", by_alias=True, exclude_none=True)
 

@@ -17,19 +17,10 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from fusekit.recipe import common
-from fusekit.strategies.block_expansion.recipe import BlockExpansionRecipe
-from fusekit.strategies.calm.recipe import CalmRecipe
-from fusekit.strategies.depth_upscaling.recipe import DepthUpscalingRecipe, Slice, SliceSource
-from fusekit.strategies.finetune.recipe import FinetuneRecipe, LoraSpec
-from fusekit.strategies.fusellm.recipe import FuseLLMRecipe
+from fusekit.recipe.loading import json_schema
+from fusekit.registry import entries, load_target, recipe_model
 
-_SECTIONS: list[tuple[str, type[BaseModel]]] = [
-    ("strategy: depth_upscaling", DepthUpscalingRecipe),
-    ("strategy: block_expansion", BlockExpansionRecipe),
-    ("strategy: calm", CalmRecipe),
-    ("strategy: fusellm", FuseLLMRecipe),
-    ("strategy: finetune (baseline)", FinetuneRecipe),
-    ("lora (LoraSpec)", LoraSpec),
+_COMMON: list[tuple[str, type[BaseModel]]] = [
     ("train (TrainSpec)", common.TrainSpec),
     ("data (DataSpec)", common.DataSpec),
     ("a built-in task as data (TaskData)", common.TaskData),
@@ -37,9 +28,20 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("a local model (LocalModel)", common.LocalModel),
     ("load (LoadSpec)", common.LoadSpec),
     ("from_scratch (ScratchSpec)", common.ScratchSpec),
-    ("slices[i] (Slice)", Slice),
-    ("slices[i].sources[j] (SliceSource)", SliceSource),
 ]
+
+
+def sections() -> list[tuple[str, type[BaseModel]]]:
+    """Every registered strategy's recipe model, then the shared parts, then the parts a
+    strategy's entry names (``reference``): the headings and models the reference documents."""
+    own = [(f"strategy: {tag}", recipe_model(tag)) for tag in entries()]
+    parts = [
+        (heading, load_target(tag, target))
+        for tag, entry in entries().items()
+        for heading, target in entry.reference
+    ]
+    return [*own, *_COMMON, *parts]
+
 
 _INTRO = """# Recipe reference
 
@@ -95,7 +97,7 @@ def _default(field: typing.Any) -> str:
 
 def render_markdown() -> str:
     out = [_INTRO]
-    for title, model in _SECTIONS:
+    for title, model in sections():
         out.append(f"## {title}\n")
         doc = (model.__doc__ or "").strip().splitlines()
         if doc:
@@ -114,7 +116,6 @@ def render_markdown() -> str:
 
 
 def write(docs: Path) -> None:
-    from fusekit.recipe.loading import json_schema
 
     docs.mkdir(parents=True, exist_ok=True)
     (docs / "recipes.md").write_text(render_markdown())

@@ -20,34 +20,37 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
-from fusekit.recipe.common import own_load
+from fusekit.evaluation.sets import evaluate_sets
+from fusekit.io.saving import save_trained
+from fusekit.recipe.common import BaseRecipe
 from fusekit.result import StageResult, TrainingRecord
-from fusekit.stages import Built, ModelInput, Prepared
+from fusekit.units import Built, ModelInput, Prepared
 
-__all__ = ["Built", "ModelInput", "Prepared", "Strategy", "model_input", "model_inputs"]
+__all__ = ["Built", "ModelInput", "Prepared", "Strategy"]
+
+R = TypeVar("R", bound=BaseRecipe)
 
 
-class Strategy(ABC):
-    """Base class; subclasses set ``tag`` and implement ``plan``, ``prepare`` and ``build``."""
+class Strategy(ABC, Generic[R]):
+    """Base class, generic over the strategy's recipe model (``Strategy[CalmRecipe]``);
+    subclasses set ``tag`` and implement ``plan``, ``prepare`` and ``build``."""
 
     tag: ClassVar[str]
     #: The unit name of the model the output holds.
     main_unit: ClassVar[str] = "model"
+    #: Whether its training data may hold conversations (``fusekit.data.chat``).
+    takes_conversations: ClassVar[bool] = True
 
-    def __init__(self, recipe: Any) -> None:
-        self.recipe = recipe
+    def __init__(self, recipe: R) -> None:
+        self.recipe: R = recipe
 
     # ------------------------------------------------------------------ planning
 
     @abstractmethod
     def plan(self) -> dict[str, Any]:
         """What will be built: layers, parameter counts, memory/disk estimates. Reads no weights."""
-
-    def input_paths(self) -> list[Path]:
-        """Local folders this strategy reads; the output may never be inside one of them."""
-        return []
 
     # ------------------------------------------------------------------ stages
 
@@ -60,7 +63,7 @@ class Strategy(ABC):
         return True
 
     def has_training(self) -> bool:
-        spec = getattr(self.recipe, "train", None)
+        spec = self.recipe.train
         return spec is not None and spec.steps != 0
 
     def units(self, prepared: Prepared) -> list[str]:
@@ -73,7 +76,6 @@ class Strategy(ABC):
 
     def save(self, built: Built, unit: str, workdir: Path) -> None:
         """Write the trained main unit as a standard HF folder (the default for models)."""
-        from fusekit.io.saving import save_trained
 
         save_trained(built.model, built.tokenizer, workdir, dtype=built.save_dtype)
 
@@ -82,7 +84,6 @@ class Strategy(ABC):
         labelled ``name`` (the output's name, not the temporary folder's)."""
         if unit != self.main_unit or not self.recipe.eval_data():
             return {}
-        from fusekit.evaluation.sets import evaluate_sets
 
         return {"evaluation": evaluate_sets(workdir, self.recipe.eval_data(), name=name)}
 
@@ -101,33 +102,3 @@ class Strategy(ABC):
             evaluation=main.get("evaluation", []),
             details=details,
         )
-
-
-def _input(ref: Any, path: Path) -> ModelInput:
-    """The folder every stage loads: with ``allow_pickle``, a pickled checkpoint's
-    safetensors copy (converted once), so surgery and loaders read one format."""
-    allow_pickle = bool(getattr(ref, "allow_pickle", False))
-    if allow_pickle:
-        from fusekit.io.convert import safetensors_folder
-
-        path = safetensors_folder(path)
-    return ModelInput(
-        path=str(path),
-        allow_pickle=allow_pickle,
-        trust_remote_code=bool(getattr(ref, "trust_remote_code", False)),
-        load=own_load(ref),
-    )
-
-
-def model_input(ref: Any) -> ModelInput:
-    """A recipe's model reference as a local folder (from-scratch models trained and cached)."""
-    from fusekit.sources import resolve_model
-
-    return _input(ref, resolve_model(ref))
-
-
-def model_inputs(refs: list[Any]) -> list[ModelInput]:
-    """``model_input`` for several references; missing from-scratch parents train side by side."""
-    from fusekit.sources import resolve_models
-
-    return [_input(ref, path) for ref, path in zip(refs, resolve_models(refs), strict=True)]

@@ -9,16 +9,20 @@ default ``save`` writes the trained weights over the untrained ones.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from fusekit.errors import DataError
 from fusekit.estimates import ModelFacts, load_bytes, training_memory
-from fusekit.recipe.common import own_load
+from fusekit.recipe.common import ModelRef, SurgeryRecipe, own_load
 from fusekit.result import StageResult, TrainingRecord
 from fusekit.strategies.base import Built, Prepared, Strategy
+from fusekit.surgery.restack import compact_layer_map
+from fusekit.training.unit import causal_lm_unit
+
+S = TypeVar("S", bound=SurgeryRecipe)
 
 
-class SurgeryStrategy(Strategy):
+class SurgeryStrategy(Strategy[S]):
     """Base of ``depth_upscaling`` and ``block_expansion``."""
 
     def needs_tokenizer(self) -> bool:
@@ -36,7 +40,7 @@ class SurgeryStrategy(Strategy):
         described: dict[str, Any],
         parent: ModelFacts,
         trainable: int,
-        base: Any,
+        base: ModelRef,
         frozen_layers: int = 0,
     ) -> dict[str, Any]:
         """The surgery's plan plus the parent's facts and, when the recipe trains, the
@@ -47,12 +51,13 @@ class SurgeryStrategy(Strategy):
             parent, layers=described["layers_after"], parameters=described["parameters_after"]
         )
         plan = {**described, "models": {"model": parent.as_dict()}}
-        if self.has_training():
+        train = self.recipe.train
+        if self.has_training() and train is not None:
             load = self.recipe.model_load(own_load(base))
             plan["trainable_parameters"] = trainable
             plan["training_memory_bytes"] = training_memory(
                 held=[(after, load_bytes(load.dtype, after))], trainable=trainable,
-                backprop=[after], forward_only=[], train=self.recipe.train,
+                backprop=[after], forward_only=[], train=train,
                 attention=load.attn_implementation, trained_bytes=load_bytes(load.dtype, after),
                 frozen_layers=frozen_layers,
             )  # fmt: skip
@@ -63,7 +68,6 @@ class SurgeryStrategy(Strategy):
     ) -> dict[str, Any]:
         """What a surgery on a from-scratch parent not trained yet will write, from its
         config: every block has the same shape, so sizes follow from the layer count."""
-        from fusekit.io.restack import compact_layer_map
 
         parameters = parent.parameters + (len(layers) - parent.layers) * parent.layer_parameters
         return {
@@ -82,7 +86,6 @@ class SurgeryStrategy(Strategy):
         return None
 
     def build(self, prepared: Prepared, unit: str) -> Built:
-        from fusekit.training.run import causal_lm_unit
 
         trust = any(m.trust_remote_code for m in prepared.inputs.values())
         # the surgery's output loads as its base model would: that one's load: settings

@@ -28,7 +28,12 @@ from fusekit.tasks.kv import (
 )
 from fusekit.tasks.kv import _examples as _kv_stream
 from fusekit.tasks.special import BOS, EOS, PAD, UNK
-from fusekit.tasks.tokenizers import TOKENIZER_KINDS, train_tokenizer, train_tokenizer_backend
+from fusekit.tasks.tokenizers import (
+    TOKENIZER_KINDS,
+    train_tokenizer,
+    train_tokenizer_backend,
+    wrap_backend,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -174,8 +179,6 @@ def task_tokenizer(
     if kv is not None:
         raise DataError(f"kv applies to KV tasks only; drop it for task {name!r}")
     from tokenizers import Tokenizer
-
-    from fusekit.tasks.tokenizers import wrap_backend
 
     kind = kind or DEFAULT_TOKENIZER_KIND[name]
     size = DEFAULT_VOCAB_SIZE if vocab_size is None else vocab_size

@@ -13,6 +13,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from fusekit.recipe.common import TrainSpec
+
 
 def _checkpointing_arguments(arguments_class: type) -> dict[str, Any]:
     """``TrainingArguments`` fields for non-reentrant gradient checkpointing.
@@ -34,7 +36,7 @@ def _checkpointing_arguments(arguments_class: type) -> dict[str, Any]:
     return {name: True, f"{name}_kwargs": {"use_reentrant": False}}
 
 
-def to_training_arguments(spec: Any, checkpoint_dir: Path, **overrides: Any) -> Any:
+def to_training_arguments(spec: TrainSpec, checkpoint_dir: Path, **overrides: Any) -> Any:
     """Arguments for ``Trainer``; ``checkpoint_dir`` receives checkpoints and logs only."""
     import torch
     from transformers import TrainingArguments

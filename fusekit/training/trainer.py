@@ -14,12 +14,8 @@ from typing import Any
 from transformers import Trainer
 
 from fusekit import log
-from fusekit.errors import FusekitError, PlanError
-
-
-class NonFiniteLossError(FusekitError):
-    """Training produced a NaN or infinite loss."""
-
+from fusekit.errors import FusekitError, NonFiniteLossError, PlanError
+from fusekit.training.sharding import PlainCopy, enable_cpu_fsdp, sharded_units
 
 Trainable = Callable[[str], bool] | Iterable[str] | None
 
@@ -85,7 +81,6 @@ class FusekitTrainer(Trainer):
 
     def create_accelerator_and_postprocess(self) -> None:
         """``Trainer``'s accelerator, sharding with FSDP on CPU ranks too when launched so."""
-        from fusekit.training.sharding import enable_cpu_fsdp
 
         super().create_accelerator_and_postprocess()
         if enable_cpu_fsdp(self.accelerator):
@@ -105,7 +100,6 @@ class FusekitTrainer(Trainer):
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         """``Trainer.train``; under FSDP the model is a plain module again afterwards (rank 0)."""
-        from fusekit.training.sharding import PlainCopy, sharded_units
 
         model = self.model
         self.plain_copy = PlainCopy(model) if self.is_fsdp_enabled else None
@@ -171,7 +165,8 @@ class FusekitTrainer(Trainer):
                 return None  # Adam's moments would still move the weights on zeroed grads
             return step(*a, **k)
 
-        optimizer.step = guarded_step
+        # wrapped on this one instance, the way torch's lr_scheduler wraps it
+        optimizer.step = guarded_step  # type: ignore[method-assign]
         return optimizer
 
     def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:

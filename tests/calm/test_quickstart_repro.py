@@ -34,7 +34,7 @@ def _default_threads() -> int:
 
 
 def _run(threads: int | None, seed: int, tmp: Path) -> dict:
-    from fusekit.sources import cache_root
+    from fusekit.io.cache import cache_root
 
     env = dict(os.environ)
     env.pop("OMP_NUM_THREADS", None)

@@ -157,7 +157,7 @@ def test_anchor_mix_counts_a_long_document_by_its_length(tmp_path: Path) -> None
 
 
 def test_anchor_data_is_checked_hashed_and_needs_anchor_mix(bases, data, tmp_path: Path) -> None:
-    from fusekit.api import _data_files
+    from fusekit.pipeline.run import data_files as _data_files
     from fusekit.recipe.loading import parse_recipe
 
     texts = tmp_path / "english.jsonl"

@@ -86,6 +86,26 @@ def _layers(r: Ran, output: str) -> int:
     return json.loads((r.ws.root / output / "config.json").read_text())["num_hidden_layers"]
 
 
+def train_section_parses(item: DocItem) -> None:
+    """A ``train:`` fragment: every key is a TrainSpec field with a value it accepts."""
+    from fusekit.recipe.common import TrainSpec
+
+    train = yaml.safe_load(item.text)["train"]
+    assert isinstance(train.pop("data"), str)  # a data file, checked to exist when a run reads it
+    spec = TrainSpec.model_validate(train)
+    assert spec.loss_on == "assistant" and spec.chat_template
+
+
+def prints(expected: str) -> Check:
+    """The item ran and printed ``expected`` on a line of its own."""
+
+    def check(r: Ran) -> None:
+        out = r.res.ok().stdout
+        assert expected in out.splitlines(), out[-2000:]
+
+    return check
+
+
 def lists_strategies(r: Ran) -> None:
     """``fusekit strategies`` lists exactly the registry, one tag per line."""
     from fusekit.registry import list_strategies

@@ -227,7 +227,7 @@ def shrunk_ws(tmp_path_factory, tiny_models: Path, fast_cache: Path) -> Workspac
 @pytest.fixture(scope="module")
 def full_ws(tmp_path_factory, tiny_models: Path) -> Workspace:
     """The slow tier: shipped recipes, the user's cache (parents trained once, as promised)."""
-    from fusekit.sources import cache_root
+    from fusekit.io.cache import cache_root
 
     ws = _workspace(tmp_path_factory, "full-ws", tiny_models, cache_root(), timeout=3 * 3600,
                     one_thread=False)  # fmt: skip
@@ -238,7 +238,7 @@ def full_ws(tmp_path_factory, tiny_models: Path) -> Workspace:
 @pytest.fixture(scope="module")
 def gguf_ws(tmp_path_factory) -> Workspace:
     """The real tier: the GGUF files tests/real finds, under the names the docs use."""
-    from fusekit.sources import cache_root
+    from fusekit.io.cache import cache_root
     from tests.real.conftest import english, gguf_paths
 
     root = tmp_path_factory.mktemp("gguf-ws")

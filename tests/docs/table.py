@@ -31,6 +31,7 @@ from tests.docs.checks import (
     plan_only,
     plans_every_run,
     plans_like_the_doc_sample,
+    prints,
     progress_sample,
     quickstart_python,
     real_models_written,
@@ -39,6 +40,7 @@ from tests.docs.checks import (
     scored_bpb,
     scored_bpb_json,
     table_one,
+    train_section_parses,
     two_ranks,
     validates_every_quickstart,
 )
@@ -127,6 +129,35 @@ TABLE: dict[str, Entry] = {
                                                       has_output("out/calm", TINY_CALM)])),),
         slow=(Run("full_ws", api_tour, setup=steps([fresh("out/expanded"),
                                                     has_output("out/calm", TINY_CALM)])),)),
+    # docs/data.md
+    """
+    train:
+      data: talk.jsonl
+      steps: 200
+      chat_template: templates/chatml.jinja   # or the template string itself
+      loss_on: assistant                      # all | completion | assistant
+    """: Entry("data-train", "static: the train section validates as a TrainSpec",
+               static=train_section_parses),
+    """
+    from fusekit.data.chat import Renderer, conversation
+    from fusekit.tasks import task_tokenizer
+
+    tokenizer = task_tokenizer("code", kind="bpe")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    chatml = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\\n{{ m['content'] }}<|im_end|>\\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\\n{% endif %}"
+    )
+    talk = conversation("example", {"messages": [
+        {"role": "user", "content": "What does len() return?"},
+        {"role": "assistant", "content": "The number of items."},
+    ]})
+    ids, labels = Renderer(tokenizer, chatml).encode("example", talk, "assistant", seq_len=256)
+    print(tokenizer.decode([t for t, label in zip(ids, labels) if label != -100]))
+    # The number of items.<|im_end|>
+    """: Entry(
+        "data-mask", "fast: as written; it prints the assistant turn and its end-of-turn token",
+        fast=(Run("docs_ws", prints("The number of items.<|im_end|>")),)),
     # docs/adding_a_strategy.md
     """
     [project.entry-points."fusekit.strategies"]

@@ -4,7 +4,7 @@
 pyarrow and ``datasets`` (both come with the ``dev`` extra, through lm-eval);
 a missing library is simulated by a ``None`` entry in ``sys.modules``, so the
 install hint is checked on every run.  The training reader
-(``fusekit.training.data``) accepts the same two formats and is checked here too.
+(``fusekit.data.causal_lm``) accepts the same two formats and is checked here too.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from fusekit.data.records import as_choice, as_pair, as_text_item, iter_records
 from fusekit.errors import DataError
-from fusekit.evaluation.data import as_choice, as_pair, as_text_item, iter_records
 
 
 def write_jsonl(path: Path, records: list[object]) -> Path:
@@ -255,8 +255,8 @@ def test_a_parquet_file_and_a_dataset_folder_score_as_their_records(
 
 
 def test_training_reads_parquet_and_dataset_folders(tmp_path: Path) -> None:
-    """``fusekit.training.data.load_records`` reads the same two formats, to plain dicts."""
-    from fusekit.training.data import load_records
+    """``fusekit.data.causal_lm.load_records`` reads the same two formats, to plain dicts."""
+    from fusekit.data.causal_lm import load_records
 
     columns = {"prompt": ["p0", "p1", "p2"], "completion": [" a", " b", " c"]}
     rows = [{"prompt": p, "completion": c} for p, c in zip(*columns.values(), strict=True)]
@@ -271,7 +271,7 @@ def test_training_reads_parquet_and_dataset_folders(tmp_path: Path) -> None:
 def test_training_without_pyarrow_or_datasets_says_what_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fusekit.training.data import load_records
+    from fusekit.data.causal_lm import load_records
 
     parquet = write_parquet(tmp_path / "d.parquet", {"text": ["a"]})
     saved = save_dataset(tmp_path / "saved", {"text": ["a"]})
@@ -287,7 +287,7 @@ def test_training_reads_a_dataset_dict_and_refuses_a_bad_parquet(tmp_path: Path)
     """Training shares evaluation's reader: a ``DatasetDict`` folder (what
     ``load_dataset(...).save_to_disk`` writes) reads its split; a corrupt parquet file
     is a ``DataError`` naming the file, never pyarrow's own exception."""
-    from fusekit.training.data import load_records
+    from fusekit.data.causal_lm import load_records
 
     saved = save_dataset(tmp_path / "dd", {"train": {"text": ["a", "b"]}})
     assert load_records(saved) == [{"text": "a"}, {"text": "b"}]

@@ -345,3 +345,61 @@ def test_simple_evaluate_on_a_calm_composition_equals_its_anchor(tmp_path: Path)
         ]
     assert [len(by_anchor["samples"][name]) for name in names] == [3, 64, 2]
     assert math.isfinite(by_anchor["results"]["calm_rolling"]["bits_per_byte,none"])
+
+
+#: Writes BOS itself, as Gemma's does; a user turn, then the assistant's cue.
+CHAT = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}User: {{ m['content'] }}\n"
+    "{% else %}Assistant: {{ m['content'] }}\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+def test_apply_chat_template_renders_in_the_models_template(model: Any, tokenizer: Any) -> None:
+    import copy
+
+    from fusekit.evaluation.lmeval import lm_eval_model
+
+    chat = copy.deepcopy(tokenizer)
+    chat.chat_template = CHAT
+    lm = lm_eval_model(model, chat)
+    history = [{"role": "user", "content": "two plus two"}]
+    # the tokenizer adds <s> to every scored text: the template's own BOS is left to it
+    assert lm.apply_chat_template(history) == "User: two plus two\nAssistant:"
+    assert lm.apply_chat_template(
+        [*history, {"role": "assistant", "content": "four"}], add_generation_prompt=False
+    ).startswith("User: two plus two\nAssistant: four")
+    assert lm.chat_template(True) == CHAT and lm.chat_template(False) is None
+    with pytest.raises(FusekitError, match="has no chat template"):
+        lm_eval_model(model, tokenizer).apply_chat_template(history)
+
+
+def test_simple_evaluate_with_apply_chat_template_scores_the_rendered_prompts(
+    fact_tasks: tuple[Path, list[str]], model: Any, tokenizer: Any
+) -> None:
+    import copy
+
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from fusekit.evaluation.lmeval import lm_eval_model
+    from fusekit.evaluation.text_scoring import score_texts
+
+    chat = copy.deepcopy(tokenizer)
+    chat.chat_template = CHAT
+    folder, names = fact_tasks
+    choice = [n for n in names if n.endswith("_choice")]
+    results = lm_eval.simple_evaluate(
+        model=lm_eval_model(model, chat, batch_size=3), tasks=choice,
+        task_manager=TaskManager(include_path=folder, include_defaults=False),
+        apply_chat_template=True, bootstrap_iters=0, log_samples=True, random_seed=None,
+        numpy_random_seed=None, torch_random_seed=None,
+    )  # fmt: skip
+    assert results is not None
+    for sample in results["samples"][choice[0]]:
+        for (context, continuation), ((logprob, _),) in zip(
+            sample["arguments"], sample["resps"], strict=True
+        ):
+            assert context.startswith("User: ") and context.endswith("Assistant:")
+            ours = -score_texts(model, [(context, continuation)], tokenizer=chat).nats
+            assert logprob == pytest.approx(ours, rel=1e-6)

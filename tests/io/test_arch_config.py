@@ -6,7 +6,7 @@ import pytest
 
 from fusekit.errors import PlanError, UnsupportedArchitectureError
 from fusekit.io.arch import arch_facts, supported_model_types
-from fusekit.io.config import remap_layers_config
+from fusekit.surgery.config import remap_layers_config
 from tests.tiny import ARCHS, EXTRA_ARCHS, tiny_config
 
 REQUIRED = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "olmo2", "gpt2",
@@ -157,7 +157,7 @@ def test_source_layer_outside_model() -> None:
 def test_load_config_uses_config_json_when_complete(tmp_path) -> None:
     import json
 
-    from fusekit.io.config import load_config
+    from fusekit.surgery.config import load_config
 
     cfg = tiny_config("qwen3").to_dict()
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "marker": 1}))

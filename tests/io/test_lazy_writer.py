@@ -14,7 +14,8 @@ from fusekit.errors import ModelIOError
 from fusekit.io.lazy import LazyCheckpoint
 from fusekit.io.loading import load_causal_lm
 from fusekit.io.provenance import copy_tokenizer_and_generation_config
-from fusekit.io.writer import ShardedWriter, parse_size
+from fusekit.io.sizes import parse_size
+from fusekit.io.writer import ShardedWriter
 from tests.tiny import make_tiny_model
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from fusekit.errors import ModelIOError
-from fusekit.io.loading import check_model_folder, load_causal_lm, load_tokenizer
+from fusekit.io.folders import check_model_folder
+from fusekit.io.loading import load_causal_lm, load_tokenizer
 from tests.tiny import make_tiny_model
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from fusekit.errors import OutputExistsError
-from fusekit.io.config import load_full_config
 from fusekit.io.output import atomic_output
+from fusekit.surgery.config import load_full_config
 from tests.tiny import make_tiny_model
 
 REPO = Path(__file__).resolve().parents[2]

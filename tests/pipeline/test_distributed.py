@@ -9,8 +9,11 @@ saves; the parent writes provenance and renames the output into place.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +72,31 @@ def test_a_missing_accelerate_config_is_one_line(models: dict[str, Path], tmp_pa
     proc = fusekit_cli("run", str(path), "-o", str(out), "--accelerate-config", "nope.yaml")
     assert proc.returncode == 2 and "nope.yaml does not exist" in proc.stderr
     assert not out.exists()
+
+
+def test_two_ranks_tokenise_the_data_once_and_a_second_run_not_at_all(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Rank 0 builds first and writes the Arrow cache; rank 1, and every later run, read it."""
+    if shutil.which("accelerate") is None:
+        pytest.skip("accelerate launcher not on PATH")
+    data = write_corpus(tmp_path / "corpus.jsonl", seed=11)
+    recipe = recipe_for("finetune", models, data)
+    recipe["train"]["steps"] = 2
+    path = write_recipe(tmp_path / "recipe.yaml", recipe)
+    config = two_cpu_ranks(tmp_path / "two_cpu_ranks.yaml")
+    env = {**os.environ, "FUSEKIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    runs = []
+    for out in ("one", "two"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "fusekit", "run", str(path), "-o", str(tmp_path / out),
+             "--accelerate-config", str(config)],
+            capture_output=True, text=True, env=env, timeout=600, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-6000:]
+        runs.append(proc.stderr)
+    first, second = runs
+    assert first.count("tokenising 64 records") == 1
+    assert first.count("tokenised examples read from the cache") == 1
+    assert "tokenising" not in second and second.count("read from the cache") == 2
+    assert len(list((tmp_path / "cache" / "data").iterdir())) == 1

@@ -31,7 +31,7 @@ def _finetune(models, tmp_path: Path, **train) -> dict:
 
 def test_a_nan_gradient_stops_the_run_naming_the_step(models, tmp_path: Path) -> None:
     import fusekit
-    from fusekit.training.trainer import NonFiniteLossError
+    from fusekit.errors import NonFiniteLossError
 
     with pytest.raises(NonFiniteLossError, match=r"gradient became non-finite.* at step 3"):
         fusekit.run(

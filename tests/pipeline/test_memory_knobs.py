@@ -18,14 +18,14 @@ from typing import Any
 import pytest
 import torch
 
-from fusekit.checks import checked
 from fusekit.errors import RecipeError
+from fusekit.pipeline.checks import checked
 from fusekit.recipe import parse_recipe
 from fusekit.recipe.common import TrainSpec
-from fusekit.stages import Built
 from fusekit.training.args import to_training_arguments
 from fusekit.training.fit import fit
 from fusekit.training.trainer import FusekitTrainer, trainable_predicate
+from fusekit.units import Built
 from tests.pipeline.conftest import STRATEGIES, cli, recipe_for, write_corpus, write_recipe
 
 # ---------------------------------------------------------------- helpers
@@ -238,7 +238,7 @@ def test_the_knobs_reach_every_rank(models: dict[str, Path], tmp_path: Path) -> 
     import json
 
     from fusekit.recipe import recipe_to_dict
-    from fusekit.stages import Prepared
+    from fusekit.units import Prepared
 
     data = write_corpus(tmp_path / "corpus.jsonl")
     recipe = _recipe("calm", models, data, load={"dtype": "bf16", "attn_implementation": "eager"})

@@ -47,10 +47,37 @@ def test_an_installed_plugin_strategy_runs_through_fusekit_run(
     recipe.write_text(yaml.safe_dump({"strategy": "average", "modles": [str(models["a"])]}))
     bad = _fusekit("validate", str(recipe))
     assert bad.returncode == 2 and "modles: unknown key" in bad.stderr
-    # fuse takes it too, its fields through --set
+    # fuse takes it too: its own flags from its registry entry, other fields through --set
+    assert "--models" in _fusekit("fuse", "--help").stdout
     proc = _fusekit("fuse", "--strategy", "average", "-o", str(tmp_path / "fused"),
+                    "--models", str(models["a"]), "--models", str(models["b"]))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fused = load_file(tmp_path / "fused" / "model.safetensors")
+    assert all(torch.equal(fused[k], got[k]) for k in got)
+    proc = _fusekit("fuse", "--strategy", "average", "-o", str(tmp_path / "set"),
                     "--set", f"models=[{models['a']}, {models['b']}]")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # another strategy's flag is refused by name, and so is this one's under another strategy
+    stray = _fusekit("fuse", "--strategy", "average", "--anchor", "x", "--dry-run")
+    assert (
+        stray.returncode == 2 and "--anchor do(es) not apply to --strategy average" in stray.stderr
+    )
+    stray = _fusekit("fuse", "--strategy", "finetune", "--models", "x", "--dry-run")
+    assert stray.returncode == 2 and "--models do(es) not apply" in stray.stderr
+
+
+def test_a_plugin_strategy_is_in_the_recipe_reference_and_the_schema() -> None:
+    code = (
+        "import json; from fusekit.recipe.reference import render_markdown;"
+        "from fusekit.recipe.loading import json_schema;"
+        "print(json.dumps({'md': render_markdown(), 'schema': json_schema()}))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGIN), os.getcwd()])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=300, check=True)  # fmt: skip
+    found = json.loads(proc.stdout)
+    assert "## strategy: average" in found["md"] and "averaged tensor by tensor" in found["md"]
+    assert "AverageRecipe" in json.dumps(found["schema"])
 
 
 def test_register_strategy_checks_what_it_is_given() -> None:

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fusekit.api import checkpoint_root, lock_file
-from fusekit.training.fit import FINGERPRINT_FILE, checkpoint_problem, complete_checkpoints
+from fusekit.pipeline.checkpoints import checkpoint_root, lock_file
+from fusekit.training.checkpoints import FINGERPRINT_FILE, checkpoint_problem, complete_checkpoints
 from tests.pipeline.conftest import fusekit_cli, recipe_for, weights, write_corpus, write_recipe
 
 # api.run with a callback that kills the process once its second checkpoint is complete

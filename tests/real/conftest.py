@@ -32,8 +32,8 @@ def gguf_files() -> dict[str, Path]:
 def gguf_paths() -> dict[str, Path]:
     """The two GGUF files (the Gemma one joined into the cache); a missing package skips
     the test, or fails it under ``FUSEKIT_REQUIRE_REAL=1``."""
+    from fusekit.io.cache import cache_root
     from fusekit.io.packaged import PackageMissing, gemma3_file, smollm2_file
-    from fusekit.sources import cache_root
 
     try:
         return {

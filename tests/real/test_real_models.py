@@ -167,7 +167,7 @@ def test_training_new_blocks_leaves_the_originals_bit_identical(real, gguf_files
 
 def test_fusellm_with_a_262k_source(real, gguf_files, tmp_path: Path) -> None:
     """SmolLM2 continued with Gemma-3 as source: the vocabulary map, then a few steps."""
-    from fusekit.sources import cache_root
+    from fusekit.io.cache import cache_root
     from fusekit.strategies.fusellm.vocab import map_vocab, mapping_stats, token_table
 
     source, target = load(real["gemma3"])[1], load(real["smollm2"])[1]
@@ -204,8 +204,8 @@ def test_fusellm_lambda_one_is_plain_clm_on_real_models(real, tmp_path: Path) ->
     with Gemma-3 (262k ids) built as a source: the fusion term is never computed."""
     from transformers import TrainingArguments
 
-    from fusekit.recipe import FuseLLMRecipe
     from fusekit.strategies.fusellm.losses import clm_loss
+    from fusekit.strategies.fusellm.recipe import FuseLLMRecipe
     from fusekit.strategies.fusellm.strategy import FuseLLMStrategy
 
     data = tmp_path / "mix.jsonl"

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from fusekit.errors import ModelIOError
+from fusekit.models.resolve import resolve_model
+from fusekit.models.scratch import scratch_folder
 from fusekit.recipe import parse_recipe
-from fusekit.sources import resolve_model, scratch_folder
 
 
 def test_scratch_model_is_trained_once_and_cached(
@@ -55,8 +56,8 @@ def test_scratch_optimizer_fields_key_the_cache_only_when_set() -> None:
     import json
 
     from fusekit import __version__
+    from fusekit.models.scratch import scratch_key
     from fusekit.recipe.common import ScratchSpec
-    from fusekit.sources import scratch_key
 
     spec = ScratchSpec(task="kv_substitution", tokenizer="kv", steps=10)
     old = spec.model_dump(mode="json")
@@ -85,9 +86,9 @@ def test_models_to_train_train_side_by_side_with_the_same_result(
     """Parallel workers train exactly what one-after-the-other training would."""
     from concurrent.futures import ProcessPoolExecutor
 
-    import fusekit.sources as sources
+    import fusekit.models.scratch as sources
+    from fusekit.models.resolve import resolve_models
     from fusekit.recipe.common import ScratchModel
-    from fusekit.sources import resolve_models
 
     shape = {"hidden_size": 32, "layers": 2, "heads": 2, "steps": 3, "batch_size": 8}
     refs = [

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from fusekit.io.arch import arch_facts
-from fusekit.io.config import load_full_config
 from fusekit.io.lazy import LazyCheckpoint
 from fusekit.io.loading import load_causal_lm
 from fusekit.strategies.depth_upscaling.plan import slices_plan, solar_plan
 from fusekit.strategies.depth_upscaling.splice import splice
+from fusekit.surgery.config import load_full_config
 from tests.structural.helpers import cached_logits, greedy, token_ids, uncached_logits
 from tests.tiny import ARCHS
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from fusekit.io.arch import arch_facts
-from fusekit.io.config import load_full_config
 from fusekit.io.lazy import LazyCheckpoint
 from fusekit.io.loading import load_causal_lm
 from fusekit.io.provenance import write_provenance
 from fusekit.strategies.block_expansion.freeze import new_layer_param_filter, trainable_layers
 from fusekit.strategies.block_expansion.plan import expansion_plan
 from fusekit.strategies.block_expansion.surgery import expand
+from fusekit.surgery.config import load_full_config
 from tests.structural.helpers import cached_logits, greedy, token_ids, uncached_logits
 from tests.tiny import ARCHS, EXTRA_ARCHS
 

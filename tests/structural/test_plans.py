@@ -8,7 +8,6 @@ import pytest
 
 from fusekit.errors import PlanError, UnsupportedArchitectureError
 from fusekit.io.arch import arch_facts
-from fusekit.io.restack import compact_layer_map
 from fusekit.strategies.block_expansion.plan import (
     check_zero_coverage,
     expansion_plan,
@@ -22,6 +21,7 @@ from fusekit.strategies.depth_upscaling.plan import (
     slices_plan,
     solar_plan,
 )
+from fusekit.surgery.restack import compact_layer_map
 
 
 def _layers(plan: list[LayerSource]) -> list[int]:

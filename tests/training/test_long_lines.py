@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from fusekit.training import data as data_module
-from fusekit.training.data import CausalLMDataset, chunk_texts, segments, special_prefix
+from fusekit.data import causal_lm as data_module
+from fusekit.data.causal_lm import CausalLMDataset, chunk_texts, segments, special_prefix
 from tests.tiny import make_tokenizer
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat,", "and", "dog", "ran", "(home)", "42", "x=1;"]
@@ -104,7 +104,7 @@ def test_a_prepending_normaliser_still_gives_the_whole_texts_ids(
 ) -> None:
     """With merges inside words the extra marker of each cut is dropped; with merges
     across words no cut is safe and the text is tokenised whole."""
-    from fusekit.training.data import continuation, token_stream
+    from fusekit.data.causal_lm import continuation, token_stream
 
     monkeypatch.setattr(data_module, "SEGMENT_CHARS", 500)
     tok = _prepending(split)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fusekit.data.causal_lm import CausalLMDataset, encode_prompt_completion, pack_texts
 from fusekit.recipe import TrainSpec
-from fusekit.training.data import CausalLMDataset, encode_prompt_completion, pack_texts
-from fusekit.training.run import train_causal_lm
+from fusekit.training.unit import train_causal_lm
 from tests.training.conftest import make_tokenizer
 
 
@@ -136,7 +136,7 @@ def test_lora_wrapping_prints_no_library_deprecation(tiny_llama: Path) -> None:
     """peft reads a property transformers 5 deprecated; a LoRA run must not show it."""
     import warnings
 
-    from fusekit.training.run import causal_lm_unit
+    from fusekit.training.unit import causal_lm_unit
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

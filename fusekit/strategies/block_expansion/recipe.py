@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from fusekit.recipe.common import ModelRef, SurgeryRecipe
+from fusekit.recipe.options import surgery_training
 
 #: Zeroed post-norm gains move about lr per Adam step; at LLaMA Pro's 2e-4 they stay
 #: near zero for hundreds of steps and hold every other weight of the copy still.
@@ -43,3 +44,13 @@ class BlockExpansionRecipe(SurgeryRecipe):
         if (self.groups is None) == (self.positions is None):
             raise ValueError("give exactly one of groups (with blocks_per_group) or positions")
         return self
+
+
+def from_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """``fusekit fuse --strategy block_expansion``: trains only when given ``--data``."""
+    recipe: dict[str, Any] = {
+        "strategy": "block_expansion", "model": opts["model"], "groups": opts["groups"],
+    }  # fmt: skip
+    if opts["blocks_per_group"] is not None:
+        recipe["blocks_per_group"] = opts["blocks_per_group"]
+    return surgery_training(recipe, opts, "block_expansion")

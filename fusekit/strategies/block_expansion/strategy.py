@@ -7,25 +7,26 @@ from typing import Any, ClassVar
 
 from fusekit.estimates import model_facts
 from fusekit.io.arch import arch_facts
-from fusekit.io.config import load_config
-from fusekit.io.refs import local_settings, peek_model
-from fusekit.io.writer import DEFAULT_SHARD_BYTES
-from fusekit.strategies.base import Built, Prepared, model_input
+from fusekit.io.sizes import DEFAULT_SHARD_BYTES
+from fusekit.models.resolve import model_input, peek_model, trusts_remote_code
+from fusekit.strategies.base import Built, Prepared
 from fusekit.strategies.block_expansion.freeze import new_layer_param_filter
 from fusekit.strategies.block_expansion.plan import ExpansionPlan, expansion_plan
+from fusekit.strategies.block_expansion.recipe import BlockExpansionRecipe
 from fusekit.strategies.block_expansion.surgery import expand, expansion_describe
 from fusekit.strategies.depth_upscaling.plan import LayerSource
 from fusekit.strategies.surgery import SurgeryStrategy
+from fusekit.surgery.config import load_config
 
 
-class BlockExpansionStrategy(SurgeryStrategy):
+class BlockExpansionStrategy(SurgeryStrategy[BlockExpansionRecipe]):
     """``groups`` × ``blocks_per_group`` (or ``positions``); ``zero`` picks the identity trick."""
 
     tag: ClassVar[str] = "block_expansion"
 
     def _layout(self, folder: Path) -> tuple[dict[str, Any], ExpansionPlan]:
         r = self.recipe
-        config = load_config(folder, trust_remote_code=local_settings(r.model)["trust_remote_code"])
+        config = load_config(folder, trust_remote_code=trusts_remote_code(r.model))
         n = arch_facts(config).num_layers(config)
         plan = expansion_plan(n, r.groups, r.blocks_per_group or 1, r.positions)
         return config, plan
@@ -55,10 +56,6 @@ class BlockExpansionStrategy(SurgeryStrategy):
             frozen = described["layers_after"] - len(plan.new_layers)
             return self.with_estimates(described, parent, new, r.model, frozen)
         return self.with_estimates(described, parent, described["parameters_after"], r.model)
-
-    def input_paths(self) -> list[Path]:
-        folder = peek_model(self.recipe.model)
-        return [folder] if folder else []
 
     def prepare(self, workdir: Path) -> Prepared:
         self.check_training_data()

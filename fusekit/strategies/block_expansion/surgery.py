@@ -15,8 +15,15 @@ from typing import Any
 
 from fusekit.errors import UnsupportedArchitectureError
 from fusekit.io.arch import arch_facts
-from fusekit.io.config import load_config
-from fusekit.io.restack import (
+from fusekit.io.sizes import DEFAULT_SHARD_BYTES
+from fusekit.strategies.block_expansion.plan import (
+    ExpansionPlan,
+    check_zero_coverage,
+    resolve_zero_mode,
+    zero_fills,
+)
+from fusekit.surgery.config import load_config
+from fusekit.surgery.restack import (
     LayerSource,
     build_config,
     describe,
@@ -24,13 +31,6 @@ from fusekit.io.restack import (
     open_checkpoints,
     plan_tensors,
     restack,
-)
-from fusekit.io.writer import DEFAULT_SHARD_BYTES
-from fusekit.strategies.block_expansion.plan import (
-    ExpansionPlan,
-    check_zero_coverage,
-    resolve_zero_mode,
-    zero_fills,
 )
 
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from fusekit import log
 from fusekit.errors import PlanError
+from fusekit.strategies.calm.layers import decoder_layers
 
 BASELINES = ("lora", "random_augment", "encoder")
 
@@ -25,8 +26,6 @@ BASELINES = ("lora", "random_augment", "encoder")
 def _linear_shapes(model: nn.Module) -> list[tuple[str, int, int]]:
     """(name, in, out) of every Linear/Conv1D inside the decoder blocks."""
     from transformers.pytorch_utils import Conv1D
-
-    from fusekit.strategies.calm.layers import decoder_layers
 
     blocks = decoder_layers(model)
     shapes = []
@@ -59,7 +58,7 @@ def lora_target_names(model: nn.Module) -> list[str]:
 
 
 def lora_model(
-    anchor: nn.Module, budget: int, *, alpha: float | None = None, seed: int = 0
+    anchor: nn.Module, budget: int, *, alpha: int | None = None, seed: int = 0
 ) -> tuple[Any, dict[str, int]]:
     """A trainable LoRA copy of ``anchor`` with about ``budget`` parameters (anchor untouched)."""
     import torch

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from fusekit.errors import ModelIOError, PlanError
+from fusekit.io.lazy import LazyCheckpoint
+from fusekit.io.loading import load_causal_lm, load_tokenizer
 from fusekit.strategies.calm.layers import check_pairs, config_facts, default_pairs
 from fusekit.strategies.calm.modeling import (
     AugmentLink,
@@ -121,7 +123,6 @@ def load_base(
     ``allow_pickle`` / ``trust_remote_code`` for that model; ``dtype`` and
     ``attn_implementation`` are ``load_causal_lm``'s.
     """
-    from fusekit.io.loading import load_causal_lm, load_tokenizer
 
     path = getattr(source, "path", source)
     trust = bool(getattr(source, "trust_remote_code", False))
@@ -181,8 +182,6 @@ def _read_config(folder: Path) -> dict[str, Any]:
 def _weight_count(folder: Path) -> int | None:
     """Parameters of a folder from its safetensors headers (no weights read)."""
     try:
-        from fusekit.io.lazy import LazyCheckpoint
-
         ckpt = LazyCheckpoint(folder)
         return sum(ckpt._infos[k].numel for k in ckpt)
     except Exception:

@@ -1,7 +1,7 @@
 """Training examples for a composed model, and the collator that pads them.
 
 With a shared tokenizer the examples are the ordinary causal-LM ones of
-``fusekit.training.data`` (prompt/completion → loss on the completion and EOS;
+``fusekit.data.causal_lm`` (prompt/completion → loss on the completion and EOS;
 text → packed blocks, loss everywhere): the augment reads the anchor's ids.
 
 With a different-tokenizer augment every model tokenises the *same text*
@@ -21,7 +21,7 @@ import torch
 
 from fusekit.errors import DataError
 from fusekit.strategies.calm.masks import offset_keys
-from fusekit.strategies.calm.tokens import encode_text
+from fusekit.strategies.calm.tokens import decoded_ends, encode_text
 
 Example = dict[str, Any]
 
@@ -81,7 +81,7 @@ class OffsetsDataset:
         shared: Sequence[bool],
         seq_len: int,
     ) -> None:
-        from fusekit.training.data import chunk_texts
+        from fusekit.data.causal_lm import chunk_texts
 
         self.examples = []
         for i, rec in enumerate(records):
@@ -160,7 +160,6 @@ def offsets_inputs_from_ids(
     text is what its anchor ids decode to, and the anchor tokens' keys are the
     decoded lengths (as in generation).  Padding may be on either side.
     """
-    from fusekit.strategies.calm.tokens import decoded_ends
 
     batch, width = input_ids.shape
     anchor_keys = torch.zeros(batch, width, dtype=torch.long)

@@ -154,6 +154,12 @@ class Composition(nn.Module):
             for a in config.augments
         )
 
+    def pair_blocks(self, k: int) -> list[CrossBlock]:
+        """``blocks[k]``, typed: torch's ``ModuleList`` holds plain ``Module``s."""
+        group = self.blocks[k]
+        assert isinstance(group, nn.ModuleList)
+        return [block for block in group if isinstance(block, CrossBlock)]
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

@@ -20,13 +20,15 @@ reference the cached path is tested against, and for benchmarks.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 
 from fusekit.strategies.calm.masks import offset_keys, positions_from_mask
-from fusekit.strategies.calm.modeling import ComposedModel, Memory
 from fusekit.strategies.calm.tokens import Tokens, decoded_ends, encode_text, retokenize_tail
+
+if TYPE_CHECKING:  # modeling calls generate(); these are the types it passes in
+    from fusekit.strategies.calm.modeling import ComposedModel, Memory
 
 
 def pick_next(
@@ -102,7 +104,7 @@ def generate(
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     model.eval()
-    args = dict(
+    args = _Decoding(
         max_new_tokens=max_new_tokens,
         do_sample=do_sample,
         use_cache=use_cache,
@@ -124,6 +126,19 @@ def generate(
     for b, r in enumerate(rows):
         tail[b, : len(r)] = torch.tensor(r, dtype=input_ids.dtype)
     return torch.cat([input_ids, tail], 1)
+
+
+class _Decoding(TypedDict):
+    """The decoding settings ``_generate_shared`` and ``_generate_offsets`` both take."""
+
+    max_new_tokens: int
+    do_sample: bool
+    use_cache: bool
+    temperature: float
+    top_k: int | None
+    stops: list[int]
+    pad: int
+    generator: torch.Generator | None
 
 
 def _encode_prompts(tok: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,7 +195,7 @@ def _generate_shared(
         pos = positions_from_mask(mask)
         anchor_cache = _new_cache(model.anchor)
         aug_caches = [None if encoder else _new_cache(a) for a in model.augments]
-        memories: list[Memory | None] = []
+        memories: list[Memory] = []
         for k in range(len(model.augments)):
             states = model.augment_states(k, ids, mask, pos, past_key_values=aug_caches[k])
             memories.append(model.memory(k, states, pos, mask.bool()))

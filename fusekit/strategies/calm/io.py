@@ -20,6 +20,8 @@ from typing import Any
 
 from fusekit.errors import ModelIOError
 from fusekit.io.hashing import folder_hash
+from fusekit.io.safetensors_format import read_header
+from fusekit.strategies.calm.tokens import same_tokenizer
 
 WEIGHTS_NAME = "composition.safetensors"
 CONFIG_NAME = "composition.json"
@@ -178,8 +180,6 @@ def _read_weights(weights: Path) -> dict[str, Any]:
     """Θ_C, with a truncated or corrupt file as one line instead of a Rust panic."""
     from safetensors.torch import load_file
 
-    from fusekit.io.safetensors_format import read_header
-
     try:
         read_header(weights)
         return load_file(str(weights))
@@ -205,7 +205,6 @@ def load_composed(
     """
     from fusekit.strategies.calm.build import load_base
     from fusekit.strategies.calm.modeling import ComposedModel, Composition, CompositionConfig
-    from fusekit.strategies.calm.tokens import same_tokenizer
 
     folder = Path(path)
     doc = read_composition_json(folder)

@@ -26,7 +26,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from fusekit.errors import PlanError
+from fusekit.errors import PlanError, UnsupportedArchitectureError
+from fusekit.io.arch import arch_facts
 
 EMBED = -1
 LayerPair = tuple[int, int]
@@ -127,9 +128,6 @@ def decoder_layers(model: Any) -> Any:
     import torch.nn as nn
 
     try:  # the shared per-architecture facts know the checkpoint's layer prefix
-        from fusekit.errors import UnsupportedArchitectureError
-        from fusekit.io.arch import arch_facts
-
         found = model.get_submodule(arch_facts(model.config).layer_prefix)
         if isinstance(found, nn.ModuleList) and len(found) > 0:
             return found

@@ -10,7 +10,8 @@ call the hooks do nothing, so ``composed.anchor(...)`` is still the plain anchor
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,6 +55,10 @@ class ComposedModel(nn.Module):
     see ``masks``).  Bases stay in eval mode and ``requires_grad=False`` whatever
     ``.train()`` is called with.
     """
+
+    #: Set by the builders and loaders only: the anchor's folder under ``"anchor"``,
+    #: the augments' under ``"augments"`` (``save`` records them).
+    base_paths: dict[str, Path | list[Path]]
 
     def __init__(
         self,
@@ -323,7 +328,7 @@ class ComposedModel(nn.Module):
         pairs = self.composition_config.augments[k].pairs
         kv = [
             block.memory(states[i])
-            for block, (i, _) in zip(self.composition.blocks[k], pairs, strict=True)
+            for block, (i, _) in zip(self.composition.pair_blocks(k), pairs, strict=True)
         ]
         return Memory(kv=kv, keys=keys, valid=valid.bool())
 
@@ -332,7 +337,7 @@ class ComposedModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
-        memories: list[Memory | None],
+        memories: Sequence[Memory | None],
         q_keys: torch.Tensor,
         q_valid: torch.Tensor,
         past_key_values: Any = None,
@@ -346,7 +351,7 @@ class ComposedModel(nn.Module):
             visible = cross_mask(q_keys, q_valid, mem.keys, mem.valid, kind)
             pairs = self.composition_config.augments[k].pairs
             for block, (_, j), (kk, vv) in zip(
-                self.composition.blocks[k], pairs, mem.kv, strict=True
+                self.composition.pair_blocks(k), pairs, mem.kv, strict=True
             ):
                 inject.setdefault(j, []).append((block, kk, vv, visible))
         self._inject = inject
@@ -369,7 +374,7 @@ class ComposedModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         anchor_keys: torch.Tensor | None = None,
-        augment_inputs: list[dict[str, torch.Tensor] | None] | None = None,
+        augment_inputs: Sequence[dict[str, torch.Tensor] | None] | None = None,
         prompt_chars: torch.Tensor | None = None,
         **unused: Any,
     ) -> CausalLMOutputWithPast:

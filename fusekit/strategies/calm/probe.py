@@ -15,11 +15,14 @@ from typing import Any
 
 import torch
 
+from fusekit.errors import DataError
+from fusekit.strategies.calm.layers import decoder_layers
+from fusekit.tasks.kv import KVConfig, key_split, key_values, kv_examples
+
 
 @torch.no_grad()
 def layer_states(model: Any, input_ids: torch.Tensor, batch_size: int = 256) -> list[torch.Tensor]:
     """``[embed, block 0, …, block N-1]`` residual streams, each ``[n, T, D]`` (pre final norm)."""
-    from fusekit.strategies.calm.layers import decoder_layers
 
     blocks = decoder_layers(model)
     chunks: list[list[torch.Tensor]] = [[] for _ in range(len(blocks) + 1)]
@@ -113,8 +116,6 @@ def probe_kv_augment(
     every key occurrence is a probe point, and the fit uses held-in keys only, as
     CALM's training data does.  ``kv`` is a ``KVConfig`` or a mapping of its fields.
     """
-    from fusekit.errors import DataError
-    from fusekit.tasks.kv import KVConfig, key_split, key_values, kv_examples
 
     if n < 1:
         raise DataError(f"a KV probe needs at least one prompt, got n={n}")

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from fusekit.recipe.common import BaseRecipe, DataRef, DataSpec, ModelRef, TrainSpec
+from fusekit.recipe.options import train_section
 
 
 def _embed_is_minus_one(value: Any) -> Any:
@@ -81,5 +82,17 @@ class CalmRecipe(BaseRecipe):
             raise ValueError("anchor_data is only read with anchor_mix > 0; set both or neither")
         return self
 
-    def shaping_data(self) -> list[Any]:
+    def shaping_data(self) -> list[DataRef]:
         return [*super().shaping_data(), *([self.anchor_data] if self.anchor_data else [])]
+
+
+def from_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """``fusekit fuse --strategy calm``: ``--data`` is the composition's training set."""
+    recipe: dict[str, Any] = {
+        "strategy": "calm", "anchor": opts["anchor"], "augment": list(opts["augment"] or []),
+    }  # fmt: skip
+    if opts["every"] is not None:
+        recipe["every"] = opts["every"]
+    recipe["data"] = {"train": opts["data"]} if opts["data"] else {}
+    recipe["train"] = train_section(opts, data=False, default_steps=1000)
+    return recipe

@@ -14,19 +14,28 @@ from typing import Any
 
 from fusekit import log
 from fusekit.errors import PlanError
-from fusekit.recipe.common import own_load
+from fusekit.estimates import FP32, load_bytes, model_facts, training_memory
+from fusekit.evaluation.harness import evaluate
+from fusekit.models.resolve import model_inputs
+from fusekit.recipe.common import ModelRef, ScratchSpec, data_label, own_load
 from fusekit.result import StageResult, TrainingRecord
-from fusekit.strategies.base import Built, Prepared, Strategy, model_inputs
+from fusekit.strategies.base import Built, Prepared, Strategy
+from fusekit.strategies.calm.io import save_composition
+from fusekit.strategies.calm.recipe import CalmRecipe
+from fusekit.tasks import KV_TASKS, task_examples
+from fusekit.tasks.kv import majority_baseline
 
 #: Below this held-out probe accuracy, a KV augment's paired layers draw a warning.
 PROBE_WARNING = 0.9
 
 
-def _scratch_spec(ref: Any) -> Any:
+def _scratch_spec(ref: ModelRef) -> ScratchSpec | None:
     return getattr(ref, "from_scratch", None)
 
 
-def mix_anchor_task(recipe: Any, records: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+def mix_anchor_task(
+    recipe: CalmRecipe, records: list[dict[str, Any]], seed: int
+) -> list[dict[str, Any]]:
     """D_C plus ``anchor_mix`` (a share of the result) of the anchor's own domain.
 
     Without them nothing in D_C teaches the composition to stay out of the way
@@ -44,21 +53,19 @@ def mix_anchor_task(recipe: Any, records: list[dict[str, Any]], seed: int) -> li
     """
     import random
 
-    mix = float(getattr(recipe, "anchor_mix", 0.0) or 0.0)
+    mix = recipe.anchor_mix
     if mix <= 0:
         return records
     spec = _scratch_spec(recipe.anchor)
     source = getattr(recipe, "anchor_data", None)
     if source is not None:
-        from fusekit.training.data import load_records
+        from fusekit.data.causal_lm import load_records
 
         pool = load_records(source)
         if not pool:
             raise PlanError("anchor_data has no records; anchor_mix has nothing to mix in")
         extra = _draw_characters(pool, _chars(records) * mix / (1.0 - mix), seed + 7919)
     elif spec is not None:
-        from fusekit.tasks import task_examples
-
         n = max(1, round(len(records) * mix / (1.0 - mix)))
         extra = task_examples(spec.task, n=n, seed=seed + 7919, kv=spec.kv)
     else:
@@ -91,7 +98,7 @@ def _draw_characters(pool: list[dict[str, Any]], wanted: float, seed: int) -> li
     return drawn
 
 
-def probe_kv_augments(recipe: Any, model: Any) -> dict[str, Any]:
+def probe_kv_augments(recipe: CalmRecipe, model: Any) -> dict[str, Any]:
     """Per from-scratch KV augment: how well each of its layers holds a key's value at the key.
 
     CALM reads the augment only where its mask lets it (with ``mask: diagonal``, at
@@ -102,7 +109,6 @@ def probe_kv_augments(recipe: Any, model: Any) -> dict[str, Any]:
     paired layers does, before any training time is spent on it.
     """
     from fusekit.strategies.calm.probe import probe_kv_augment
-    from fusekit.tasks import KV_TASKS
 
     report: dict[str, Any] = {}
     for k, ref in enumerate(recipe.augment):
@@ -138,7 +144,6 @@ def score(model: Any, records: list[dict[str, Any]], tokenizer: Any = None) -> f
 
 def evaluate_one(model: Any, records: list[dict[str, Any]], tokenizer: Any = None) -> dict:
     """The harness's full result (metric, value, counts) for one model on one set."""
-    from fusekit.evaluation.harness import evaluate
 
     return evaluate(
         model, records, _metric_for(records), tokenizer=tokenizer, progress=False, batch_size=64
@@ -149,7 +154,6 @@ def chance_level(records: list[dict[str, Any]]) -> float | None:
     """Exact match of always giving the most common answer (None for plain text)."""
     if _metric_for(records) != "exact_match":
         return None
-    from fusekit.tasks.kv import majority_baseline
 
     return majority_baseline(records)
 
@@ -192,10 +196,11 @@ def _percent(value: float) -> str:
     return f"{100 * value:.1f}" if 0.0 <= value <= 1.0 else f"{value:.4f}"
 
 
-class CalmStrategy(Strategy):
+class CalmStrategy(Strategy[CalmRecipe]):
     """Units: ``calm`` (Θ_C, the output) and each of the recipe's ``baselines``."""
 
     tag = "calm"
+    takes_conversations = False
     main_unit = "calm"
 
     def _shape(self) -> dict[str, Any]:
@@ -213,7 +218,6 @@ class CalmStrategy(Strategy):
         }
 
     def plan(self) -> dict[str, Any]:
-        from fusekit.estimates import FP32, load_bytes, model_facts, training_memory
         from fusekit.strategies.calm.build import composition_config
 
         r = self.recipe
@@ -256,10 +260,6 @@ class CalmStrategy(Strategy):
             )  # fmt: skip
         return plan
 
-    def input_paths(self) -> list[Path]:
-        refs = [self.recipe.anchor, *self.recipe.augment]
-        return [Path(r.path) for r in refs if _scratch_spec(r) is None and hasattr(r, "path")]
-
     def prepare(self, workdir: Path) -> Prepared:
         from fusekit.strategies.calm.build import plan_composition
 
@@ -283,7 +283,7 @@ class CalmStrategy(Strategy):
         return anchor, augments
 
     def _records(self) -> list[dict[str, Any]]:
-        from fusekit.training.data import load_records
+        from fusekit.data.causal_lm import load_records
 
         records = load_records(self.recipe.train_data())
         return mix_anchor_task(self.recipe, records, self.recipe.train.seed)
@@ -356,9 +356,9 @@ class CalmStrategy(Strategy):
         )
 
     def _build_lora(self, prepared: Prepared) -> Built:
+        from fusekit.data.causal_lm import CausalLMDataset, PadCollator, pad_id
         from fusekit.strategies.calm.baselines import lora_model
         from fusekit.strategies.calm.build import load_base
-        from fusekit.training.data import CausalLMDataset, PadCollator, pad_id
 
         spec = self.recipe.train
         anchor, _ = self._bases(prepared)
@@ -378,8 +378,6 @@ class CalmStrategy(Strategy):
 
     def save(self, built: Built, unit: str, workdir: Path) -> None:
         if unit == self.main_unit:
-            from fusekit.strategies.calm.io import save_composition
-
             save_composition(built.model, workdir)
         elif unit == "lora":
             # The adapter names its base as the recipe did; a relative name would only
@@ -391,8 +389,7 @@ class CalmStrategy(Strategy):
             built.model.save_pretrained(Path(workdir) / "baselines" / unit)
 
     def evaluate(self, built: Built | None, unit: str, workdir: Path, name: str) -> dict[str, Any]:
-        from fusekit.recipe.common import data_label
-        from fusekit.training.data import load_records
+        from fusekit.data.causal_lm import load_records
 
         assert built is not None
         model = built.model

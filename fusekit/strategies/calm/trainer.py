@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fusekit.strategies.calm.io import WEIGHTS_NAME
 from fusekit.training.trainer import FusekitTrainer
 
 
@@ -42,11 +43,11 @@ class CalmTrainer(FusekitTrainer):
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         from safetensors.torch import save_file
 
-        from fusekit.strategies.calm.io import WEIGHTS_NAME
-
         if not self.args.should_save:
             return  # one writer per checkpoint: two ranks writing one file may interleave
-        out = Path(output_dir or self.args.output_dir)
+        folder = output_dir or self.args.output_dir
+        assert folder is not None  # TrainingArguments.__post_init__ fills output_dir
+        out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model)
         state = {
@@ -58,8 +59,6 @@ class CalmTrainer(FusekitTrainer):
         """Resume: a checkpoint holds Θ_C alone (see ``_save``); the bases never change."""
         from safetensors.torch import load_file
 
-        from fusekit.strategies.calm.io import WEIGHTS_NAME
-
         model = self.accelerator.unwrap_model(model if model is not None else self.model)
         state = load_file(str(Path(resume_from_checkpoint) / WEIGHTS_NAME))
         model.composition.load_state_dict(state, strict=True)
@@ -68,7 +67,7 @@ class CalmTrainer(FusekitTrainer):
 def composition_dataset(model: Any, records: Sequence[dict[str, Any]], seq_len: int) -> Any:
     """Training examples in the form the composed model needs (see ``collate``)."""
     if all(model.shared_tokenizer):
-        from fusekit.training.data import CausalLMDataset
+        from fusekit.data.causal_lm import CausalLMDataset
 
         return CausalLMDataset(records, model.anchor_tokenizer, seq_len)
     from fusekit.strategies.calm.collate import OffsetsDataset
@@ -79,8 +78,8 @@ def composition_dataset(model: Any, records: Sequence[dict[str, Any]], seq_len: 
 
 
 def composition_collator(model: Any) -> Any:
+    from fusekit.data.causal_lm import pad_id
     from fusekit.strategies.calm.collate import CalmCollator
-    from fusekit.training.data import pad_id
 
     aug_pads = [pad_id(t) if t is not None else 0 for t in model.augment_tokenizers]
     return CalmCollator(pad_id(model.anchor_tokenizer), aug_pads)

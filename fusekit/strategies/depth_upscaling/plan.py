@@ -20,7 +20,8 @@ from typing import Any
 
 from fusekit.errors import PlanError
 from fusekit.io.arch import arch_facts
-from fusekit.io.restack import LayerSource
+from fusekit.recipe.common import ModelRef
+from fusekit.surgery.restack import LayerSource
 
 __all__ = ["LayerSource", "SliceSpec", "check_plan", "parse_slices", "slices_plan", "solar_plan"]
 
@@ -66,7 +67,7 @@ def solar_plan(n_layers: int, remove: int, model: str = "model") -> list[LayerSo
     return first + second
 
 
-def default_key(ref: Any) -> str:
+def default_key(ref: ModelRef | str | Path) -> str:
     """A stable name for a model reference: its path when it has one."""
     if isinstance(ref, (str, Path)):
         return str(ref)

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from fusekit.recipe.common import ModelRef, Strict, SurgeryRecipe
+from fusekit.recipe.options import surgery_training
 
 
 class SliceSource(Strict):
@@ -78,3 +79,14 @@ class DepthUpscalingRecipe(SurgeryRecipe):
                 if sl.sources[0].model is None:
                     raise ValueError(f"slices[{i}] names no model and there is no top-level model")
         return self
+
+
+def from_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """``fusekit fuse --strategy depth_upscaling``: ``--slices 0:24,8:32``; trains only with
+    ``--data``."""
+    recipe: dict[str, Any] = {"strategy": "depth_upscaling", "model": opts["model"]}
+    if opts["remove"] is not None:
+        recipe["remove"] = opts["remove"]
+    if opts["slices"]:
+        recipe["slices"] = [s for s in opts["slices"].split(",") if s.strip()]
+    return surgery_training(recipe, opts, "depth_upscaling")

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from fusekit.io.arch import arch_facts
-from fusekit.io.config import load_config, load_full_config
-from fusekit.io.restack import (
+from fusekit.io.sizes import DEFAULT_SHARD_BYTES
+from fusekit.strategies.depth_upscaling.plan import check_plan
+from fusekit.surgery.config import load_config, load_full_config
+from fusekit.surgery.restack import (
     LayerSource,
     build_config,
     describe,
@@ -22,8 +24,6 @@ from fusekit.io.restack import (
     plan_tensors,
     restack,
 )
-from fusekit.io.writer import DEFAULT_SHARD_BYTES
-from fusekit.strategies.depth_upscaling.plan import check_plan
 
 
 def load_configs(folders: Mapping[str, Path], **kwargs: bool) -> dict[str, dict[str, Any]]:

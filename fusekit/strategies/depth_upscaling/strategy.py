@@ -7,17 +7,18 @@ from typing import Any, ClassVar
 
 from fusekit.estimates import model_facts
 from fusekit.io.arch import arch_facts
-from fusekit.io.config import load_config
-from fusekit.io.refs import local_settings, peek_model
-from fusekit.io.writer import DEFAULT_SHARD_BYTES
-from fusekit.recipe.common import own_load
-from fusekit.strategies.base import ModelInput, Prepared, model_input
+from fusekit.io.sizes import DEFAULT_SHARD_BYTES
+from fusekit.models.resolve import model_input, peek_model, trusts_remote_code
+from fusekit.recipe.common import ModelRef, own_load
+from fusekit.strategies.base import ModelInput, Prepared
 from fusekit.strategies.depth_upscaling.plan import LayerSource, slices_plan, solar_plan
+from fusekit.strategies.depth_upscaling.recipe import DepthUpscalingRecipe
 from fusekit.strategies.depth_upscaling.splice import load_configs, splice, splice_plan
 from fusekit.strategies.surgery import SurgeryStrategy
+from fusekit.surgery.config import load_config
 
 
-class DepthUpscalingStrategy(SurgeryStrategy):
+class DepthUpscalingStrategy(SurgeryStrategy[DepthUpscalingRecipe]):
     """``remove: m`` (SOLAR) or mergekit-style ``slices``; non-layer tensors come from
     ``model`` when given, else from the first slice's model."""
 
@@ -30,10 +31,10 @@ class DepthUpscalingStrategy(SurgeryStrategy):
         r = self.recipe
         resolve = _materialized if materialize else peek_model
         folders: dict[str, Path] = {}
-        refs: dict[str, Any] = {}
-        missing: list[Any] = []
+        refs: dict[str, ModelRef] = {}
+        missing: list[ModelRef] = []
 
-        def key(ref: Any) -> str:
+        def key(ref: ModelRef) -> str:
             folder = resolve(ref)
             if folder is None:
                 missing.append(ref)
@@ -43,6 +44,7 @@ class DepthUpscalingStrategy(SurgeryStrategy):
             return str(folder)
 
         if r.remove is not None:
+            assert r.model is not None  # the recipe's validator: remove needs model
             base = key(r.model)
             if missing:
                 return None
@@ -57,7 +59,7 @@ class DepthUpscalingStrategy(SurgeryStrategy):
         return layers, folders, base, load_configs(folders, trust_remote_code=trust)
 
     def _shard_size(self) -> int | str:
-        return getattr(self.recipe, "shard_size", None) or DEFAULT_SHARD_BYTES
+        return self.recipe.shard_size or DEFAULT_SHARD_BYTES
 
     def plan(self) -> dict[str, Any]:
         r = self.recipe
@@ -83,10 +85,6 @@ class DepthUpscalingStrategy(SurgeryStrategy):
         return self.with_estimates(
             described, parent, described["parameters_after"], self._base_ref()
         )
-
-    def input_paths(self) -> list[Path]:
-        layout = self._layout(materialize=False)
-        return list(layout[1].values()) if layout else []
 
     def prepare(self, workdir: Path) -> Prepared:
         self.check_training_data()
@@ -122,10 +120,14 @@ class DepthUpscalingStrategy(SurgeryStrategy):
             state={"folder": str(workdir), "details": details},
         )
 
-    def _base_ref(self) -> Any:
+    def _base_ref(self) -> ModelRef:
         """The reference the output's non-layer tensors come from (see ``_layout``)."""
         r = self.recipe
-        return r.model if r.model is not None else r.slices[0].sources[0].model
+        if r.model is not None:
+            return r.model
+        # the recipe's validator: without a top-level model, slices name theirs
+        assert r.slices is not None and r.slices[0].sources[0].model is not None
+        return r.slices[0].sources[0].model
 
     def _trust(self) -> bool:
         r = self.recipe
@@ -134,10 +136,10 @@ class DepthUpscalingStrategy(SurgeryStrategy):
         return any(_remote(ref)["trust_remote_code"] for ref in refs)
 
 
-def _materialized(ref: Any) -> Path:
+def _materialized(ref: ModelRef) -> Path:
     """The folder surgery reads: trained if from scratch, converted if pickled."""
     return Path(model_input(ref).path)
 
 
-def _remote(ref: Any) -> dict[str, bool]:
-    return {"trust_remote_code": local_settings(ref)["trust_remote_code"]}
+def _remote(ref: ModelRef) -> dict[str, bool]:
+    return {"trust_remote_code": trusts_remote_code(ref)}

@@ -10,15 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
+from fusekit.estimates import load_bytes, lora_parameters, model_facts, training_memory
+from fusekit.models.resolve import model_input
 from fusekit.recipe.common import own_load
-from fusekit.strategies.base import Built, Prepared, Strategy, model_input
+from fusekit.strategies.base import Built, Prepared, Strategy
+from fusekit.strategies.finetune.recipe import FinetuneRecipe
+from fusekit.training.unit import causal_lm_unit
 
 
-class FinetuneStrategy(Strategy):
+class FinetuneStrategy(Strategy[FinetuneRecipe]):
     tag: ClassVar[str] = "finetune"
 
     def plan(self) -> dict[str, Any]:
-        from fusekit.estimates import load_bytes, lora_parameters, model_facts, training_memory
 
         r = self.recipe
         model = model_facts(r.model)
@@ -42,10 +45,6 @@ class FinetuneStrategy(Strategy):
             "training_memory_bytes": memory,
         }
 
-    def input_paths(self) -> list[Path]:
-        path = getattr(self.recipe.model, "path", None)
-        return [Path(path)] if path else []
-
     def prepare(self, workdir: Path) -> Prepared:
         return Prepared(inputs={"model": model_input(self.recipe.model)}, plan=self.plan())
 
@@ -53,7 +52,6 @@ class FinetuneStrategy(Strategy):
         return [self.main_unit]  # steps: 0 still saves the model, unchanged
 
     def build(self, prepared: Prepared, unit: str) -> Built:
-        from fusekit.training.run import causal_lm_unit
 
         r = self.recipe
         source = prepared.inputs["model"]

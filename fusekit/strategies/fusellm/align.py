@@ -196,8 +196,8 @@ def offsets_align(
 
 def match_positions(
     mapping: Sequence[Sequence[int]],
-    source_ids: Sequence[int],
-    target_ids: Sequence[int],
+    source_ids: Sequence[int] | np.ndarray,
+    target_ids: Sequence[int] | np.ndarray,
     vocab_map: np.ndarray,
     *,
     source_canon: Sequence[str | None] | None = None,
@@ -219,7 +219,9 @@ def match_positions(
     out = np.full(len(mapping), -1, dtype=np.int64)
     sizes = np.fromiter((len(m) for m in mapping), dtype=np.int64, count=len(mapping))
     tgt_pos = np.flatnonzero(sizes == 1)
-    src_pos = np.fromiter((mapping[t][0] for t in tgt_pos), dtype=np.int64, count=len(tgt_pos))
+    src_pos = np.fromiter(
+        (mapping[t][0] for t in tgt_pos.tolist()), dtype=np.int64, count=len(tgt_pos)
+    )
     if not require_same_token:
         out[tgt_pos] = src_pos
         return out

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from fusekit.data.causal_lm import chunk_texts as chunk_texts  # shared with CALM
 from fusekit.strategies.fusellm.vocab import token_table
-from fusekit.training.data import chunk_texts as chunk_texts  # shared with CALM
 
 
 @dataclass

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from fusekit.log import bars_disabled
 from fusekit.strategies.fusellm.logits import check_slicing, final_hidden, sliced_topk_and_nll
 
 FORMAT = "fusekit.fusellm.topk"
@@ -60,12 +61,12 @@ def length_groups(lengths: Sequence[int], split_cost: int = SPLIT_COST) -> list[
     consecutive rows in length order (an O(n²) dynamic programme on a batch).
     Returns the row indices of each group, longest rows first.
     """
-    lengths = np.asarray(lengths, dtype=np.int64)
-    n = len(lengths)
+    lens = np.asarray(lengths, dtype=np.int64)
+    n = len(lens)
     if n == 0:
         return []
-    order = np.argsort(-lengths, kind="stable")
-    longest = lengths[order]
+    order = np.argsort(-lens, kind="stable")
+    longest = lens[order]
     # best[j]: cheapest cover of the j longest rows; a group of rows i..j-1 costs
     # (j - i) × longest[i] + split_cost.
     best = np.zeros(n + 1, dtype=np.int64)
@@ -125,6 +126,7 @@ def source_outputs(
             hidden = final_hidden(model, ids, mask).flatten(0, 1)
             # Position t predicts token t + 1; the last column has none and is masked.
             gold = torch.roll(ids, -1, dims=1)
+            where: tuple[torch.Tensor, torch.Tensor | slice]
             if positions is None:
                 wanted, where = None, (index, slice(0, w))
             else:  # only the positions asked for get a top-k
@@ -202,17 +204,18 @@ def _compute_shard(
             model, torch.from_numpy(inp).to(device), torch.from_numpy(mask).to(device), top_k
         )
         k_eff = out["topk_ids"].shape[-1]
-        if ids is None:
+        if ids is None or logits is None:
             ids = np.zeros((len(rows), width, k_eff), dtype=np.int32)
             logits = np.zeros((len(rows), width, k_eff), dtype=np.float16)
         sl = slice(start, start + len(part))
         length = inp.shape[1]
         ids[sl, :length] = out["topk_ids"].cpu().numpy().astype(np.int32)
-        logits[sl, :length] = out["topk_logits"].float().cpu().numpy().astype(np.float16)  # type: ignore[index]
+        logits[sl, :length] = out["topk_logits"].float().cpu().numpy().astype(np.float16)
         nats[sl] = out["nats"].cpu().numpy()
         n_pred[sl] = out["n_pred"].cpu().numpy()
         if progress is not None:
             progress.update(len(part))
+    assert ids is not None and logits is not None  # rows is never empty (``width`` above)
     return {
         "topk_ids": ids,
         "topk_logits": logits,
@@ -221,7 +224,7 @@ def _compute_shard(
         "n_pred": n_pred,
         "n_bytes": np.asarray(n_bytes, dtype=np.int32),
         "rows": np.arange(first_row, first_row + len(rows), dtype=np.int64),
-    }  # type: ignore[dict-item]
+    }
 
 
 def extract_to_store(
@@ -247,8 +250,6 @@ def extract_to_store(
     """
     from safetensors.numpy import save_file
     from tqdm.auto import tqdm
-
-    from fusekit.log import bars_disabled
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

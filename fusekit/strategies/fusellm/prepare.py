@@ -30,10 +30,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from fusekit.log import bars_disabled
 from fusekit.strategies.fusellm.align import dtw_align, match_positions, offsets_match
 from fusekit.strategies.fusellm.data import Encoding
 from fusekit.strategies.fusellm.vocab import TokenTable, map_vocab, mapping_stats, token_table
@@ -41,7 +42,7 @@ from fusekit.strategies.fusellm.vocab import TokenTable, map_vocab, mapping_stat
 ALIGN_METHODS = ("mined", "em", "offsets")
 
 
-def dtw_strings(table: TokenTable, ids: Sequence[int]) -> list[str]:
+def dtw_strings(table: TokenTable, ids: Sequence[int] | np.ndarray) -> list[str]:
     """Token strings for DTW: the token's bytes with ``▁`` for spaces; specials as spelled."""
     ids_arr = np.asarray(ids, dtype=np.int64).reshape(-1)
     inside = (ids_arr >= 0) & (ids_arr < len(table))
@@ -100,10 +101,9 @@ def prepare_source(
     """Map the vocabulary, tokenise every chunk with the source tokenizer and align it."""
     from tqdm.auto import tqdm
 
-    from fusekit.log import bars_disabled
     from fusekit.strategies.fusellm.data import encode_chunks
 
-    vocab_method = "em" if align == "em" else "mined"
+    vocab_method: Literal["mined", "em"] = "em" if align == "em" else "mined"
     vmap = map_vocab(source_tokenizer, target_tokenizer, vocab_method, cache_dir=cache_dir)
     src_table, tgt_table = token_table(source_tokenizer), token_table(target_tokenizer)
     encodings = encode_chunks(source_tokenizer, chunks, max_len)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from fusekit.recipe.common import BaseRecipe, LoadSpec, ModelRef, TrainSpec, resolve_load
+from fusekit.recipe.options import train_section
 
 
 class FuseLLMRecipe(BaseRecipe):
@@ -64,3 +65,17 @@ class FuseLLMRecipe(BaseRecipe):
         if self.train_data() is None:
             raise ValueError("fusellm needs a training corpus: train.data or data.train")
         return self
+
+
+def from_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """``fusekit fuse --strategy fusellm``: ``--source`` repeats; ``--data`` is ``train.data``."""
+    recipe: dict[str, Any] = {
+        "strategy": "fusellm", "target": opts["target"], "sources": list(opts["source"] or []),
+    }  # fmt: skip
+    for key in ("fusion", "align"):
+        if opts[key] is not None:
+            recipe[key] = opts[key]
+    if opts["lam"] is not None:
+        recipe["lambda"] = opts["lam"]
+    recipe["train"] = train_section(opts, data=True, default_steps=1000)
+    return recipe

@@ -16,12 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from fusekit.errors import DataError, FusekitError
-from fusekit.recipe.common import own_load
-from fusekit.strategies.base import Built, Prepared, Strategy, model_inputs
+from fusekit.estimates import load_bytes, model_facts, training_memory
+from fusekit.io.cache import cache_root
+from fusekit.io.hashing import folder_hash
+from fusekit.io.loading import load_causal_lm, load_tokenizer
+from fusekit.io.saving import config_dtype
+from fusekit.models.resolve import model_inputs
+from fusekit.recipe.common import TrainSpec, own_load
+from fusekit.strategies.base import Built, Prepared, Strategy
+from fusekit.strategies.fusellm.recipe import FuseLLMRecipe
 
 
-def _texts(recipe: Any) -> list[str]:
-    from fusekit.training.data import load_records
+def _texts(recipe: FuseLLMRecipe) -> list[str]:
+    from fusekit.data.causal_lm import load_records
 
     texts = []
     for rec in load_records(recipe.train_data()):
@@ -34,7 +41,7 @@ def _texts(recipe: Any) -> list[str]:
     return texts
 
 
-def fusion_config_of(recipe: Any) -> Any:
+def fusion_config_of(recipe: FuseLLMRecipe) -> Any:
     from fusekit.strategies.fusellm.fusion import FusionConfig
 
     return FusionConfig(
@@ -44,14 +51,11 @@ def fusion_config_of(recipe: Any) -> Any:
     )
 
 
-class FuseLLMStrategy(Strategy):
+class FuseLLMStrategy(Strategy[FuseLLMRecipe]):
     """Knowledge fusion (Wan et al., 2024) with any number of sources and tokenizers."""
 
     tag = "fusellm"
-
-    def input_paths(self) -> list[Path]:
-        refs = [self.recipe.target, *self.recipe.sources]
-        return [Path(r.path) for r in refs if getattr(r, "path", None)]
+    takes_conversations = False
 
     def plan(self) -> dict[str, Any]:
         r = self.recipe
@@ -78,7 +82,6 @@ class FuseLLMStrategy(Strategy):
     def _estimates(self) -> dict[str, Any]:
         """Sizes of the target and sources, and one training step's memory: the sources
         run without gradients beside the target online, before training offline."""
-        from fusekit.estimates import load_bytes, model_facts, training_memory
 
         r = self.recipe
         target = model_facts(r.target)
@@ -108,7 +111,6 @@ class FuseLLMStrategy(Strategy):
         }
 
     def prepare(self, workdir: Path) -> Prepared:
-        from fusekit.io.hashing import folder_hash
 
         target, *sources = model_inputs([self.recipe.target, *self.recipe.sources])
         # The target, when it is also a source, goes first: MinCE ties go to it.
@@ -127,8 +129,6 @@ class FuseLLMStrategy(Strategy):
         return [self.main_unit]  # steps: 0 still saves the target, unchanged
 
     def build(self, prepared: Prepared, unit: str) -> Built:
-        from fusekit.io.loading import load_causal_lm, load_tokenizer
-        from fusekit.io.saving import config_dtype
         from fusekit.strategies.fusellm.batching import FusionCollator, FusionDataset
         from fusekit.strategies.fusellm.data import chunk_texts, encode_chunks
 
@@ -159,8 +159,8 @@ class FuseLLMStrategy(Strategy):
             stats.append({**stat, "is_target": prepared.state["source_is_target"][n]})
             if smodel is not None:
                 models.append(smodel)
+        from fusekit.data.causal_lm import pad_id
         from fusekit.strategies.fusellm.trainer import FuseLLMTrainer
-        from fusekit.training.data import pad_id
 
         return Built(
             model=model,
@@ -190,11 +190,9 @@ class FuseLLMStrategy(Strategy):
         self, n: int, source: Any, tokenizer: Any, chunks: list[str], target_encs: list[Any]
     ) -> tuple[Any, Any, Any, dict[str, Any]]:
         """One source: tokenizer, vocabulary map, alignment, and its model or top-k store."""
-        from fusekit.io.hashing import folder_hash
-        from fusekit.io.loading import load_causal_lm, load_tokenizer
+        from fusekit.data.causal_lm import pad_id
         from fusekit.strategies.fusellm.batching import SourceExamples
         from fusekit.strategies.fusellm.prepare import prepare_source
-        from fusekit.training.data import pad_id
 
         r, spec = self.recipe, self.recipe.train
         stok = load_tokenizer(source.path, trust_remote_code=source.trust_remote_code)
@@ -226,7 +224,6 @@ class FuseLLMStrategy(Strategy):
 
 
 def _cache_root() -> Path:
-    from fusekit.sources import cache_root
 
     return cache_root()
 
@@ -243,10 +240,11 @@ def _extract(
     prepared: Any,
     model_hash: str,
     top_k: int,
-    spec: Any,
+    spec: TrainSpec,
     cache: Path,
     n: int,
 ) -> Any:
+    from fusekit.data.causal_lm import pad_id
     from fusekit.strategies.fusellm.extract import (
         StoreReader,
         extract_to_store,
@@ -254,7 +252,6 @@ def _extract(
         store_key,
     )
     from fusekit.strategies.fusellm.vocab import tokenizer_fingerprint
-    from fusekit.training.data import pad_id
 
     rows = [e.ids for e in prepared.encodings]
     # The dtype the source ran in changes its logits, so a store is kept per dtype.

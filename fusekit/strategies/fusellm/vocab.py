@@ -189,8 +189,8 @@ def token_table(tokenizer: Any) -> TokenTable:
     vocab: dict[str, int] = dict(tokenizer.get_vocab())
     size = max(max(vocab.values(), default=-1) + 1, len(tokenizer))
     tokens: list[str | None] = [None] * size
-    for tok, idx in vocab.items():
-        tokens[idx] = tok
+    for name, idx in vocab.items():
+        tokens[idx] = name
     scheme, byte_fallback = token_scheme(tokenizer)
     specials = special_ids(tokenizer)
     canon: list[str | None] = [None] * size
@@ -259,10 +259,12 @@ def compute_vocab_map(
         tid = getattr(target_tokenizer, f"{role}_token_id", None)
         if sid is not None and tid is not None and result[sid] < 0:
             result[sid] = tid
-    tgt_special = {tgt.tokens[i]: i for i in np.flatnonzero(tgt.special)}
-    for i in np.flatnonzero(src.special):
-        if result[i] < 0 and src.tokens[i] in tgt_special:
-            result[i] = tgt_special[src.tokens[i]]
+    # A special id always has a spelling (``token_table`` marks only named tokens).
+    tgt_special = {t: i for i in np.flatnonzero(tgt.special) if (t := tgt.tokens[i]) is not None}
+    for s in np.flatnonzero(src.special):
+        name = src.tokens[s]
+        if result[s] < 0 and name is not None and name in tgt_special:
+            result[s] = tgt_special[name]
 
     # 2. Same spelling convention: identical strings are identical tokens (keeps byte
     #    tokens and their character twins apart when a tokenizer is mapped to itself).
@@ -296,7 +298,7 @@ def compute_vocab_map(
         fallback = target_tokenizer.unk_token_id
     if leftovers and tgt_special:
         names = list(tgt_special)
-        best = _min_edit([src.tokens[i] for i in leftovers], names)  # type: ignore[misc]
+        best = _min_edit([src.tokens[i] or "" for i in leftovers], names)  # specials are named
         result[np.array(leftovers)] = [tgt_special[names[b]] for b in best]
     elif leftovers and fallback is not None:
         result[np.array(leftovers)] = fallback

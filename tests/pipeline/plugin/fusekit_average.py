@@ -11,8 +11,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from fusekit.models.resolve import model_inputs
 from fusekit.recipe.common import BaseRecipe, ModelRef
-from fusekit.strategies.base import Prepared, Strategy, model_inputs
+from fusekit.strategies.base import Prepared, Strategy
 
 
 class AverageRecipe(BaseRecipe):
@@ -22,7 +23,7 @@ class AverageRecipe(BaseRecipe):
     models: list[ModelRef] = Field(min_length=2)
 
 
-class AverageStrategy(Strategy):
+class AverageStrategy(Strategy[AverageRecipe]):
     tag = "average"
 
     def plan(self) -> dict[str, Any]:
@@ -45,11 +46,12 @@ class AverageStrategy(Strategy):
 
 
 def register() -> None:
-    from fusekit.registry import register_strategy
+    from fusekit.registry import Option, register_strategy
 
     register_strategy(
         "average",
         "fusekit_average:AverageStrategy",
         "element-wise average of same-shape models",
         recipe="fusekit_average:AverageRecipe",
+        options=(Option("models", "a model folder to average (repeat)", many=True, model=True),),
     )

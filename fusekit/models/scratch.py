@@ -1,4 +1,4 @@
-"""Model sources: a recipe's model is a local folder or a from-scratch spec.
+"""From-scratch models: a recipe's ``from_scratch`` spec, trained once and cached.
 
 A from-scratch spec (``{from_scratch: {task: ..., hidden_size: ..., steps: ...}}``)
 is trained once on a built-in task and cached, keyed by the spec, under
@@ -16,47 +16,29 @@ from pathlib import Path
 from typing import Any
 
 from fusekit import log
-from fusekit.errors import ModelIOError
+from fusekit.io.cache import cache_root
+from fusekit.io.output import atomic_output
+from fusekit.io.provenance import write_provenance
+from fusekit.recipe.common import ScratchSpec, TaskData, TrainSpec
+from fusekit.tasks import KV_TASKS, task_tokenizer
+from fusekit.training.unit import train_causal_lm
+from fusekit.version import __version__
 
 
-def cache_root() -> Path:
-    """Where trained from-scratch models live; ``FUSEKIT_CACHE`` overrides the default."""
-    return Path(os.environ.get("FUSEKIT_CACHE", Path.home() / ".cache" / "fusekit"))
-
-
-def resolve_model(ref: Any) -> Path:
-    """A local folder for a model reference, training and caching from-scratch models first."""
-    from fusekit.recipe.common import LocalModel, ScratchModel
-
-    if isinstance(ref, (str, Path)):
-        ref = LocalModel.model_construct(path=str(ref), allow_pickle=False, trust_remote_code=False)
-    if isinstance(ref, LocalModel):
-        from fusekit.io.folders import model_folder_problem
-
-        problem = model_folder_problem(Path(ref.path), allow_pickle=ref.allow_pickle)
-        if problem:
-            raise ModelIOError(problem)
-        return Path(ref.path)
-    if isinstance(ref, ScratchModel):
-        return materialize(ref.from_scratch)
-    raise TypeError(f"not a model reference: {ref!r}")
-
-
-def resolve_models(refs: list[Any]) -> list[Path]:
-    """``resolve_model`` for several references, training missing from-scratch models side by side.
+def train_missing(specs: list[ScratchSpec]) -> None:
+    """Train the specs not yet cached, side by side when the cores allow it.
 
     A quick-start trains two or more tiny parents before it fuses them, each on one
     thread when run with ``OMP_NUM_THREADS=1``.  When the cores allow it (threads per
     model × models to train ≤ cores), they train in parallel worker processes, which
     run exactly the same computation as training them one after the other (each
-    process seeds itself from its spec) and take the time of the longest one.
+    process seeds itself from its spec) and take the time of the longest one.  The
+    rest train (or are found cached) when ``materialize`` is called for them.
     """
-    from fusekit.recipe.common import ScratchModel
-
-    pending: dict[str, Any] = {}
-    for ref in refs:
-        if isinstance(ref, ScratchModel) and not _is_cached(ref.from_scratch):
-            pending.setdefault(scratch_key(ref.from_scratch), ref.from_scratch)
+    pending: dict[str, ScratchSpec] = {}
+    for spec in specs:
+        if not _is_cached(spec):
+            pending.setdefault(scratch_key(spec), spec)
     if len(pending) > 1 and _parallel_slots() >= len(pending):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -69,7 +51,6 @@ def resolve_models(refs: list[Any]) -> list[Path]:
             jobs = [pool.submit(_materialize_in_worker, s, threads) for s in pending.values()]
             for job in jobs:
                 job.result()
-    return [resolve_model(ref) for ref in refs]
 
 
 def _parallel_slots() -> int:
@@ -80,7 +61,7 @@ def _parallel_slots() -> int:
     return (cores or 1) // max(1, torch.get_num_threads())
 
 
-def _materialize_in_worker(spec: Any, threads: int) -> Path:
+def _materialize_in_worker(spec: ScratchSpec, threads: int) -> Path:
     """Worker-process entry point: train one from-scratch spec at the parent's thread count."""
     import torch
 
@@ -89,14 +70,13 @@ def _materialize_in_worker(spec: Any, threads: int) -> Path:
     return materialize(spec)
 
 
-def _is_cached(spec: Any) -> bool:
+def _is_cached(spec: ScratchSpec) -> bool:
     """A complete cached model: ``fusekit.json`` is written last, inside the atomic folder."""
     return (scratch_folder(spec) / "fusekit.json").is_file()
 
 
-def scratch_key(spec: Any) -> str:
+def scratch_key(spec: ScratchSpec) -> str:
     """A short content key of the spec (and the fusekit version that trains it)."""
-    from fusekit import __version__
 
     dump = spec.model_dump(mode="json")
     for late in ("weight_decay", "adam_beta2"):  # unset: the key of specs written before them
@@ -106,13 +86,12 @@ def scratch_key(spec: Any) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def scratch_folder(spec: Any) -> Path:
+def scratch_folder(spec: ScratchSpec) -> Path:
     name = f"{spec.task}-{spec.arch}-d{spec.hidden_size}-l{spec.layers}-{scratch_key(spec)}"
     return cache_root() / "models" / name
 
 
-def _tokenizer(spec: Any) -> Any:
-    from fusekit.tasks import KV_TASKS, task_tokenizer
+def _tokenizer(spec: ScratchSpec) -> Any:
 
     if spec.task in KV_TASKS:
         return task_tokenizer(spec.task, kv=spec.kv)
@@ -120,7 +99,7 @@ def _tokenizer(spec: Any) -> Any:
     return task_tokenizer(spec.task, vocab_size=spec.vocab_size, kind=kind)
 
 
-def _config(spec: Any, tokenizer: Any) -> Any:
+def _config(spec: ScratchSpec, tokenizer: Any) -> Any:
     from transformers import GPT2Config, LlamaConfig, Qwen3Config
 
     vocab = len(tokenizer)
@@ -137,7 +116,10 @@ def _config(spec: Any, tokenizer: Any) -> Any:
             n_inner=inter, n_positions=max(512, spec.seq_len), **special,
         )  # fmt: skip
     cls = Qwen3Config if spec.arch == "qwen3" else LlamaConfig
-    extra = {"head_dim": spec.hidden_size // spec.heads} if spec.arch == "qwen3" else {}
+    # keyword arguments of the config, like ``special`` (Llama derives head_dim itself)
+    extra: dict[str, Any] = (
+        {"head_dim": spec.hidden_size // spec.heads} if spec.arch == "qwen3" else {}
+    )
     return cls(
         vocab_size=vocab, hidden_size=spec.hidden_size, intermediate_size=inter,
         num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
@@ -149,7 +131,7 @@ def _config(spec: Any, tokenizer: Any) -> Any:
 _SCRATCH_CONFIGS: dict[str, Any] = {}
 
 
-def scratch_config(spec: Any) -> Any:
+def scratch_config(spec: ScratchSpec) -> Any:
     """The config a from-scratch model will have, without training it (for plans).
 
     Its vocabulary size comes from the task tokenizer, trained in-process in about
@@ -162,9 +144,7 @@ def scratch_config(spec: Any) -> Any:
     return _SCRATCH_CONFIGS[key]
 
 
-def _training_data(spec: Any) -> list[Any]:
-    from fusekit.recipe.common import TaskData
-    from fusekit.tasks import KV_TASKS
+def _training_data(spec: ScratchSpec) -> list[TaskData]:
 
     tasks = [spec.task, *spec.tasks]
     parts = []
@@ -178,18 +158,13 @@ def _training_data(spec: Any) -> list[Any]:
     return parts
 
 
-def materialize(spec: Any) -> Path:
+def materialize(spec: ScratchSpec) -> Path:
     """Train the from-scratch model described by ``spec`` unless it is cached; return its folder."""
     folder = scratch_folder(spec)
     if _is_cached(spec):
         return folder
     import torch
     from transformers import AutoModelForCausalLM
-
-    from fusekit.io.output import atomic_output
-    from fusekit.io.provenance import write_provenance
-    from fusekit.recipe.common import TrainSpec
-    from fusekit.training.run import train_causal_lm
 
     log.info(
         f"fusekit: training from-scratch model on '{spec.task}' "

@@ -1,127 +1,32 @@
-"""The stages after ``prepare``: build -> fit -> save -> evaluate, per unit, then the report.
+"""Runs under ``accelerate launch``: the parent's launcher, and the config it is given.
 
-``run_stages`` is the same code in one process and under ``accelerate launch``: with
-``--accelerate-config`` the parent writes a job file and every rank runs
-``run_stages`` on it (``fusekit.training.worker``).  Each rank builds its own copy
-of each unit through the strategy's ``build`` (rank 0 first, so caches such as
-vocabulary maps or stored top-k are written once); ``Trainer`` shards the data;
-rank 0 alone saves, evaluates and reports.  Preparing, provenance and the atomic
-rename stay in the parent, so ranks never race on the output folder.
+With ``--accelerate-config`` the parent writes a job file (the recipe, the prepared
+inputs, the stage context) into a private temporary folder and launches
+``fusekit.pipeline.worker`` on every rank; each rank runs ``fusekit.pipeline.stages.run_stages``
+on it, and global rank 0 writes the result (or the user-facing error) beside the
+job file.  The config is checked before any work, since ``accelerate launch``
+would report a bad one only after the run has prepared its inputs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+import yaml
 
 from fusekit.errors import FusekitError
-from fusekit.result import StageResult, TrainingRecord
+from fusekit.pipeline.stages import StageContext
+from fusekit.recipe import recipe_to_dict
+from fusekit.recipe.loading import load_yaml
+from fusekit.result import StageResult
 from fusekit.strategies.base import Prepared, Strategy
 
 WORKER_ENV = "FUSEKIT_TRAINING_WORKER"
-
-
-class StageContext(BaseModel):
-    """What every rank needs besides the recipe and ``Prepared``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    workdir: str
-    checkpoint_root: str
-    fingerprint: dict[str, Any]
-    resume: bool = False
-    output_name: str
-    distributed: bool = False
-
-
-def unit_fingerprint(ctx: StageContext, unit: str) -> dict[str, Any]:
-    return {**ctx.fingerprint, "unit": unit}
-
-
-def unit_label(strategy: Strategy, unit: str) -> str:
-    """A unit's name in progress lines: the strategy's tag for "model", else the unit ("lora")."""
-    return strategy.tag if unit == "model" else unit
-
-
-def rank() -> int:
-    """This process's rank in the process group (0 when there is none).
-
-    Read from torch.distributed, not accelerate's ``PartialState``: on a CPU-only
-    machine launched with the torchrun launcher, PartialState reports a
-    non-distributed state (every rank "main") although the gloo group is up.
-    """
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-@contextlib.contextmanager
-def _rank0_first(distributed: bool) -> Iterator[None]:
-    """Rank 0 runs the block first (writing caches); the others wait, then run it."""
-    if not distributed:
-        yield
-        return
-    import torch.distributed as dist
-
-    if rank() != 0:
-        dist.barrier()
-    yield
-    if rank() == 0:
-        dist.barrier()
-
-
-def _is_main(distributed: bool) -> bool:
-    return not distributed or rank() == 0
-
-
-def run_stages(
-    strategy: Strategy, prepared: Prepared, ctx: StageContext, callbacks: Sequence[Any] = ()
-) -> StageResult | None:
-    """Build, fit, save and evaluate each unit; the report (None on ranks other than 0)."""
-    from fusekit.training.fit import fit
-
-    workdir = Path(ctx.workdir)
-    main = _is_main(ctx.distributed)
-    records: dict[str, TrainingRecord | None] = {}
-    scores: dict[str, dict[str, Any]] = {}
-    details: dict[str, Any] = {}
-    spec = getattr(strategy.recipe, "train", None)
-    units = strategy.units(prepared)
-    for unit in units:
-        with _rank0_first(ctx.distributed):
-            built = strategy.build(prepared, unit)
-        records[unit] = fit(
-            built,
-            spec,
-            Path(ctx.checkpoint_root) / unit,
-            fingerprint=unit_fingerprint(ctx, unit),
-            resume=ctx.resume,
-            label=unit_label(strategy, unit),
-            log_path=workdir / "train_log.jsonl" if unit == strategy.main_unit else None,
-            callbacks=callbacks,
-            clear_stale=False,  # api.run cleared them before any rank started
-        )
-        details.update(built.details)
-        if main:
-            strategy.save(built, unit, workdir)
-            scores[unit] = strategy.evaluate(built, unit, workdir, ctx.output_name)
-        del built
-    if strategy.main_unit not in units and main:
-        scores[strategy.main_unit] = strategy.evaluate(
-            None, strategy.main_unit, workdir, ctx.output_name
-        )
-    if not main:
-        return None
-    return strategy.report(prepared, records, scores, details)
 
 
 def run_distributed(
@@ -134,8 +39,6 @@ def run_distributed(
     never touches the output, there is then nothing to collide with machine 0's.
     None when none of this machine's ranks is global rank 0 (the one that reports).
     """
-    from fusekit.recipe import recipe_to_dict
-
     with tempfile.TemporaryDirectory(prefix="fusekit-job-") as folder:
         job = Path(folder) / "job.json"
         job.write_text(
@@ -149,7 +52,7 @@ def run_distributed(
         )
         cmd = [
             sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
-            "-m", "fusekit.training.worker", str(job),
+            "-m", "fusekit.pipeline.worker", str(job),
         ]  # fmt: skip
         proc = subprocess.Popen(cmd, env={**os.environ, WORKER_ENV: "1"})
         try:
@@ -176,8 +79,6 @@ def run_distributed(
 
 def machine_rank(config: Path) -> int:
     """The ``machine_rank`` of an accelerate config that ``check_accelerate_config`` accepted."""
-    from fusekit.recipe.loading import load_yaml
-
     return int(load_yaml(config.read_text(encoding="utf-8")).get("machine_rank") or 0)
 
 
@@ -192,10 +93,7 @@ def check_accelerate_config(path: str | Path) -> Path:
     is version 2 and DeepSpeed not ZeRO-3 (``FusekitTrainer`` refuses both too, for a
     launch that did not come through fusekit).
     """
-    import yaml
     from accelerate.utils import DistributedType
-
-    from fusekit.recipe.loading import load_yaml
 
     file = Path(path).expanduser().resolve()
     if not file.is_file():

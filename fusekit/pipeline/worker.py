@@ -1,6 +1,6 @@
 """Entry point of one rank under ``accelerate launch``: the stages of a run from a job file.
 
-The parent (``fusekit.pipeline.run_distributed``) wrote the recipe, the prepared
+The parent (``fusekit.pipeline.distributed.run_distributed``) wrote the recipe, the prepared
 inputs and the stage context; each rank rebuilds its units from them.  Rank 0
 writes the result (or the user-facing error) beside the job file.
 """
@@ -11,17 +11,17 @@ import json
 import sys
 from pathlib import Path
 
+from fusekit.errors import FusekitError
+from fusekit.log import library_bars_off
+from fusekit.pipeline.stages import StageContext, rank, run_stages
+from fusekit.recipe import parse_recipe
+from fusekit.registry import strategy_class
+from fusekit.strategies.base import Prepared
+
 
 def main(job_path: str) -> int:
     import torch.distributed as dist
     from accelerate import PartialState
-
-    from fusekit.errors import FusekitError
-    from fusekit.log import library_bars_off
-    from fusekit.pipeline import StageContext, rank, run_stages
-    from fusekit.recipe import parse_recipe
-    from fusekit.registry import strategy_class
-    from fusekit.strategies.base import Prepared
 
     library_bars_off()
     job = Path(job_path)

@@ -36,9 +36,13 @@ _SPLIT_PREFERENCE = ("test", "validation")
 
 
 def data_label(data: Any) -> str:
-    """How results and errors name the data: its path, or ``<N records>``."""
+    """How results and errors name the data: its path, a recipe's data reference's label
+    (``a.jsonl+task:kv``), or ``<N records>``."""
     if isinstance(data, (str, Path)):
         return str(data)
+    parts = data if isinstance(data, list) else [data]
+    if parts and all(callable(getattr(p, "label", None)) for p in parts):
+        return "+".join(p.label() for p in parts)
     try:
         return f"<{len(data)} records>"
     except TypeError:

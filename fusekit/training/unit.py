@@ -11,13 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from fusekit import log
-from fusekit.stages import Built
+from fusekit.data.records import data_label
+from fusekit.io.loading import load_causal_lm, load_tokenizer
+from fusekit.io.saving import config_dtype, save_trained
+from fusekit.recipe.common import TrainSpec
+from fusekit.training.fit import NOT_WEIGHTS_TRAIN, fit
+from fusekit.units import Built
 
 
 def causal_lm_unit(
     model_dir: str | Path,
     data: Any,
-    spec: Any,
+    spec: TrainSpec | None,
     *,
     trainable: Any = None,
     lora: dict[str, Any] | None = None,
@@ -37,9 +42,8 @@ def causal_lm_unit(
     """
     import torch
 
-    from fusekit.io.loading import load_causal_lm, load_tokenizer
-    from fusekit.io.saving import config_dtype
-    from fusekit.training.data import CausalLMDataset, PadCollator, load_records, pad_id
+    from fusekit.data.causal_lm import PadCollator, pad_id
+    from fusekit.data.tokenized import tokenized_examples
 
     model_dir = Path(model_dir)
     model = load_causal_lm(
@@ -52,7 +56,15 @@ def causal_lm_unit(
     tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
     dataset = collator = None
     if spec is not None and spec.steps != 0:
-        dataset = CausalLMDataset(load_records(data), tokenizer, spec.seq_len)
+        dataset = tokenized_examples(
+            data,
+            tokenizer,
+            spec.seq_len,
+            loss_on=spec.loss_on,
+            chat_template=spec.chat_template,
+            model=str(model_dir),
+            source=data_label(data),
+        )
         collator = PadCollator(pad_id(tokenizer))
     if lora is not None:
         from peft import LoraConfig, get_peft_model
@@ -79,7 +91,7 @@ def causal_lm_unit(
 def train_causal_lm(
     model_dir: str | Path,
     data: Any,
-    spec: Any,
+    spec: TrainSpec,
     out_dir: str | Path,
     *,
     trainable: Any = None,
@@ -93,8 +105,6 @@ def train_causal_lm(
 
     Returns the training record as JSON.  ``spec.steps == 0`` trains and writes nothing.
     """
-    from fusekit.io.saving import save_trained
-    from fusekit.training.fit import NOT_WEIGHTS_TRAIN, fit
 
     out_dir = Path(out_dir)
     if spec.steps == 0:

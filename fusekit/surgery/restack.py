@@ -27,11 +27,13 @@ from typing import Any
 
 from fusekit.errors import ModelIOError, PlanError
 from fusekit.io.arch import ArchFacts, arch_facts
-from fusekit.io.config import remap_layers_config, set_config_dtype, write_config
 from fusekit.io.lazy import LazyCheckpoint
 from fusekit.io.provenance import copy_tokenizer_and_generation_config
 from fusekit.io.safetensors_format import DTYPES
-from fusekit.io.writer import CHUNK, DEFAULT_SHARD_BYTES, ShardedWriter, dtype_code
+from fusekit.io.sizes import DEFAULT_SHARD_BYTES, parse_size
+from fusekit.io.writer import CHUNK, ShardedWriter, dtype_code
+from fusekit.log import bars_disabled
+from fusekit.surgery.config import remap_layers_config, set_config_dtype, write_config
 
 _FLOAT_CODES = {"F64", "F32", "F16", "BF16"}
 
@@ -111,7 +113,8 @@ def plan_tensors(
     fills = fills or {}
     per_model = {key: layer_tensors(ck, facts) for key, ck in ckpts.items()}
     base_ck = ckpts[base]
-    head, tail = [], []
+    head: list[OutTensor] = []
+    tail: list[OutTensor] = []
     for name in base_ck:
         if facts.layer_index(name) is not None:
             continue
@@ -187,8 +190,6 @@ def restack(
     """
     from tqdm.auto import tqdm
 
-    from fusekit.log import bars_disabled
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     writer = ShardedWriter(out, max_shard_bytes)
@@ -245,7 +246,6 @@ def describe(
     marked: Sequence[int] = (),
 ) -> dict[str, Any]:
     """The JSON-able plan of a restack, from headers only (what ``--dry-run`` prints)."""
-    from fusekit.io.writer import parse_size
 
     facts = arch_facts(configs[base])
     stats = tensor_stats(tensors)

@@ -15,8 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from fusekit.data.chat import LossOn, Renderer, conversation, is_conversational
+from fusekit.data.chat import chat_template as template_for
+from fusekit.data.records import iter_records, readable_data_path, refuse_surrogates
 from fusekit.errors import DataError
-from fusekit.evaluation.data import iter_records, readable_data_path, refuse_surrogates
+from fusekit.tasks import task_examples
 
 Record = dict[str, Any]
 
@@ -28,8 +31,8 @@ def _not_utf8(path: Path, exc: UnicodeDecodeError, where: str = "") -> DataError
     )
 
 
-def _read_jsonl(path: Path) -> list[Record]:
-    records = []
+def _iter_jsonl(path: Path) -> Iterator[Record]:
+    """A JSON Lines file's records one at a time (blank lines skipped)."""
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             try:
@@ -44,8 +47,11 @@ def _read_jsonl(path: Path) -> list[Record]:
                 raise DataError(f"{path}: line {lineno} is not JSON ({exc.msg})") from None
             if not isinstance(rec, dict):
                 raise DataError(f"{path}: line {lineno} is not a JSON object")
-            records.append(rec)
-    return records
+            yield rec
+
+
+def _read_jsonl(path: Path) -> list[Record]:
+    return list(_iter_jsonl(path))
 
 
 def _read_file(path: Path) -> list[Record]:
@@ -73,26 +79,52 @@ def _read_file(path: Path) -> list[Record]:
     )
 
 
-def _check_shape(records: list[Record], where: str) -> list[Record]:
-    if not records:
-        raise DataError(f"{where}: no records")
+def _check_record(rec: Record, i: int, where: str) -> None:
+    if is_conversational(rec):
+        conversation(f"{where}: record {i}", rec)  # roles and contents, checked here
+        return
+    if not (
+        ("text" in rec and isinstance(rec["text"], str))
+        or (isinstance(rec.get("prompt"), str) and isinstance(rec.get("completion"), str))
+        or (isinstance(rec.get("prompt"), str) and isinstance(rec.get("choices"), list))
+    ):
+        raise DataError(
+            f"{where}: record {i} has neither a 'text' string, 'prompt' and 'completion' "
+            "(strings or lists of messages) nor 'messages'"
+        )
+    for name in ("text", "prompt", "completion"):
+        if isinstance(rec.get(name), str):
+            refuse_surrogates(f"{where}: record {i}", name, rec[name])
+
+
+def checked_records(records: Iterable[Record], where: str) -> Iterator[Record]:
+    """``records`` as they are read, each checked; refuses none at all, or only empty text."""
+    count = 0
+    only_empty_text = True
     for i, rec in enumerate(records):
-        if not (
-            ("text" in rec and isinstance(rec["text"], str))
-            or (isinstance(rec.get("prompt"), str) and isinstance(rec.get("completion"), str))
-            or (isinstance(rec.get("prompt"), str) and isinstance(rec.get("choices"), list))
-        ):
-            raise DataError(
-                f"{where}: record {i} has neither a 'text' string nor 'prompt' and 'completion' "
-                "strings"
-            )
-        for name in ("text", "prompt", "completion"):
-            if isinstance(rec.get(name), str):
-                refuse_surrogates(f"{where}: record {i}", name, rec[name])
-    if all("text" in rec and not rec["text"].strip() for rec in records):
+        _check_record(rec, i, where)
+        count += 1
+        only_empty_text = only_empty_text and "text" in rec and not rec["text"].strip()
+        yield rec
+    if not count:
+        raise DataError(f"{where}: no records")
+    if only_empty_text:
         # one empty document would "train" on nothing but the tokenizer's specials
         raise DataError(f"{where}: holds no text (every record is empty)")
-    return records
+
+
+def _check_shape(records: list[Record], where: str) -> list[Record]:
+    return list(checked_records(records, where))
+
+
+def stream_records(ref: Any) -> Iterator[Record]:
+    """``load_records`` one record at a time: a JSON Lines file is never held whole, so the
+    validation pass reads a corpus of any size in bounded memory."""
+    path = getattr(ref, "path", ref)
+    if isinstance(path, (str, Path)) and Path(path).suffix == ".jsonl" and Path(path).exists():
+        yield from checked_records(_iter_jsonl(readable_data_path(Path(path))), str(path))
+    else:
+        yield from load_records(ref)
 
 
 def load_records(ref: Any) -> list[Record]:
@@ -109,8 +141,6 @@ def load_records(ref: Any) -> list[Record]:
             raise DataError(f"{path}: data file does not exist")
         return _check_shape(_read_file(readable_data_path(path)), str(path))
     if hasattr(ref, "task"):
-        from fusekit.tasks import task_examples
-
         recs = task_examples(
             ref.task,
             split=ref.split,
@@ -127,15 +157,16 @@ def load_records(ref: Any) -> list[Record]:
 
 
 def encode_prompt_completion(
-    tokenizer: Any, prompt: str, completion: str, seq_len: int
+    tokenizer: Any, prompt: str, completion: str, seq_len: int, *, prompt_loss: bool = False
 ) -> tuple[list[int], list[int]]:
-    """Token ids and labels with the loss on the completion (and EOS) only."""
+    """Token ids and labels with the loss on the completion (and EOS) only, or with
+    ``prompt_loss`` (``train.loss_on: all``) on the prompt too."""
     p_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
     c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
     if tokenizer.eos_token_id is not None:
         c_ids = [*c_ids, tokenizer.eos_token_id]
     ids = (p_ids + c_ids)[:seq_len]
-    labels = ([-100] * len(p_ids) + c_ids)[:seq_len]
+    labels = ((p_ids if prompt_loss else [-100] * len(p_ids)) + c_ids)[:seq_len]
     return ids, labels
 
 
@@ -197,7 +228,7 @@ def chunk_texts(
     cuts = starts[::content].tolist()
     if cuts:
         cuts[0] = 0  # whatever precedes the first token (e.g. trimmed spaces) stays in
-    chunks = []
+    chunks: list[str] = []
     for k, a in enumerate(cuts):
         b = cuts[k + 1] if k + 1 < len(cuts) else len(text)
         n_tokens = min(content, len(starts) - k * content)
@@ -330,16 +361,41 @@ class CausalLMDataset:
 
     Packed text blocks are kept as arrays and become lists only when a batch asks
     for them: a list of Python ints costs ~36 bytes a token, twice over for labels.
+    Prompt/completion pairs and conversations stay one example each; conversations
+    are rendered in ``chat_template`` (else the tokenizer's own) with the loss where
+    ``loss_on`` says (``fusekit.data.chat``).  ``model`` and ``source`` name the model
+    and the data in errors.
     """
 
-    def __init__(self, records: Sequence[Record], tokenizer: Any, seq_len: int) -> None:
+    def __init__(
+        self,
+        records: Sequence[Record],
+        tokenizer: Any,
+        seq_len: int,
+        *,
+        loss_on: LossOn | None = None,
+        chat_template: str | None = None,
+        model: str = "the model",
+        source: str = "data",
+    ) -> None:
         texts = [r["text"] for r in records if "text" in r]
         self.blocks = packed_blocks(tokenizer, texts, seq_len) if texts else []
         self.pairs: list[tuple[list[int], list[int]]] = [
-            encode_prompt_completion(tokenizer, r["prompt"], r["completion"], seq_len)
+            encode_prompt_completion(
+                tokenizer, r["prompt"], r["completion"], seq_len, prompt_loss=loss_on == "all"
+            )
             for r in records
-            if "completion" in r and "text" not in r
+            if isinstance(r.get("completion"), str) and "text" not in r
         ]
+        talks = [(i, r) for i, r in enumerate(records) if is_conversational(r)]
+        if talks:
+            renderer = Renderer(tokenizer, template_for(tokenizer, chat_template, model))
+            for i, rec in talks:
+                where = f"{source}: record {i}"
+                default: LossOn = "completion" if "messages" not in rec else "assistant"
+                self.pairs.append(
+                    renderer.encode(where, conversation(where, rec), loss_on or default, seq_len)
+                )
         if not self.blocks and not self.pairs:
             raise DataError("the training data produced no examples (texts too short?)")
 
@@ -369,8 +425,9 @@ class PadCollator:
         ids, labels, mask = [], [], []
         for ex in batch:
             pad = width - len(ex["input_ids"])
+            scored = ex.get("labels")  # None: a packed block, every position scored
             ids.append(ex["input_ids"] + [self.pad_token_id] * pad)
-            labels.append(ex["labels"] + [-100] * pad)
+            labels.append((ex["input_ids"] if scored is None else scored) + [-100] * pad)
             mask.append([1] * len(ex["input_ids"]) + [0] * pad)
         return {
             "input_ids": torch.tensor(ids),

@@ -1,0 +1,1 @@
+"""The data layer: reading records, conversations and chat templates, tokenised examples."""

@@ -1,0 +1,1 @@
+"""Model references made into the folders every stage loads: the one resolver, from-scratch models."""

@@ -1,0 +1,77 @@
+"""The validation pass every run makes before any work (and ``--dry-run``, ``validate``).
+
+A recipe that parses can still name a folder fusekit cannot use completely or a
+data file it cannot read; found half-way through a surgery or after an hour of
+training, either costs the user the work and leaves them a traceback.  This pass
+checks every local model folder completely (``fusekit.io.validate``) and reads
+every data file once — decoding it, checking its records — so those problems are
+one line each, up front.  Models fusekit trains itself (``scratch:`` specs) are
+built by fusekit and skipped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fusekit.data.chat import is_conversational
+from fusekit.errors import DataError
+from fusekit.io.validate import check_model
+from fusekit.models.resolve import local_models, with_converted_models
+from fusekit.recipe.common import BaseRecipe, DataRef, FileData
+from fusekit.registry import strategy_class
+from fusekit.strategies.base import Strategy
+
+
+def file_data(ref: DataRef) -> list[FileData]:
+    """The ``FileData`` parts of a data reference (one or a list); built-in tasks are not files."""
+    refs = ref if isinstance(ref, list) else [ref]
+    return [r for r in refs if isinstance(r, FileData)]
+
+
+def check_data(recipe: BaseRecipe, strategy: Strategy | None = None) -> None:
+    """Read every training and evaluation data file once, as the run will, a record at a
+    time (a corpus larger than memory is checked too); refuse conversations in the
+    training data of a strategy that cannot train on them."""
+    from fusekit.data.causal_lm import stream_records  # numpy: imported when data is read
+
+    talk_ok = strategy is None or strategy.takes_conversations
+    for ref in [r for data in recipe.shaping_data() for r in file_data(data)]:
+        for i, record in enumerate(stream_records(ref)):
+            if not talk_ok and is_conversational(record):
+                assert strategy is not None
+                raise DataError(
+                    f"{ref.label()}: record {i} is a conversation, and {strategy.tag} trains "
+                    "on text and prompt/completion strings only; finetune, block_expansion and "
+                    "depth_upscaling train on conversations"
+                )
+    for ref in [r for data in recipe.eval_data() for r in file_data(data)]:
+        for _ in stream_records(ref):
+            pass
+
+
+def checked(recipe: BaseRecipe) -> tuple[BaseRecipe, Strategy]:
+    """The recipe with ``.gguf`` references converted, its strategy, the pass made."""
+    recipe = with_converted_models(recipe)
+    strategy = strategy_class(recipe.strategy)(recipe)
+    check_inputs(recipe, strategy)
+    return recipe, strategy
+
+
+def check_inputs(recipe: BaseRecipe, strategy: Strategy) -> None:
+    """The whole pass: models, then data; raises the first problem as one line."""
+    seen: set[Path] = set()
+    for ref in local_models(recipe):
+        path = Path(ref.path).expanduser().resolve()
+        if path in seen:
+            continue
+        seen.add(path)
+        check_model(
+            path,
+            allow_pickle=ref.allow_pickle,
+            trust_remote_code=ref.trust_remote_code,
+            need_tokenizer=strategy.needs_tokenizer(),
+        )
+    check_data(recipe, strategy)
+
+
+__all__ = ["check_data", "check_inputs", "checked", "file_data"]

@@ -1,0 +1,34 @@
+"""The validation pass reads a JSON Lines corpus a record at a time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fusekit.data.causal_lm import load_records, stream_records
+from fusekit.errors import DataError
+
+
+def test_records_stream_so_a_corpus_is_never_held_whole(tmp_path: Path) -> None:
+    data = tmp_path / "corpus.jsonl"
+    lines = [json.dumps({"text": f"document {i}"}) for i in range(1000)] + ["not json"]
+    data.write_text("\n".join(lines) + "\n")
+    records = stream_records(str(data))
+    assert next(records) == {"text": "document 0"}  # read before the bad line is reached
+    with pytest.raises(DataError, match=r"corpus.jsonl: line 1001 is not JSON"):
+        list(records)
+    with pytest.raises(DataError, match=r"line 1001 is not JSON"):
+        load_records(str(data))
+
+
+def test_streamed_records_are_checked_like_loaded_ones(tmp_path: Path) -> None:
+    data = tmp_path / "talk.jsonl"
+    data.write_text(json.dumps({"text": " "}) + "\n")
+    for read in (lambda: list(stream_records(str(data))), lambda: load_records(str(data))):
+        with pytest.raises(DataError, match="holds no text"):
+            read()
+    data.write_text(json.dumps({"messages": [{"role": "bot", "content": "x"}]}) + "\n")
+    with pytest.raises(DataError, match=r"record 0: messages\[0\]: unknown role 'bot'"):
+        list(stream_records(str(data)))

@@ -1,0 +1,127 @@
+"""Tokenised once, cached as Arrow: the same examples as the in-memory dataset, reused."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+import pytest
+
+from fusekit.data import tokenized
+from fusekit.data.causal_lm import CausalLMDataset, PadCollator, load_records
+from fusekit.data.tokenized import cache_key, tokenized_examples
+from fusekit.errors import DataError
+from fusekit.tasks import task_tokenizer
+from tests.training.test_chat import CHATML, SPECIALS, TALK
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    tok = task_tokenizer("code", kind="bpe")
+    tok.add_special_tokens({"additional_special_tokens": SPECIALS})
+    return tok
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("FUSEKIT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _corpus(path: Path, n: int = 200, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    words = [
+        "def",
+        "return",
+        "class",
+        "import",
+        "lambda",
+        "yield",
+        "while",
+        "for",
+        "in",
+        "if",
+        "else",
+        "try",
+    ]
+    rows = []
+    for i in range(n):
+        text = " ".join(rng.choice(words) for _ in range(rng.randrange(1, 40)))
+        if i % 5 == 4:
+            rows.append({"prompt": text, "completion": " " + rng.choice(words)})
+        else:
+            rows.append({"text": text})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _same(arrow, memory) -> None:
+    assert len(arrow) == len(memory)
+    collate = PadCollator(0)
+    for i in range(len(memory)):
+        a, m = arrow[i], memory[i]
+        assert a["input_ids"] == m["input_ids"], i
+        assert collate([a])["labels"].tolist() == collate([m])["labels"].tolist(), i
+
+
+@pytest.mark.parametrize("seq_len", [16, 64])
+def test_the_examples_equal_the_in_memory_datasets(tokenizer, tmp_path: Path, seq_len) -> None:
+    data = _corpus(tmp_path / "corpus.jsonl")
+    arrow = tokenized_examples(str(data), tokenizer, seq_len)
+    _same(arrow, CausalLMDataset(load_records(str(data)), tokenizer, seq_len))
+
+
+def test_conversations_and_loss_on_match_too(tokenizer, tmp_path: Path) -> None:
+    data = tmp_path / "talk.jsonl"
+    pair = {"prompt": TALK["messages"][:4], "completion": TALK["messages"][4:]}
+    data.write_text("".join(json.dumps(r) + "\n" for r in [TALK, pair, TALK]))
+    for loss_on in (None, "all", "completion"):
+        arrow = tokenized_examples(str(data), tokenizer, 256, loss_on=loss_on,
+                                   chat_template=CHATML)  # fmt: skip
+        memory = CausalLMDataset(load_records(str(data)), tokenizer, 256, loss_on=loss_on,
+                                 chat_template=CHATML)  # fmt: skip
+        _same(arrow, memory)
+
+
+def test_a_second_run_reads_the_cache(tokenizer, tmp_path: Path, cache: Path, caplog) -> None:
+    data = _corpus(tmp_path / "corpus.jsonl")
+    first = tokenized_examples(str(data), tokenizer, 32)
+    [folder] = (cache / "data").iterdir()
+    stamps = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="fusekit"):
+        again = tokenized_examples(str(data), tokenizer, 32)
+    assert "read from the cache" in caplog.text and "tokenising" not in caplog.text
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps
+    _same(again, first)
+    # the key follows the content, the settings and the template, not the file's name
+    moved = tmp_path / "renamed.jsonl"
+    moved.write_bytes(data.read_bytes())
+    assert cache_key(str(moved), tokenizer, 32, None, None) == folder.name
+    for other in (cache_key(str(data), tokenizer, 64, None, None),
+                  cache_key(str(data), tokenizer, 32, "all", None),
+                  cache_key(str(data), tokenizer, 32, None, CHATML)):  # fmt: skip
+        assert other != folder.name
+    data.write_text(data.read_text() + json.dumps({"text": "one more"}) + "\n")
+    assert cache_key(str(data), tokenizer, 32, None, None) != folder.name
+    assert not list((cache / "data").glob(".*")), "a scratch folder was left behind"
+
+
+def test_several_processes_give_the_same_examples(
+    tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _corpus(tmp_path / "corpus.jsonl", n=400)
+    one = [dict(x) for x in tokenized_examples(str(data), tokenizer, 32)]
+    monkeypatch.setattr(tokenized, "PARALLEL_RECORDS", 100)
+    monkeypatch.setattr(tokenized, "LAYOUT", tokenized.LAYOUT + 1000)  # a fresh cache entry
+    two = [dict(x) for x in tokenized_examples(str(data), tokenizer, 32)]
+    assert one == two
+
+
+def test_data_with_nothing_to_train_on_is_one_line(tokenizer, tmp_path: Path) -> None:
+    data = tmp_path / "choices.jsonl"  # multiple-choice records evaluate, they do not train
+    data.write_text(json.dumps({"prompt": "a", "choices": ["b", "c"], "answer": 0}) + "\n")
+    with pytest.raises(DataError, match="produced no examples"):
+        tokenized_examples(str(data), tokenizer, 32)

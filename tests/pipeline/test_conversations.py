@@ -1,0 +1,113 @@
+"""Conversations train every causal-LM strategy from a YAML recipe, through a chat template."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from tests.pipeline.conftest import cli, recipe_for, write_recipe
+from tests.training.conftest import WORDS
+from tests.training.test_chat import CHATML
+
+CAUSAL_LM = ("finetune", "finetune_lora", "block_expansion", "depth_upscaling")
+
+
+def _words(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def write_conversations(path: Path, shape: str, seed: int = 0) -> Path:
+    """64 two-turn conversations: ``messages`` records or conversational prompt/completion."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(64):
+        talk = [
+            {"role": "system", "content": _words(rng, 3)},
+            {"role": "user", "content": _words(rng, 5)},
+            {"role": "assistant", "content": _words(rng, 4)},
+            {"role": "user", "content": _words(rng, 3)},
+            {"role": "assistant", "content": _words(rng, 4)},
+        ]
+        rows.append({"messages": talk} if shape == "messages"
+                    else {"prompt": talk[:4], "completion": talk[4:]})  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("shape", ["messages", "prompt_completion"])
+@pytest.mark.parametrize("strategy", CAUSAL_LM)
+def test_a_causal_lm_strategy_trains_on_conversations(
+    models: dict[str, Path], tmp_path: Path, strategy: str, shape: str
+) -> None:
+    data = write_conversations(tmp_path / "talk.jsonl", shape)
+    recipe = recipe_for(strategy, models, data)
+    recipe["train"].update(chat_template=CHATML, seq_len=64)
+    out = tmp_path / "out"
+    result = cli("run", str(write_recipe(tmp_path / "r.yaml", recipe)), "-o", str(out))
+    assert result.code == 0, result.stderr[-3000:]
+    training = json.loads((out / "fusekit.json").read_text())["training"]
+    assert training["steps"] == 6 and math.isfinite(training["final_loss"])
+
+
+def test_the_template_can_be_a_file_and_loss_on_can_be_all(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    data = write_conversations(tmp_path / "talk.jsonl", "messages")
+    template = tmp_path / "chatml.jinja"
+    template.write_text(CHATML)
+    recipe = recipe_for("finetune", models, data)
+    recipe["train"].update(chat_template=str(template), loss_on="all", seq_len=64)
+    result = cli("run", str(write_recipe(tmp_path / "r.yaml", recipe)), "-o", str(tmp_path / "o"))
+    assert result.code == 0, result.stderr[-3000:]
+
+
+def test_conversations_without_a_template_are_one_line_naming_the_model(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    data = write_conversations(tmp_path / "talk.jsonl", "messages")
+    recipe = recipe_for("finetune", models, data)
+    result = cli("run", str(write_recipe(tmp_path / "r.yaml", recipe)), "-o", str(tmp_path / "o"))
+    assert result.code == 2
+    assert f"{models['a']} has no chat template; set train.chat_template" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("strategy", ["calm", "fusellm"])
+def test_strategies_that_cannot_train_on_conversations_refuse_them_before_any_work(
+    models: dict[str, Path], tmp_path: Path, strategy: str
+) -> None:
+    data = write_conversations(tmp_path / "talk.jsonl", "messages")
+    recipe = recipe_for(strategy, models, data)
+    result = cli("run", str(write_recipe(tmp_path / "r.yaml", recipe)), "-o", str(tmp_path / "o"))
+    assert result.code == 2
+    assert f"record 0 is a conversation, and {strategy} trains on text" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_malformed_conversation_is_refused_by_validate(tmp_path: Path, models) -> None:
+    data = tmp_path / "talk.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "bot", "content": "hi"}]}) + "\n")
+    recipe = recipe_for("finetune", models, data)
+    result = cli("validate", str(write_recipe(tmp_path / "r.yaml", recipe)))
+    assert result.code == 2
+    assert f"{data}: record 0: messages[0]: unknown role 'bot'" in result.stderr
+
+
+def test_a_template_file_shapes_the_weights_so_its_content_is_fingerprinted(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    from fusekit.pipeline.run import data_files
+    from fusekit.recipe import parse_recipe
+
+    data = write_conversations(tmp_path / "talk.jsonl", "messages")
+    template = tmp_path / "chatml.jinja"
+    template.write_text(CHATML)
+    recipe = recipe_for("finetune", models, data)
+    recipe["train"]["chat_template"] = str(template)
+    assert data_files(parse_recipe(recipe))["chat_template"] == template
+    recipe["train"]["chat_template"] = CHATML  # the template itself is in the recipe already
+    assert "chat_template" not in data_files(parse_recipe(recipe))
