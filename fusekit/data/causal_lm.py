@@ -286,28 +286,44 @@ def continuation(tokenizer: Any) -> int | None:
     return 0
 
 
-def token_stream(tokenizer: Any, texts: Iterable[str]) -> np.ndarray:
-    """Documents' ids, each followed by EOS (when the tokenizer has one), as one int64 array.
+def document_ids(tokenizer: Any, texts: Sequence[str], batch: int = 256) -> list[np.ndarray]:
+    """Each document's ids, followed by EOS (when the tokenizer has one and the document
+    does not end with it already); an empty document gives none.
 
-    Each document is tokenised in ``segments`` and kept as a compact array, not a
-    list of Python ints (36 bytes a token), so memory stays near 8 bytes a token.
+    Documents are tokenised in ``segments``, several per tokenizer call (``_batches``:
+    about ``SEGMENT_CHARS`` characters a call, so one enormous line costs a segment's
+    memory, not its own), and kept as compact int64 arrays, not lists of Python ints
+    (36 bytes a token).  The in-memory packing (``token_stream``) and the Arrow cache
+    (``fusekit.data.tokenized``) both tokenise text here, so their streams are equal.
     """
-    parts: list[np.ndarray] = []
-    eos = tokenizer.eos_token_id
-    last: int | None = None
     extra = continuation(tokenizer)
-    for text in texts:
+    owners: list[tuple[int, int]] = []
+    pieces: list[str] = []
+    for d, text in enumerate(texts):
         for k, piece in enumerate(segments(text) if extra is not None else [text]):
-            ids = tokenizer(piece, add_special_tokens=False)["input_ids"]
-            if k and extra:
-                ids = ids[extra:]
-            if ids:
-                parts.append(np.asarray(ids, dtype=np.int64))
-                last = int(ids[-1])
-        if eos is not None and last != eos:
-            parts.append(np.asarray([eos], dtype=np.int64))
-            last = eos
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+            owners.append((d, k))
+            pieces.append(piece)
+    parts: list[list[np.ndarray]] = [[] for _ in texts]
+    done = 0
+    for group in _batches(pieces, batch):
+        encoded = tokenizer(group, add_special_tokens=False)["input_ids"]
+        for (d, k), ids in zip(owners[done : done + len(group)], encoded, strict=True):
+            parts[d].append(np.asarray(ids[extra:] if k and extra else ids, dtype=np.int64))
+        done += len(group)
+    eos = tokenizer.eos_token_id
+    out = []
+    for doc in parts:
+        ids = np.concatenate(doc) if doc else np.zeros(0, dtype=np.int64)
+        if len(ids) and eos is not None and ids[-1] != eos:
+            ids = np.append(ids, np.int64(eos))
+        out.append(ids)
+    return out
+
+
+def token_stream(tokenizer: Any, texts: Iterable[str]) -> np.ndarray:
+    """Documents' ids (``document_ids``: each followed by EOS) as one int64 array."""
+    docs = document_ids(tokenizer, list(texts))
+    return np.concatenate(docs) if docs else np.zeros(0, dtype=np.int64)
 
 
 def packed_blocks(tokenizer: Any, texts: Iterable[str], seq_len: int) -> list[np.ndarray]:
@@ -356,6 +372,29 @@ def predicted_tokens(dataset: Any) -> int:
     return 0
 
 
+def encode_example(
+    record: Record,
+    tokenizer: Any,
+    seq_len: int,
+    loss_on: LossOn | None,
+    renderer: Renderer | None,
+    where: str,
+) -> tuple[list[int], list[int]] | None:
+    """Ids and labels of one prompt/completion or conversational record, cut to ``seq_len``;
+    None for a record that trains as neither (a multiple-choice one).  ``loss_on`` None is
+    each shape's default: the completion, or for ``messages`` every assistant turn.  Text
+    records are packed instead (``document_ids``)."""
+    if is_conversational(record):
+        assert renderer is not None, "conversations need a Renderer in their template"
+        default: LossOn = "assistant" if "messages" in record else "completion"
+        return renderer.encode(where, conversation(where, record), loss_on or default, seq_len)
+    if isinstance(record.get("prompt"), str) and isinstance(record.get("completion"), str):
+        return encode_prompt_completion(
+            tokenizer, record["prompt"], record["completion"], seq_len, prompt_loss=loss_on == "all"
+        )
+    return None
+
+
 class CausalLMDataset:
     """``{"input_ids", "labels"}`` examples; a torch-compatible map dataset.
 
@@ -380,22 +419,16 @@ class CausalLMDataset:
     ) -> None:
         texts = [r["text"] for r in records if "text" in r]
         self.blocks = packed_blocks(tokenizer, texts, seq_len) if texts else []
-        self.pairs: list[tuple[list[int], list[int]]] = [
-            encode_prompt_completion(
-                tokenizer, r["prompt"], r["completion"], seq_len, prompt_loss=loss_on == "all"
-            )
-            for r in records
-            if isinstance(r.get("completion"), str) and "text" not in r
-        ]
-        talks = [(i, r) for i, r in enumerate(records) if is_conversational(r)]
-        if talks:
+        renderer = None
+        if any(is_conversational(r) for r in records):
             renderer = Renderer(tokenizer, template_for(tokenizer, chat_template, model))
-            for i, rec in talks:
+        self.pairs: list[tuple[list[int], list[int]]] = []
+        for i, record in enumerate(records):
+            if "text" not in record:
                 where = f"{source}: record {i}"
-                default: LossOn = "completion" if "messages" not in rec else "assistant"
-                self.pairs.append(
-                    renderer.encode(where, conversation(where, rec), loss_on or default, seq_len)
-                )
+                pair = encode_example(record, tokenizer, seq_len, loss_on, renderer, where)
+                if pair is not None:
+                    self.pairs.append(pair)
         if not self.blocks and not self.pairs:
             raise DataError("the training data produced no examples (texts too short?)")
 

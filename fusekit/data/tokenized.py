@@ -33,14 +33,8 @@ import pyarrow.compute as pc
 from datasets import Dataset, Features, Sequence, Value, concatenate_datasets, load_dataset
 
 from fusekit import log
-from fusekit.data.causal_lm import (
-    continuation,
-    encode_prompt_completion,
-    load_records,
-    segments,
-    special_prefix,
-)
-from fusekit.data.chat import LossOn, Renderer, conversation, is_conversational, template_text
+from fusekit.data.causal_lm import document_ids, encode_example, load_records, special_prefix
+from fusekit.data.chat import LossOn, Renderer, is_conversational, template_text
 from fusekit.data.chat import chat_template as template_for
 from fusekit.data.records import readable_data_path
 from fusekit.errors import DataError
@@ -154,12 +148,9 @@ def _record(row: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _is_talk(row: dict[str, Any], record: dict[str, Any]) -> bool:
-    return bool(row["talk"]) if "talk" in row else is_conversational(record)
-
-
 class _Encoder:
-    """The ``map`` function: documents to token streams, examples to ids and labels."""
+    """The ``map`` function: text to ``document_ids`` (packed later), the other records to
+    ``encode_example``'s ids and labels — the same functions ``CausalLMDataset`` uses."""
 
     def __init__(
         self, tokenizer: Any, seq_len: int, loss_on: LossOn | None, template: str | None,
@@ -170,65 +161,31 @@ class _Encoder:
         self.loss_on = loss_on
         self.renderer = Renderer(tokenizer, template) if template is not None else None
         self.source = source
-        self.extra = continuation(tokenizer)
-
-    def _documents(self, texts: list[str]) -> list[list[int]]:
-        """``token_stream``'s ids per document (each followed by EOS), one tokenizer call."""
-        if not texts:
-            return []
-        pieces: list[tuple[int, int, str]] = []
-        for d, text in enumerate(texts):
-            cut = segments(text) if self.extra is not None else [text]
-            pieces += [(d, k, piece) for k, piece in enumerate(cut)]
-        encoded = self.tokenizer([p for _, _, p in pieces], add_special_tokens=False)["input_ids"]
-        out: list[list[int]] = [[] for _ in texts]
-        for (d, k, _), ids in zip(pieces, encoded, strict=True):
-            out[d] += ids[self.extra :] if k and self.extra else ids
-        eos = self.tokenizer.eos_token_id
-        for ids in out:
-            if ids and eos is not None and ids[-1] != eos:
-                ids.append(eos)
-        return out
 
     def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
-        n = len(indices)
-        rows = [{k: v[i] for k, v in batch.items()} for i in range(n)]
-        text_rows = [i for i, r in enumerate(rows) if r.get("text") is not None]
-        streams = dict(zip(text_rows, self._documents([rows[i]["text"] for i in text_rows]),
-                           strict=True))  # fmt: skip
-        ids_out: list[list[int]] = []
-        labels_out: list[list[int]] = []
-        packed: list[bool] = []
+        rows = [{k: v[i] for k, v in batch.items()} for i in range(len(indices))]
+        texts = [i for i, r in enumerate(rows) if r.get("text") is not None]
+        streams = document_ids(self.tokenizer, [rows[i]["text"] for i in texts])
+        ids_out: list[list[int]] = [[] for _ in rows]
+        labels_out: list[list[int]] = [[] for _ in rows]
+        for i, stream in zip(texts, streams, strict=True):
+            ids_out[i] = stream.tolist()
         for i, row in enumerate(rows):
-            ids: list[int] = []
-            labels: list[int] = []
-            if i in streams:
-                ids = streams[i]
-            elif _is_talk(row, record := _record(row)):
+            if row.get("text") is None:
                 where = f"{self.source}: record {indices[i]}"
-                assert self.renderer is not None
-                default: LossOn = "assistant" if "messages" in record else "completion"
-                ids, labels = self.renderer.encode(
-                    where, conversation(where, record), self.loss_on or default, self.seq_len
+                pair = encode_example(
+                    _record(row), self.tokenizer, self.seq_len, self.loss_on, self.renderer, where
                 )
-            elif row.get("prompt") is not None and row.get("completion") is not None:
-                ids, labels = encode_prompt_completion(
-                    self.tokenizer, row["prompt"], row["completion"], self.seq_len,
-                    prompt_loss=self.loss_on == "all",
-                )  # fmt: skip
-            ids_out.append(ids)
-            labels_out.append(labels)
-            packed.append(i in streams)
+                if pair is not None:
+                    ids_out[i], labels_out[i] = pair
+        packed = [r.get("text") is not None for r in rows]
         return {"ids": ids_out, "labels": labels_out, "packed": packed}
 
 
-def _write_arrow(path: Path, batches: Iterator[pa.RecordBatch]) -> int:
-    rows = 0
+def _write_arrow(path: Path, batches: Iterator[pa.RecordBatch]) -> None:
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, _BLOCKS) as writer:
         for batch in batches:
             writer.write_batch(batch)
-            rows += batch.num_rows
-    return rows
 
 
 def _lists(values: np.ndarray, width: int) -> pa.Array:

@@ -12,8 +12,9 @@ What it adds to ``Trainer``:
   optimizer state would give weights that no recipe describes.
 * **Only checkpoints that read back** are resumed from (``checkpoint_problem``): a
   crash or a full disk while saving leaves files cut short, which ``Trainer``
-  would load into a traceback; resume falls back to the newest complete one and
-  says which it skipped and why.
+  would load into a traceback; resume continues the newest complete one (the run's
+  checkpoint owner, ``fusekit.pipeline.checkpoints``, has removed the others, saying
+  which and why).
 * **Numerical guards**: data that predicts no token is refused; a non-finite loss
   or gradient stops the run naming the step, or with ``train.skip_nonfinite`` the
   step is skipped and counted (see ``FusekitTrainer``).

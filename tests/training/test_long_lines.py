@@ -77,6 +77,22 @@ def test_no_tokenizer_call_sees_more_than_a_segment(monkeypatch) -> None:
     assert "".join(chunks).startswith(text[:1000])
 
 
+def test_the_arrow_cache_tokenises_a_long_line_a_segment_at_a_time(monkeypatch, tmp_path) -> None:
+    """The cached path calls the tokenizer as the in-memory one does, with the same ids."""
+    from fusekit.data.tokenized import tokenized_examples
+
+    monkeypatch.setattr(data_module, "SEGMENT_CHARS", 500)
+    monkeypatch.setenv("FUSEKIT_CACHE", str(tmp_path))
+    text = _text(3000)
+    counting = _Counting(make_tokenizer(320, "bytelevel"))
+    arrow = tokenized_examples([{"text": text}, {"text": text}], counting, seq_len=16)
+    assert 0 < counting.longest <= 500
+    memory = CausalLMDataset([{"text": text}, {"text": text}], make_tokenizer(320, "bytelevel"), 16)
+    assert [arrow[i]["input_ids"] for i in range(len(arrow))] == [
+        memory[i]["input_ids"] for i in range(len(memory))
+    ]
+
+
 def _prepending(split: bool) -> Any:
     """A Llama-2-style tokenizer: a normaliser that puts ``▁`` in front of every input,
     so a piece cut from mid-text gains a marker the whole text does not have."""

@@ -211,21 +211,16 @@ class FuseLLMStrategy(Strategy[FuseLLMRecipe]):
             target_encs,
             align=r.align,
             max_len=_source_max_len(smodel, spec.seq_len),
-            cache_dir=_cache_root() / "vocab_maps",
+            cache_dir=cache_root() / "vocab_maps",
             desc=f"align source {n}",
         )
         store = None
         if r.mode == "offline":
             shash = folder_hash(source.path)
-            store = _extract(smodel, stok, prepared, shash, r.top_k, spec, _cache_root(), n)
+            store = _extract(smodel, stok, prepared, shash, r.top_k, spec, cache_root(), n)
             smodel = None
         example = SourceExamples(prepared.encodings, prepared.align, store, pad_id(stok))
         return example, prepared.vocab_map, smodel, {"path": source.path, **prepared.stats}
-
-
-def _cache_root() -> Path:
-
-    return cache_root()
 
 
 def _source_max_len(model: Any, seq_len: int) -> int:
