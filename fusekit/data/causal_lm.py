@@ -8,8 +8,7 @@ that is what "learn to answer" means and packing would blur the answer boundary.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,71 +16,16 @@ import numpy as np
 
 from fusekit.data.chat import LossOn, Renderer, conversation, is_conversational
 from fusekit.data.chat import chat_template as template_for
-from fusekit.data.records import iter_records, readable_data_path, refuse_surrogates
+from fusekit.data.records import Located, iter_records, refuse_surrogates
 from fusekit.errors import DataError
 from fusekit.tasks import task_examples
 
 Record = dict[str, Any]
 
 
-def _not_utf8(path: Path, exc: UnicodeDecodeError, where: str = "") -> DataError:
-    return DataError(
-        f"{path}: {where}byte {exc.start} is not UTF-8 ({exc.object[exc.start : exc.start + 1]!r});"
-        " save the file as UTF-8"
-    )
-
-
-def _iter_jsonl(path: Path) -> Iterator[Record]:
-    """A JSON Lines file's records one at a time (blank lines skipped)."""
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise _not_utf8(path, exc, f"line {lineno}: ") from None
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {lineno} is not JSON ({exc.msg})") from None
-            if not isinstance(rec, dict):
-                raise DataError(f"{path}: line {lineno} is not a JSON object")
-            yield rec
-
-
-def _read_jsonl(path: Path) -> list[Record]:
-    return list(_iter_jsonl(path))
-
-
-def _read_file(path: Path) -> list[Record]:
-    if path.is_dir() or path.suffix == ".parquet":
-        # one reader for both with evaluation: split choice, row locations, clear errors
-        return [dict(record) for _, record in iter_records(path)]
-    if path.suffix == ".jsonl":
-        return _read_jsonl(path)
-    if path.suffix in (".json", ".txt"):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise _not_utf8(path, exc) from None
-        if path.suffix == ".txt":
-            return [{"text": text}]
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-        if not isinstance(data, list):
-            raise DataError(f"{path}: a .json data file holds a list of records")
-        return data
-    raise DataError(
-        f"{path}: unknown data format; use .jsonl, .json, .txt, .parquet or a datasets folder"
-    )
-
-
-def _check_record(rec: Record, i: int, where: str) -> None:
+def _check_record(where: str, rec: Mapping[str, Any]) -> None:
     if is_conversational(rec):
-        conversation(f"{where}: record {i}", rec)  # roles and contents, checked here
+        conversation(where, rec)  # roles and contents, checked here
         return
     if not (
         ("text" in rec and isinstance(rec["text"], str))
@@ -89,58 +33,54 @@ def _check_record(rec: Record, i: int, where: str) -> None:
         or (isinstance(rec.get("prompt"), str) and isinstance(rec.get("choices"), list))
     ):
         raise DataError(
-            f"{where}: record {i} has neither a 'text' string, 'prompt' and 'completion' "
+            f"{where}: the record has neither a 'text' string, 'prompt' and 'completion' "
             "(strings or lists of messages) nor 'messages'"
         )
     for name in ("text", "prompt", "completion"):
         if isinstance(rec.get(name), str):
-            refuse_surrogates(f"{where}: record {i}", name, rec[name])
+            refuse_surrogates(where, name, rec[name])
 
 
-def checked_records(records: Iterable[Record], where: str) -> Iterator[Record]:
-    """``records`` as they are read, each checked; refuses none at all, or only empty text."""
+def checked_records(located: Iterable[Located], where: str) -> Iterator[Located]:
+    """``located`` records as they are read, each checked; refuses none at all, or only
+    empty text (``where`` names the whole set in those two errors)."""
     count = 0
     only_empty_text = True
-    for i, rec in enumerate(records):
-        _check_record(rec, i, where)
+    for spot, rec in located:
+        _check_record(spot, rec)
         count += 1
         only_empty_text = only_empty_text and "text" in rec and not rec["text"].strip()
-        yield rec
+        yield spot, rec
     if not count:
-        raise DataError(f"{where}: no records")
+        raise DataError(f"{where}: no records, so no text to train or score on")
     if only_empty_text:
         # one empty document would "train" on nothing but the tokenizer's specials
         raise DataError(f"{where}: holds no text (every record is empty)")
 
 
-def _check_shape(records: list[Record], where: str) -> list[Record]:
-    return list(checked_records(records, where))
+def located_records(ref: Any) -> Iterator[Located]:
+    """``(location, record)`` for every record of a data reference — a path, a
+    ``FileData``/``TaskData``, a list of records or a list of references — checked,
+    one at a time.
 
-
-def stream_records(ref: Any) -> Iterator[Record]:
-    """``load_records`` one record at a time: a JSON Lines file is never held whole, so the
-    validation pass reads a corpus of any size in bounded memory."""
-    path = getattr(ref, "path", ref)
-    if isinstance(path, (str, Path)) and Path(path).suffix == ".jsonl" and Path(path).exists():
-        yield from checked_records(_iter_jsonl(readable_data_path(Path(path))), str(path))
-    else:
-        yield from load_records(ref)
-
-
-def load_records(ref: Any) -> list[Record]:
-    """Records for a data reference: a path, a ``FileData``/``TaskData`` or a list of them."""
+    Files go through the one reader training and evaluation share
+    (``fusekit.data.records.iter_records``), so a file means the same records to both
+    (a ``.txt`` is documents separated by blank lines), and a JSON Lines, Parquet or
+    ``datasets`` corpus is never held whole.
+    """
     if ref is None:
         raise DataError("no data given")
     if isinstance(ref, list) and ref and isinstance(ref[0], dict) and not hasattr(ref[0], "task"):
-        return _check_shape(list(ref), "<records>")
-    if isinstance(ref, list):
-        return [rec for part in ref for rec in load_records(part)]
-    if isinstance(ref, (str, Path)):
+        yield from checked_records(iter_records(ref), "<records>")
+    elif isinstance(ref, list):
+        for part in ref:
+            yield from located_records(part)
+    elif isinstance(ref, (str, Path)):
         path = Path(ref)
         if not path.exists():
             raise DataError(f"{path}: data file does not exist")
-        return _check_shape(_read_file(readable_data_path(path)), str(path))
-    if hasattr(ref, "task"):
+        yield from checked_records(iter_records(path), str(path))
+    elif hasattr(ref, "task"):
         recs = task_examples(
             ref.task,
             split=ref.split,
@@ -150,10 +90,23 @@ def load_records(ref: Any) -> list[Record]:
             max_chars=ref.max_chars,
             kv=ref.kv,
         )
-        return _check_shape(recs, f"task {ref.task}")
-    if hasattr(ref, "path"):
-        return load_records(ref.path)
-    raise DataError(f"cannot read data from {ref!r}")
+        label = f"task {ref.task}"
+        yield from checked_records(((f"{label}[{i}]", r) for i, r in enumerate(recs)), label)
+    elif hasattr(ref, "path"):
+        yield from located_records(ref.path)
+    else:
+        raise DataError(f"cannot read data from {ref!r}")
+
+
+def stream_records(ref: Any) -> Iterator[Record]:
+    """``located_records`` without the locations."""
+    for _, rec in located_records(ref):
+        yield dict(rec)
+
+
+def load_records(ref: Any) -> list[Record]:
+    """Records for a data reference (``located_records``), all of them in a list."""
+    return list(stream_records(ref))
 
 
 def encode_prompt_completion(

@@ -1,16 +1,23 @@
-"""Evaluation data: files or in-memory records, read lazily, with errors that name the spot.
+"""Data files and in-memory records, read lazily, with errors that name the spot.
+
+The one reader of training and evaluation data (``fusekit.data.causal_lm`` checks the
+records it yields), so a file means the same records to both.
 
 Accepted ``data``:
 
 * ``.jsonl`` — one JSON object per line (blank lines skipped): ``{"text"}``,
-  ``{"prompt", "completion"}`` or ``{"prompt", "choices", "answer"}``;
+  ``{"messages"}``, ``{"prompt", "completion"}`` or
+  ``{"prompt", "choices", "answer"}``;
 * ``.json`` — a JSON list of such objects;
 * ``.txt`` — documents separated by blank lines (a line holding only
-  whitespace).  Each document is scored from its own BOS, its lines keep their
-  newlines, the final newline is dropped, and the blank separators are not
-  text of any document (they add no bytes).  A file without blank lines is one
-  document; long documents are windowed, never truncated.  Splitting on blank
-  lines lets a corpus of any size stream paragraph by paragraph;
+  whitespace), as ``datasets``' text loader reads them with
+  ``sample_by="paragraph"``.  Each document is scored from its own BOS and
+  trained followed by EOS, its lines keep their newlines, the final newline is
+  dropped, and the blank separators are not text of any document (they add no
+  bytes).  A file without blank lines is one document; long documents are
+  windowed, never truncated.  Splitting on blank lines lets a corpus of any size
+  stream paragraph by paragraph (a text whose blank lines are its own, such as
+  source code, goes in ``.jsonl``, one ``{"text"}`` per document);
 * ``.parquet`` — rows as records (needs ``pyarrow``);
 * a folder written by ``datasets``' ``save_to_disk`` (needs ``datasets``); for
   a ``DatasetDict`` the ``test`` split is used, else ``validation``, else the
@@ -85,29 +92,33 @@ def readable_data_path(path: Path) -> Path:
     return path
 
 
-def _open_text(path: Path) -> Any:
+def _open_text(path: Path, binary: bool = False) -> Any:
     try:
-        return open(path, encoding="utf-8")
+        return open(path, "rb") if binary else open(path, encoding="utf-8")
     except OSError as exc:
         raise DataError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
 
 
 def _iter_jsonl(path: Path) -> Iterator[Located]:
-    with _open_text(path) as fh:
-        try:
-            for number, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{number}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{where}: not valid JSON ({exc.msg})") from exc
-                if not isinstance(record, dict):
-                    raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-                yield where, record
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from exc
+    with _open_text(path, binary=True) as fh:  # decoded line by line: errors name the line
+        for number, raw in enumerate(fh, start=1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                bad = raw[exc.start : exc.start + 1]
+                raise DataError(
+                    f"{where}: byte {exc.start} is not UTF-8 ({bad!r}); save the file as UTF-8"
+                ) from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            yield where, record
 
 
 def _iter_json(path: Path) -> Iterator[Located]:
@@ -117,7 +128,9 @@ def _iter_json(path: Path) -> Iterator[Located]:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(records, list):
-        raise DataError(f"{path}: expected a JSON list of records; use .jsonl for one per line")
+        raise DataError(
+            f"{path}: a .json data file holds a list of records; use .jsonl for one per line"
+        )
     yield from _iter_memory(records, label=str(path))
 
 

@@ -32,20 +32,20 @@ def check_data(recipe: BaseRecipe, strategy: Strategy | None = None) -> None:
     """Read every training and evaluation data file once, as the run will, a record at a
     time (a corpus larger than memory is checked too); refuse conversations in the
     training data of a strategy that cannot train on them."""
-    from fusekit.data.causal_lm import stream_records  # numpy: imported when data is read
+    from fusekit.data.causal_lm import located_records  # numpy: imported when data is read
 
     talk_ok = strategy is None or strategy.takes_conversations
     for ref in [r for data in recipe.shaping_data() for r in file_data(data)]:
-        for i, record in enumerate(stream_records(ref)):
+        for where, record in located_records(ref):
             if not talk_ok and is_conversational(record):
                 assert strategy is not None
                 raise DataError(
-                    f"{ref.label()}: record {i} is a conversation, and {strategy.tag} trains "
+                    f"{where}: the record is a conversation, and {strategy.tag} trains "
                     "on text and prompt/completion strings only; finetune, block_expansion and "
                     "depth_upscaling train on conversations"
                 )
     for ref in [r for data in recipe.eval_data() for r in file_data(data)]:
-        for _ in stream_records(ref):
+        for _ in located_records(ref):
             pass
 
 

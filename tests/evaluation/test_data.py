@@ -65,7 +65,7 @@ def test_reading_is_lazy(tmp_path: Path) -> None:
     [
         ("d.jsonl", "[1, 2]\n", "expected a JSON object"),
         ("d.csv", "a,b\n", "unknown data format '.csv'"),
-        ("d.json", '{"text": "a"}', "expected a JSON list"),
+        ("d.json", '{"text": "a"}', "holds a list of records"),
         ("d.txt", b"\xff\xfe bad", "not UTF-8"),
     ],
 )
@@ -262,9 +262,9 @@ def test_training_reads_parquet_and_dataset_folders(tmp_path: Path) -> None:
     rows = [{"prompt": p, "completion": c} for p, c in zip(*columns.values(), strict=True)]
     assert load_records(write_parquet(tmp_path / "d.parquet", columns)) == rows
     assert load_records(save_dataset(tmp_path / "saved", columns)) == rows
-    with pytest.raises(DataError, match=r"record 0 has neither a 'text' string"):
+    with pytest.raises(DataError, match=r"w.parquet:row 0: the record has neither a 'text' string"):
         load_records(write_parquet(tmp_path / "w.parquet", {"body": ["a"]}))
-    with pytest.raises(DataError, match=r"record 1 has neither a 'text' string"):
+    with pytest.raises(DataError, match=r"w:row 1: the record has neither a 'text' string"):
         load_records(save_dataset(tmp_path / "w", {"text": ["a", None]}))
 
 

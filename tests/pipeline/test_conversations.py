@@ -84,7 +84,7 @@ def test_strategies_that_cannot_train_on_conversations_refuse_them_before_any_wo
     recipe = recipe_for(strategy, models, data)
     result = cli("run", str(write_recipe(tmp_path / "r.yaml", recipe)), "-o", str(tmp_path / "o"))
     assert result.code == 2
-    assert f"record 0 is a conversation, and {strategy} trains on text" in result.stderr
+    assert f"{data}:1: the record is a conversation, and {strategy} trains on text" in result.stderr
     assert not (tmp_path / "o").exists()
 
 
@@ -94,7 +94,7 @@ def test_a_malformed_conversation_is_refused_by_validate(tmp_path: Path, models)
     recipe = recipe_for("finetune", models, data)
     result = cli("validate", str(write_recipe(tmp_path / "r.yaml", recipe)))
     assert result.code == 2
-    assert f"{data}: record 0: messages[0]: unknown role 'bot'" in result.stderr
+    assert f"{data}:1: messages[0]: unknown role 'bot'" in result.stderr
 
 
 def test_a_template_file_shapes_the_weights_so_its_content_is_fingerprinted(

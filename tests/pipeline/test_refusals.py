@@ -298,7 +298,7 @@ _MASKED = json.dumps({"prompt": " ".join(["the"] * 40), "completion": "cat"}).en
 DATA_CASES = {
     "jsonl not UTF-8": Case(
         _train_on(_file("d.jsonl", _LINE + b'{"text": "caf\xe9"}\n')),
-        ("d.jsonl", "line 2", "UTF-8"),
+        ("d.jsonl:2", "UTF-8"),
     ),
     "txt not UTF-8": Case(_train_on(_file("d.txt", b"caf\xe9 au lait")), ("d.txt", "UTF-8")),
     "empty txt": Case(_train_on(_file("d.txt", b"")), ("d.txt", "no text")),
@@ -307,10 +307,10 @@ DATA_CASES = {
     ),
     "empty jsonl": Case(_train_on(_file("d.jsonl", b"\n")), ("d.jsonl", "no records")),
     "jsonl line not JSON": Case(
-        _train_on(_file("d.jsonl", _LINE * 2 + b"{oops\n")), ("d.jsonl", "line 3", "not JSON")
+        _train_on(_file("d.jsonl", _LINE * 2 + b"{oops\n")), ("d.jsonl:3", "not valid JSON")
     ),
     "record without text": Case(
-        _train_on(_file("d.jsonl", b'{"body": "x"}\n')), ("d.jsonl", "record 0", "'text'")
+        _train_on(_file("d.jsonl", b'{"body": "x"}\n')), ("d.jsonl:1", "'text'")
     ),
     "json not a list": Case(_train_on(_file("d.json", b'{"text": "x"}')), ("d.json", "a list")),
     "json not JSON": Case(_train_on(_file("d.json", b"[{")), ("d.json", "not valid JSON")),
@@ -324,7 +324,7 @@ DATA_CASES = {
     "FuseLLM data empty": Case(_train_on(_file("d.txt", b""), "fusellm"), ("d.txt", "no text")),
     "lone surrogate in a record": Case(
         _train_on(_file("d.jsonl", _LINE + b'{"text": "ok \\ud800 then"}\n')),
-        ("d.jsonl", "record 1", "'text'", "lone surrogate", "\\ud800"),
+        ("d.jsonl:2", "'text'", "lone surrogate", "\\ud800"),
     ),
     "lone surrogate in a prompt, CALM": Case(
         _train_on(_file("d.jsonl", b'{"prompt": "\\udfff", "completion": "x"}\n'), "calm"),
