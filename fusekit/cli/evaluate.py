@@ -30,6 +30,12 @@ def eval_(
     trust_remote_code: bool = typer.Option(
         False, "--trust-remote-code", help="run model code shipped in the model folder"
     ),
+    chat_template: str | None = typer.Option(
+        None,
+        "--chat-template",
+        help="template conversations are rendered in: a file or the template itself; "
+        "default: the model's tokenizer's",
+    ),
     base: list[str] = typer.Option(
         [],
         "--base",
@@ -51,6 +57,7 @@ def eval_(
         data,
         metric,
         batch_size=batch_size,
+        chat_template=chat_template,
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
         bases=bases,

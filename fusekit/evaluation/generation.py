@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fusekit.evaluation.adapters import ModelAdapter, ScorableModel, as_scorable, pad_batch, pad_id
+from fusekit.evaluation.conversations import TemplatedPrompt
 from fusekit.evaluation.metrics import accuracy, is_exact_match
 from fusekit.evaluation.tokenization import encode_plain, prompt_ids, scoring_prefix
 from fusekit.log import bars_disabled
@@ -63,9 +64,20 @@ def cut_at_stop(ids: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
     return out
 
 
+def _turn_ends(tokenizer: Any, prompts: Sequence[str | TemplatedPrompt]) -> list[int]:
+    """The ids of the end-of-turn markers of templated prompts that are one token each."""
+    ends: list[int] = []
+    for p in prompts:
+        if isinstance(p, TemplatedPrompt) and p.end_of_turn:
+            ids = encode_plain(tokenizer, p.end_of_turn)
+            if len(ids) == 1 and ids[0] not in ends:
+                ends.append(ids[0])
+    return ends
+
+
 def greedy_generate(
     model: Any,
-    prompts: Sequence[str],
+    prompts: Sequence[str | TemplatedPrompt],
     *,
     max_new_tokens: int,
     tokenizer: Any = None,
@@ -73,16 +85,23 @@ def greedy_generate(
     max_length: int | None = None,
     progress: bool = False,
 ) -> list[list[int]]:
-    """The greedy continuation ids of each prompt (stopped at, and without, EOS), in order.
+    """The greedy continuation ids of each prompt (stopped at, and without, EOS or a
+    conversation's end-of-turn token), in order.
 
-    With ``max_length``, prompts keep only their last ``max_length - max_new_tokens``
-    tokens, so prompt and continuation fit the model's context.
+    A ``TemplatedPrompt`` is generated from its rendered text alone (the chat template
+    wrote any BOS).  With ``max_length``, prompts keep only their last
+    ``max_length - max_new_tokens`` tokens, so prompt and continuation fit the context.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     scorable = as_scorable(model, tokenizer)
     prefix = scoring_prefix(scorable.tokenizer)
-    encoded = [prompt_ids(scorable.tokenizer, prompt, prefix) for prompt in prompts]
+    encoded = [
+        encode_plain(scorable.tokenizer, p.prompt)
+        if isinstance(p, TemplatedPrompt)
+        else prompt_ids(scorable.tokenizer, p, prefix)
+        for p in prompts
+    ]
     if max_length is not None:
         keep = max_length - max_new_tokens
         if keep < 1:
@@ -91,6 +110,7 @@ def greedy_generate(
     if any(not ids for ids in encoded):
         raise ValueError("cannot generate from an empty prompt with a tokenizer that has no BOS")
     stop_ids = _stop_ids(scorable)
+    stop_ids += [i for i in _turn_ends(scorable.tokenizer, prompts) if i not in stop_ids]
     eos: int | list[int] | None = (
         None if not stop_ids else stop_ids[0] if len(stop_ids) == 1 else stop_ids
     )
@@ -121,7 +141,7 @@ def greedy_generate(
 
 def exact_match(
     model: Any,
-    pairs: Iterable[tuple[str, str]],
+    pairs: Iterable[tuple[str, str] | TemplatedPrompt],
     *,
     tokenizer: Any = None,
     batch_size: int = 8,
@@ -130,25 +150,32 @@ def exact_match(
     stop: Sequence[str] = (),
     progress: bool = False,
 ) -> ExactMatchResult:
-    """Greedy-generate a completion for each ``(prompt, reference)`` and count exact matches."""
+    """Greedy-generate a completion for each ``(prompt, reference)`` or ``TemplatedPrompt``
+    and count exact matches; a templated answer is also cut at its end-of-turn text, for
+    a marker that is not one token."""
     scorable = as_scorable(model, tokenizer)
-    items = list(pairs)
+    items: list[tuple[str | TemplatedPrompt, str, list[str]]] = [
+        (p, p.reference, [p.end_of_turn] if p.end_of_turn else [])
+        if isinstance(p, TemplatedPrompt)
+        else (p[0], p[1], [])
+        for p in pairs
+    ]
     if not items:
         raise ValueError("exact match needs at least one prompt/completion pair")
     if max_new_tokens is None:
-        longest = max(len(encode_plain(scorable.tokenizer, ref)) for _, ref in items)
+        longest = max(len(encode_plain(scorable.tokenizer, ref)) for _, ref, _ in items)
         max_new_tokens = longest + margin
     generated = greedy_generate(
         scorable,
-        [prompt for prompt, _ in items],
+        [prompt for prompt, _, _ in items],
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         progress=progress,
     )
     predictions = [scorable.tokenizer.decode(ids, skip_special_tokens=True) for ids in generated]
     correct = sum(
-        is_exact_match(prediction, reference, stop)
-        for prediction, (_, reference) in zip(predictions, items, strict=True)
+        is_exact_match(prediction, reference, [*stop, *ends])
+        for prediction, (_, reference, ends) in zip(predictions, items, strict=True)
     )
     return ExactMatchResult(
         correct=correct,

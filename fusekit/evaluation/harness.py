@@ -13,7 +13,9 @@ generation), ``multiple_choice`` (log-likelihood); aliases ``ppl``, ``em``,
 ``mc``.  ``bpb``/``perplexity`` read ``{"text"}`` records or
 ``{"prompt", "completion"}`` records (scoring the completion only);
 ``exact_match`` reads prompt/completion records; ``multiple_choice`` reads
-``{"prompt", "choices", "answer"}`` records.
+``{"prompt", "choices", "answer"}`` records.  Conversations (``{"messages"}``,
+prompt/completion as lists of messages) are scored and prompted in the model's chat
+template (``conversations``).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from fusekit import log
-from fusekit.data.records import as_choice, as_pair, as_text_item, data_label, iter_records
+from fusekit.data.records import as_choice, data_label, iter_records
 from fusekit.errors import DataError, FusekitError, ModelIOError, PlanError
+from fusekit.evaluation.conversations import Conversations, TemplatedPrompt, flat
 from fusekit.io.gguf import cached_folder, is_gguf
 from fusekit.io.loading import load_causal_lm, load_tokenizer
 from fusekit.registry import output_loader
@@ -161,12 +164,13 @@ def _text_result(
     metric: str,
     settings: dict[str, Any],
     progress: bool,
+    talk: Conversations,
 ) -> dict[str, Any]:
     from fusekit.evaluation.text_scoring import score_texts
 
     score = score_texts(
         model,
-        _records(located, as_text_item),
+        flat(_records(located, talk.text_items)),
         max_length=settings["max_length"],
         stride=settings["stride"],
         batch_size=settings["batch_size"],
@@ -189,11 +193,12 @@ def _exact_match_result(
     settings: dict[str, Any],
     progress: bool,
     stop: Sequence[str],
+    talk: Conversations,
 ) -> dict[str, Any]:
     from fusekit.evaluation.generation import exact_match
     from fusekit.evaluation.text_scoring import score_texts
 
-    pairs = list(_records(located, as_pair))
+    pairs = list(_records(located, talk.exact_match_item))
     result = exact_match(
         model,
         pairs,
@@ -210,7 +215,7 @@ def _exact_match_result(
     try:
         likelihood = score_texts(
             model,
-            pairs,
+            [p.span if isinstance(p, TemplatedPrompt) else p for p in pairs],
             max_length=settings["max_length"],
             stride=settings["stride"],
             batch_size=settings["batch_size"],
@@ -266,6 +271,7 @@ def evaluate(
     progress: bool = True,
     max_new_tokens: int | None = None,
     stop: Sequence[str] = (),
+    chat_template: str | None = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     bases: Mapping[str, str | Path] | None = None,
@@ -278,6 +284,8 @@ def evaluate(
     records (see ``fusekit.data.records``).  ``max_length``/``stride``: the
     scoring window (default: the model's context, capped at 4096, and disjoint
     windows).  ``max_new_tokens``/``stop``: exact-match generation overrides.
+    ``chat_template``: the template conversations are rendered in (a file or the
+    template itself; default: the tokenizer's).
     ``allow_pickle``/``trust_remote_code``: the same opt-ins as in recipes;
     ``bases``: moved base folders of a CALM output, by name (``anchor``, ``augment0``).
     Wrong input raises ``DataError`` (data, metric) or ``ModelIOError`` (model).
@@ -302,14 +310,15 @@ def evaluate(
     else:
         model, model_path, model_name = path_or_model, None, _model_name(path_or_model)
     scorable = as_scorable(model, tokenizer)
+    talk = Conversations(scorable.tokenizer, chat_template, model_path or model_name)
     settings: dict[str, Any] = {"batch_size": batch_size, "max_length": max_length}
     try:
         if name in ("bpb", "perplexity"):
             settings["stride"] = stride
-            body = _text_result(scorable, located, label, name, settings, progress)
+            body = _text_result(scorable, located, label, name, settings, progress, talk)
         elif name == "exact_match":
             settings.update(max_new_tokens=max_new_tokens, stride=stride)
-            body = _exact_match_result(scorable, located, settings, progress, stop)
+            body = _exact_match_result(scorable, located, settings, progress, stop, talk)
         else:
             body = _choice_result(scorable, located, settings, progress)
     except FusekitError:

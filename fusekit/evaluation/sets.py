@@ -15,16 +15,23 @@ def default_metric(records: list[dict[str, Any]]) -> str:
 
 
 def evaluate_sets(
-    model: Any, eval_refs: list[DataRef], *, name: str | None = None
+    model: Any,
+    eval_refs: list[DataRef],
+    *,
+    name: str | None = None,
+    chat_template: str | None = None,
 ) -> list[dict[str, Any]]:
     """One result per set; ``name`` labels the model (a run scores its temporary folder,
-    which must be reported under the output's name, not the vanishing temporary one)."""
+    which must be reported under the output's name, not the vanishing temporary one);
+    conversations are rendered in ``chat_template`` (default: the model's tokenizer's)."""
     from fusekit.data.causal_lm import load_records
 
     results = []
     for ref in eval_refs:
         records = load_records(ref)
-        result = evaluate(model, records, default_metric(records), progress=False)
+        result = evaluate(
+            model, records, default_metric(records), progress=False, chat_template=chat_template
+        )
         result["data"] = data_label(ref)
         if name is not None:
             result["model_name"] = name

@@ -4,8 +4,10 @@ A text is a string (scored whole, after the tokenizer's scoring prefix) or a
 ``(context, target)`` pair such as a prompt and its completion (only the target
 is scored and counted, conditioned on the context) — see
 ``tokenization.scoring_sequence`` for the exact token rule and
-``windows.plan_windows`` for long texts.  Bits per byte divides by the UTF-8
-bytes of the scored text; perplexity by the number of scored tokens.
+``windows.plan_windows`` for long texts.  A ``Templated`` item is a span of a
+conversation rendered in a chat template (``conversations``): the template wrote
+its whole sequence, so no scoring prefix goes in front.  Bits per byte divides by
+the UTF-8 bytes of the scored text; perplexity by the number of scored tokens.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from fusekit.evaluation.adapters import as_scorable, resolve_max_length
+from fusekit.evaluation.conversations import Templated
 from fusekit.evaluation.likelihood import ScoreRequest, score_requests
 from fusekit.evaluation.metrics import bits_per_byte, perplexity
-from fusekit.evaluation.tokenization import scoring_prefix, scoring_sequence
+from fusekit.evaluation.tokenization import encode_plain, scoring_prefix, scoring_sequence
 from fusekit.log import bars_disabled
 
-TextItem = str | tuple[str, str]
+TextItem = str | tuple[str, str] | Templated
 
 
 @dataclass
@@ -74,10 +77,16 @@ def score_texts(
 
     def requests() -> Iterator[ScoreRequest]:
         for item in _progress(texts, progress, "scoring"):
-            context, target = ("", item) if isinstance(item, str) else item
-            ids, first_target, scored_text = scoring_sequence(
-                scorable.tokenizer, context, target, prefix
-            )
+            if isinstance(item, Templated):
+                context_ids = encode_plain(scorable.tokenizer, item.context)
+                target_ids = encode_plain(scorable.tokenizer, item.target)
+                ids, first_target = context_ids + target_ids, max(len(context_ids), 1)
+                scored_text = item.target
+            else:
+                context, target = ("", item) if isinstance(item, str) else item
+                ids, first_target, scored_text = scoring_sequence(
+                    scorable.tokenizer, context, target, prefix
+                )
             totals.documents += 1
             totals.bytes += len(scored_text.encode("utf-8"))
             yield ScoreRequest(ids=ids, first_target=first_target)

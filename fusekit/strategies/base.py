@@ -85,7 +85,13 @@ class Strategy(ABC, Generic[R]):
         if unit != self.main_unit or not self.recipe.eval_data():
             return {}
 
-        return {"evaluation": evaluate_sets(workdir, self.recipe.eval_data(), name=name)}
+        train = self.recipe.train
+        template = train.chat_template if train is not None else None
+        return {
+            "evaluation": evaluate_sets(
+                workdir, self.recipe.eval_data(), name=name, chat_template=template
+            )
+        }
 
     def report(
         self,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fusekit import log
+from fusekit.data.chat import template_text
 from fusekit.data.records import data_label
 from fusekit.io.loading import load_causal_lm, load_tokenizer
 from fusekit.io.saving import config_dtype, save_trained
@@ -54,6 +55,10 @@ def causal_lm_unit(
         trust_remote_code=trust_remote_code,
     )
     tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
+    if spec is not None and spec.chat_template:
+        # The output is saved with the template it was trained in: generation, fusekit
+        # eval and a user's apply_chat_template then render conversations as training did.
+        tokenizer.chat_template = template_text(spec.chat_template)
     dataset = collator = None
     if spec is not None and spec.steps != 0:
         dataset = tokenized_examples(

@@ -111,3 +111,32 @@ def test_a_template_file_shapes_the_weights_so_its_content_is_fingerprinted(
     assert data_files(parse_recipe(recipe))["chat_template"] == template
     recipe["train"]["chat_template"] = CHATML  # the template itself is in the recipe already
     assert "chat_template" not in data_files(parse_recipe(recipe))
+
+
+def test_conversations_are_evaluated_in_the_template_the_output_now_carries(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A recipe's conversational eval sets are scored in ``train.chat_template`` (bpb for
+    ``messages``, exact match for prompt/completion), the output's tokenizer carries
+    the template it was trained in, and ``fusekit eval`` renders in it unasked; a model
+    with no template is one line, ``--chat-template`` the way out."""
+    talk = write_conversations(tmp_path / "talk.jsonl", "messages")
+    pairs = write_conversations(tmp_path / "pairs.jsonl", "prompt_completion", seed=1)
+    recipe = recipe_for("finetune", models, talk)
+    recipe["train"].update(chat_template=CHATML, seq_len=64)
+    recipe["data"] = {"eval": [str(talk), str(pairs)]}
+    out = tmp_path / "out"
+    result = cli("run", str(write_recipe(tmp_path / "r.yaml", recipe)), "-o", str(out))
+    assert result.code == 0, result.stderr[-3000:]
+    scores = json.loads((out / "fusekit.json").read_text())["evaluation"]
+    assert [s["metric"] for s in scores] == ["bpb", "exact_match"]
+    assert math.isfinite(scores[0]["value"]) and 0 <= scores[1]["value"] <= 1
+    assert (out / "chat_template.jinja").read_text() == CHATML  # where transformers keeps it
+    again = cli("eval", str(out), "--data", str(talk), "--json", str(tmp_path / "e.json"))
+    assert again.code == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "e.json").read_text())["value"] == scores[0]["value"]
+    bare = cli("eval", str(models["a"]), "--data", str(talk))
+    assert bare.code == 2 and bare.stderr.count("\n") == 1, bare.stderr
+    assert "has no chat template" in bare.stderr
+    given = cli("eval", str(models["a"]), "--data", str(talk), "--chat-template", CHATML)
+    assert given.code == 0, given.stderr[-3000:]
