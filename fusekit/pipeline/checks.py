@@ -17,9 +17,10 @@ from fusekit.data.chat import is_conversational
 from fusekit.errors import DataError
 from fusekit.io.validate import check_model
 from fusekit.models.resolve import local_models, with_converted_models
-from fusekit.recipe.common import BaseRecipe, DataRef, FileData
+from fusekit.recipe.common import BaseRecipe, DataRef, FileData, TaskData
 from fusekit.registry import strategy_class
 from fusekit.strategies.base import Strategy
+from fusekit.tasks import CHAT_TASKS
 
 
 def file_data(ref: DataRef) -> list[FileData]:
@@ -28,22 +29,28 @@ def file_data(ref: DataRef) -> list[FileData]:
     return [r for r in refs if isinstance(r, FileData)]
 
 
+def _no_conversations(where: str, what: str, strategy: Strategy) -> DataError:
+    return DataError(
+        f"{where}: {what}, and {strategy.tag} trains on text and prompt/completion strings "
+        "only; finetune, block_expansion and depth_upscaling train on conversations"
+    )
+
+
 def check_data(recipe: BaseRecipe, strategy: Strategy | None = None) -> None:
     """Read every training and evaluation data file once, as the run will, a record at a
-    time (a corpus larger than memory is checked too); refuse conversations in the
-    training data of a strategy that cannot train on them."""
+    time (a corpus larger than memory is checked too); refuse conversations (a file's or
+    a built-in task's) in the training data of a strategy that cannot train on them."""
     from fusekit.data.causal_lm import located_records  # numpy: imported when data is read
 
-    talk_ok = strategy is None or strategy.takes_conversations
+    refuse = strategy if strategy is not None and not strategy.takes_conversations else None
+    for data in recipe.shaping_data():
+        for part in data if isinstance(data, list) else [data]:
+            if refuse and isinstance(part, TaskData) and part.task in CHAT_TASKS:
+                raise _no_conversations(f"task {part.label()}", "it is conversations", refuse)
     for ref in [r for data in recipe.shaping_data() for r in file_data(data)]:
         for where, record in located_records(ref):
-            if not talk_ok and is_conversational(record):
-                assert strategy is not None
-                raise DataError(
-                    f"{where}: the record is a conversation, and {strategy.tag} trains "
-                    "on text and prompt/completion strings only; finetune, block_expansion and "
-                    "depth_upscaling train on conversations"
-                )
+            if refuse and is_conversational(record):
+                raise _no_conversations(where, "the record is a conversation", refuse)
     for ref in [r for data in recipe.eval_data() for r in file_data(data)]:
         for _ in located_records(ref):
             pass

@@ -1,8 +1,9 @@
 """Built-in data for the quick-start recipes and the tests: nothing is downloaded.
 
 ``task_examples(name, ...)`` returns records in fusekit's data format —
-``{"prompt", "completion"}`` for the KV tasks (loss on the completion) and
-``{"text"}`` for the text domains, one record per document — and
+``{"prompt", "completion"}`` for the KV tasks (loss on the completion),
+``{"text"}`` for the text domains, one record per document, and ``{"messages"}``
+for the conversations of ``stdlib_chat`` — and
 ``task_tokenizer(name, ...)`` the tokenizer that goes with a task.
 
 Importing this package is cheap: ``tokenizers`` and ``transformers`` are imported
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from fusekit.errors import DataError
+from fusekit.tasks.chat import chat_examples
 from fusekit.tasks.corpora import DOMAINS, SPLITS, domain_documents, mixed_documents
 from fusekit.tasks.kv import (
     KEY_POOLS,
@@ -47,8 +49,11 @@ TASKS: dict[str, str] = {
     "code": "Python standard-library source files",
     "english": "Python reference-manual prose (pydoc help topics)",
     "mixed": "code and english in equal shares, shuffled",
+    "stdlib_chat": "conversations: what a standard-library function or class does and how "
+    "it is called (from its docstring and signature)",
 }
 TEXT_TASKS: tuple[str, ...] = ("code", "english", "mixed")
+CHAT_TASKS: tuple[str, ...] = ("stdlib_chat",)
 
 #: KV tasks without ``n`` give this many examples.
 DEFAULT_KV_EXAMPLES = 1000
@@ -59,6 +64,7 @@ TOKENIZER_TRAIN_CHARS = 300_000
 
 __all__ = [
     "BOS",
+    "CHAT_TASKS",
     "DEFAULT_KV_EXAMPLES",
     "DEFAULT_TOKENIZER_KIND",
     "DEFAULT_VOCAB_SIZE",
@@ -103,7 +109,7 @@ def task_examples(
     seed: int = 0,
     max_chars: int | None = None,
     kv: KVConfig | Mapping[str, Any] | None = None,
-) -> list[dict[str, str]]:
+) -> list[dict[str, Any]]:
     """Records of a built-in task.
 
     KV tasks: ``n`` examples (default ``DEFAULT_KV_EXAMPLES``) over the ``keys``
@@ -116,6 +122,8 @@ def task_examples(
     Text tasks (``code``, ``english``, ``mixed``): one ``{"text"}`` record per
     document of ``split``, at most ``max_chars`` characters in total, then at most
     ``n`` documents; ``seed`` only shuffles ``mixed``.
+
+    ``stdlib_chat``: the first ``n`` conversations of ``split`` (``fusekit.tasks.chat``).
     """
     _check_name(name)
     _check_n(n)
@@ -134,6 +142,10 @@ def task_examples(
         raise DataError(f"keys applies to KV tasks only; drop keys={keys!r} for task {name!r}")
     if kv is not None:
         raise DataError(f"kv applies to KV tasks only; drop it for task {name!r}")
+    if name in CHAT_TASKS:
+        if max_chars is not None:
+            raise DataError(f"max_chars applies to text tasks only; use n to size {name!r}")
+        return list(chat_examples(split, n))
     if name == "mixed":
         docs = mixed_documents(DOMAINS, split, max_chars, seed)
     else:
@@ -178,6 +190,11 @@ def task_tokenizer(
         return kv_tokenizer(KVConfig.from_value(kv))
     if kv is not None:
         raise DataError(f"kv applies to KV tasks only; drop it for task {name!r}")
+    if name in CHAT_TASKS:
+        raise DataError(
+            f"task {name!r} holds conversations, not a corpus to train a tokenizer on; "
+            "use a text task (code, english, mixed)"
+        )
     from tokenizers import Tokenizer
 
     kind = kind or DEFAULT_TOKENIZER_KIND[name]

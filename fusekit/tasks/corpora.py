@@ -88,22 +88,30 @@ def _excluded_dir(name: str) -> bool:
     return name in _EXCLUDED_DIRS or name.startswith(_EXCLUDED_DIR_PREFIXES)
 
 
-def _code_sources() -> list[str]:
-    """Read every eligible stdlib ``.py`` file (sorted walk, pruned)."""
+def code_files() -> list[tuple[str, str]]:
+    """``(module, source)`` of every eligible stdlib ``.py`` file (sorted walk, pruned);
+    ``module`` is its dotted import name (``os``, ``json.decoder``).  Read on every call:
+    its users cache what they build from it."""
     root = sysconfig.get_paths()["stdlib"]
-    texts: list[str] = []
+    files: list[tuple[str, str]] = []
     for dirpath, dirnames, filenames in os.walk(root):
         # Prune in place: os.walk then never enters site-packages (gigabytes).
         dirnames[:] = sorted(d for d in dirnames if not _excluded_dir(d))
         for name in sorted(filenames):
             if not name.endswith(".py") or name.startswith(_EXCLUDED_FILE_PREFIXES):
                 continue
+            path = os.path.join(dirpath, name)
+            module = os.path.relpath(path, root)[: -len(".py")].replace(os.sep, ".")
             try:
-                with open(os.path.join(dirpath, name), encoding="utf-8") as handle:
-                    texts.append(handle.read())
+                with open(path, encoding="utf-8") as handle:
+                    files.append((module.removesuffix(".__init__"), handle.read()))
             except (OSError, UnicodeDecodeError):
                 continue  # unreadable or non-UTF-8 file: simply not part of the corpus
-    return texts
+    return files
+
+
+def _code_sources() -> list[str]:
+    return [text for _, text in code_files()]
 
 
 _HEADING_UNDERLINE = re.compile(r"^([*=])\1{2,}$")

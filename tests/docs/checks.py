@@ -96,6 +96,21 @@ def train_section_parses(item: DocItem) -> None:
     assert spec.loss_on == "assistant" and spec.chat_template
 
 
+def builtin_conversations_load(item: DocItem) -> None:
+    """A ``train:``/``data:`` fragment naming built-in conversations: both sections
+    validate, and the data they name is conversations that load."""
+    from fusekit.data.causal_lm import load_records
+    from fusekit.data.chat import is_conversational
+    from fusekit.recipe.common import DataSpec, TrainSpec
+
+    fragment = yaml.safe_load(item.text)
+    train = TrainSpec.model_validate({**fragment["train"], "steps": 1})
+    data = DataSpec.model_validate(fragment["data"])
+    for ref, n in ((train.data, 400), (data.eval[0], 64)):
+        records = load_records(ref)
+        assert len(records) == n and all(map(is_conversational, records))
+
+
 def prints(expected: str) -> Check:
     """The item ran and printed ``expected`` on a line of its own."""
 

@@ -18,6 +18,7 @@ from tests.docs.checks import (
     Run,
     api_tour,
     block_expanded,
+    builtin_conversations_load,
     compared,
     composed,
     converted_bf16,
@@ -130,6 +131,13 @@ TABLE: dict[str, Entry] = {
         slow=(Run("full_ws", api_tour, setup=steps([fresh("out/expanded"),
                                                     has_output("out/calm", TINY_CALM)])),)),
     # docs/data.md
+    """
+    train:
+      data: {task: stdlib_chat, n: 400}
+    data:
+      eval: [{task: stdlib_chat, split: heldout, n: 64}]
+    """: Entry("data-builtin-chat", "static: both sections validate and name conversations "
+               "that load", static=builtin_conversations_load),
     """
     train:
       data: talk.jsonl

@@ -140,3 +140,25 @@ def test_conversations_are_evaluated_in_the_template_the_output_now_carries(
     assert "has no chat template" in bare.stderr
     given = cli("eval", str(models["a"]), "--data", str(talk), "--chat-template", CHATML)
     assert given.code == 0, given.stderr[-3000:]
+
+
+def test_the_built_in_conversations_train_and_are_refused_where_they_cannot_be(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    recipe = recipe_for("finetune", models, tmp_path / "unused.jsonl")
+    recipe["train"].update(data={"task": "stdlib_chat", "n": 32}, chat_template=CHATML,
+                           seq_len=64)  # fmt: skip
+    recipe["data"] = {"eval": [{"task": "stdlib_chat", "split": "heldout", "n": 8}]}
+    out = tmp_path / "out"
+    result = cli("run", str(write_recipe(tmp_path / "r.yaml", recipe)), "-o", str(out))
+    assert result.code == 0, result.stderr[-3000:]
+    record = json.loads((out / "fusekit.json").read_text())
+    assert record["training"]["steps"] == 6
+    assert record["evaluation"][0]["metric"] == "bpb"
+    assert math.isfinite(record["evaluation"][0]["value"])
+    calm = recipe_for("calm", models, tmp_path / "unused.jsonl")
+    calm["data"]["train"] = {"task": "stdlib_chat", "n": 32}
+    refused = cli("run", str(write_recipe(tmp_path / "c.yaml", calm)), "-o", str(tmp_path / "c"))
+    assert refused.code == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "task stdlib_chat: it is conversations, and calm trains on text" in refused.stderr
+    assert not (tmp_path / "c").exists()

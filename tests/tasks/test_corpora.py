@@ -84,6 +84,7 @@ def test_code_walk_skips_tests_site_packages_and_generated_files(tmp_path, monke
         (tmp_path / rel).write_text(text)
     monkeypatch.setattr(corpora.sysconfig, "get_paths", lambda: {"stdlib": str(tmp_path)})
     assert sorted(corpora._code_sources()) == sorted([files["json/decoder.py"], files["os.py"]])
+    assert [m for m, _ in corpora.code_files()] == ["os", "json.decoder"]
 
 
 def test_budget_caps_characters_and_keeps_a_prefix():

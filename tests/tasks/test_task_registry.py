@@ -23,6 +23,7 @@ def test_task_names():
         "code",
         "english",
         "mixed",
+        "stdlib_chat",
     ]
     assert all(TASKS.values())
 
