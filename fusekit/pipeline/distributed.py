@@ -22,6 +22,7 @@ import yaml
 from fusekit.errors import FusekitError
 from fusekit.pipeline.stages import StageContext
 from fusekit.recipe import recipe_to_dict
+from fusekit.recipe.common import BaseRecipe
 from fusekit.recipe.loading import load_yaml
 from fusekit.result import StageResult
 from fusekit.strategies.base import Prepared, Strategy
@@ -75,6 +76,27 @@ def run_distributed(
             )
         result = job.with_suffix(".result.json")
         return StageResult.model_validate_json(result.read_text()) if result.is_file() else None
+
+
+def check_sharding(config: Path, recipe: BaseRecipe) -> None:
+    """Refuse settings of the accelerate config that clash with the recipe's, before any
+    work: FSDP's own ``fsdp_activation_checkpointing`` together with
+    ``train.gradient_checkpointing`` would recompute activations twice, and
+    transformers' Trainer refuses the pair only once every rank has loaded its models."""
+    doc = load_yaml(config.read_text(encoding="utf-8"))
+    fsdp = doc.get("fsdp_config") or {}
+    train = recipe.train
+    if (
+        doc.get("distributed_type") == "FSDP"
+        and fsdp.get("fsdp_activation_checkpointing") in (True, "true", "True")
+        and train is not None
+        and train.gradient_checkpointing
+    ):
+        raise FusekitError(
+            f"accelerate config {config}: fsdp_activation_checkpointing and the recipe's "
+            "train.gradient_checkpointing both recompute activations; keep one (drop "
+            "train.gradient_checkpointing to let FSDP2 checkpoint its wrapped blocks)"
+        )
 
 
 def machine_rank(config: Path) -> int:

@@ -7,7 +7,7 @@ from typing import Any
 
 from fusekit.estimates import device_memory, memory_advice, sharded, sharding_kind
 from fusekit.pipeline.checks import checked
-from fusekit.pipeline.distributed import check_accelerate_config
+from fusekit.pipeline.distributed import check_accelerate_config, check_sharding
 from fusekit.pipeline.run import RecipeSource, as_recipe
 from fusekit.recipe.loading import load_yaml
 
@@ -25,6 +25,8 @@ def plan(
     """
     config = check_accelerate_config(accelerate_config) if accelerate_config else None
     recipe, strategy = checked(as_recipe(recipe, overrides))
+    if config is not None:
+        check_sharding(config, recipe)
     plan = {"strategy": recipe.strategy, **strategy.plan()}
     memory = plan.get("training_memory_bytes")
     if memory is not None:

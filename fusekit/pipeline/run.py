@@ -32,7 +32,12 @@ from fusekit.pipeline.checkpoints import (
     remove,
 )
 from fusekit.pipeline.checks import checked, file_data
-from fusekit.pipeline.distributed import check_accelerate_config, machine_rank, run_distributed
+from fusekit.pipeline.distributed import (
+    check_accelerate_config,
+    check_sharding,
+    machine_rank,
+    run_distributed,
+)
 from fusekit.pipeline.stages import StageContext, run_stages, unit_fingerprint, unit_label
 from fusekit.recipe import load_recipe, parse_recipe, recipe_to_dict
 from fusekit.recipe.common import BaseRecipe
@@ -118,6 +123,8 @@ def run(
     spec = recipe.train
     resume = bool(spec is not None and spec.resume) if resume is None else resume
     recipe, strategy = checked(recipe)  # every folder and data file, before any work
+    if config is not None:
+        check_sharding(config, recipe)
     if config is not None and machine_rank(config) > 0:
         _run_other_machine(strategy, recipe, recipe_dict, out, config, resume)
         return None

@@ -18,6 +18,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -365,13 +366,16 @@ def _recipe_text(text: bytes | str) -> Callable:
     return setup
 
 
-def _accelerate(text: str) -> Callable:
-    """A training run launched with ``--accelerate-config`` holding ``text``."""
+def _accelerate(text: str, **train: Any) -> Callable:
+    """A training run launched with ``--accelerate-config`` holding ``text`` (``train``:
+    settings of the recipe's ``train:``)."""
 
     def setup(tmp: Path, models: dict[str, Path]) -> tuple[list[str], list[Path]]:
         (tmp / "accel.yaml").write_text(text)
         data = write_corpus(tmp / "c.jsonl")
-        recipe = write_recipe(tmp / "r.yaml", recipe_for("finetune", models, data))
+        recipe = recipe_for("finetune", models, data)
+        recipe["train"].update(train)
+        recipe = write_recipe(tmp / "r.yaml", recipe)
         argv = ["run", str(recipe), "-o", str(tmp / "out"), "--accelerate-config"]
         return [*argv, str(tmp / "accel.yaml")], [tmp / "accel.yaml", recipe, data, models["a"]]
 
@@ -424,6 +428,14 @@ RECIPE_CASES = {
     "accelerate config with FSDP version 1": Case(
         _accelerate("distributed_type: FSDP\nnum_processes: 2\nfsdp_config: {fsdp_version: 1}\n"),
         ("accel.yaml", "FSDP2 only", "fsdp_version: 2"),
+    ),
+    "FSDP activation checkpointing and train.gradient_checkpointing": Case(
+        _accelerate(
+            "distributed_type: FSDP\nnum_processes: 2\nfsdp_config: {fsdp_version: 2, "
+            "fsdp_activation_checkpointing: true}\n",
+            gradient_checkpointing=True,
+        ),
+        ("accel.yaml", "fsdp_activation_checkpointing", "train.gradient_checkpointing", "keep one"),
     ),
     "accelerate config with ZeRO-3": Case(
         _accelerate(
