@@ -32,7 +32,7 @@ def file_data(ref: DataRef) -> list[FileData]:
 def _no_conversations(where: str, what: str, strategy: Strategy) -> DataError:
     return DataError(
         f"{where}: {what}, and {strategy.tag} trains on text and prompt/completion strings "
-        "only; finetune, block_expansion and depth_upscaling train on conversations"
+        "only; finetune, block_expansion, depth_upscaling and calm train on conversations"
     )
 
 

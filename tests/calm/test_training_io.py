@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fusekit.errors import ModelIOError
+from fusekit.errors import DataError, ModelIOError
 from fusekit.recipe.common import TrainSpec
 from fusekit.strategies.base import Built
 from fusekit.strategies.calm.baselines import lora_model, lora_parameters_per_rank, random_like
@@ -199,3 +199,33 @@ def test_forward_returns_a_transformers_output(saved) -> None:
     assert out.logits.shape[:2] == ids.shape and torch.equal(out["logits"], out.logits)
     with torch.no_grad():
         assert loaded(input_ids=ids, labels=ids).loss is not None
+
+
+def test_offsets_examples_of_a_conversation_score_the_anchor_template_spans() -> None:
+    """Different tokenizers: the conversation is rendered in the anchor's template, the
+    anchor's labelled tokens spell the assistant turns with their end-of-turn marker, the
+    augment reads the same rendered text, and nothing of the text gets an EOS or BOS."""
+    from fusekit.data.chat import Renderer, conversation
+    from fusekit.strategies.calm.collate import OffsetsDataset
+    from fusekit.strategies.calm.tokens import encode_text
+    from tests.calm.conftest import VOCAB, make_tokenizer
+    from tests.training.test_chat import CHATML, TALK
+
+    anchor, augment = make_tokenizer(VOCAB, "bytelevel"), make_tokenizer(VOCAB, "metaspace")
+    for tok in (anchor, augment):
+        tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    renderer = Renderer(anchor, CHATML)
+    data = OffsetsDataset([TALK], anchor, [augment], [False], seq_len=512, renderer=renderer)
+    (example,) = data.examples
+    text, spans = renderer.spans("x", conversation("x", TALK), "assistant")
+    runs, previous = [], False
+    for token, label in zip(example["input_ids"], example["labels"], strict=True):
+        if label != -100:
+            runs.append([token]) if not previous else runs[-1].append(token)
+        previous = label != -100
+    assert [anchor.decode(r) for r in runs] == [text[s.start : s.stop] for s in spans]
+    assert anchor.decode(example["input_ids"]) == text  # no EOS or BOS added to the template's
+    read = encode_text(augment, text, add_special_tokens=False).ids
+    assert example["augments"][0]["input_ids"] == read  # the same rendered text, all of it
+    with pytest.raises(DataError, match="talk: record 0: conversations need the anchor's chat"):
+        OffsetsDataset([TALK], anchor, [augment], [False], seq_len=512, source="talk")

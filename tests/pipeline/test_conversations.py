@@ -13,7 +13,7 @@ from tests.pipeline.conftest import cli, recipe_for, write_recipe
 from tests.training.conftest import WORDS
 from tests.training.test_chat import CHATML
 
-CAUSAL_LM = ("finetune", "finetune_lora", "block_expansion", "depth_upscaling")
+TAKES_CONVERSATIONS = ("finetune", "finetune_lora", "block_expansion", "depth_upscaling", "calm")
 
 
 def _words(rng: random.Random, n: int) -> str:
@@ -39,18 +39,23 @@ def write_conversations(path: Path, shape: str, seed: int = 0) -> Path:
 
 
 @pytest.mark.parametrize("shape", ["messages", "prompt_completion"])
-@pytest.mark.parametrize("strategy", CAUSAL_LM)
-def test_a_causal_lm_strategy_trains_on_conversations(
+@pytest.mark.parametrize("strategy", TAKES_CONVERSATIONS)
+def test_a_strategy_trains_on_conversations(
     models: dict[str, Path], tmp_path: Path, strategy: str, shape: str
 ) -> None:
     data = write_conversations(tmp_path / "talk.jsonl", shape)
     recipe = recipe_for(strategy, models, data)
     recipe["train"].update(chat_template=CHATML, seq_len=64)
+    if strategy == "calm":  # its LoRA baseline trains on the same conversations
+        recipe["baselines"] = ["lora"]
     out = tmp_path / "out"
     result = cli("run", str(write_recipe(tmp_path / "r.yaml", recipe)), "-o", str(out))
     assert result.code == 0, result.stderr[-3000:]
-    training = json.loads((out / "fusekit.json").read_text())["training"]
-    assert training["steps"] == 6 and math.isfinite(training["final_loss"])
+    record = json.loads((out / "fusekit.json").read_text())
+    assert record["training"]["steps"] == 6 and math.isfinite(record["training"]["final_loss"])
+    if strategy == "calm":
+        lora = record["baselines"]["lora"]
+        assert lora["steps"] == 6 and math.isfinite(lora["final_loss"])
 
 
 def test_the_template_can_be_a_file_and_loss_on_can_be_all(
@@ -76,7 +81,7 @@ def test_conversations_without_a_template_are_one_line_naming_the_model(
     assert "Traceback" not in result.stderr and not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("strategy", ["calm", "fusellm"])
+@pytest.mark.parametrize("strategy", ["fusellm"])
 def test_strategies_that_cannot_train_on_conversations_refuse_them_before_any_work(
     models: dict[str, Path], tmp_path: Path, strategy: str
 ) -> None:
@@ -156,9 +161,9 @@ def test_the_built_in_conversations_train_and_are_refused_where_they_cannot_be(
     assert record["training"]["steps"] == 6
     assert record["evaluation"][0]["metric"] == "bpb"
     assert math.isfinite(record["evaluation"][0]["value"])
-    calm = recipe_for("calm", models, tmp_path / "unused.jsonl")
-    calm["data"]["train"] = {"task": "stdlib_chat", "n": 32}
-    refused = cli("run", str(write_recipe(tmp_path / "c.yaml", calm)), "-o", str(tmp_path / "c"))
+    fuse = recipe_for("fusellm", models, tmp_path / "unused.jsonl")
+    fuse["train"]["data"] = {"task": "stdlib_chat", "n": 32}
+    refused = cli("run", str(write_recipe(tmp_path / "c.yaml", fuse)), "-o", str(tmp_path / "c"))
     assert refused.code == 2 and refused.stderr.count("\n") == 1, refused.stderr
-    assert "task stdlib_chat: it is conversations, and calm trains on text" in refused.stderr
+    assert "task stdlib_chat: it is conversations, and fusellm trains on text" in refused.stderr
     assert not (tmp_path / "c").exists()

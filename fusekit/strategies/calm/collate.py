@@ -10,6 +10,16 @@ belongs to the completion when its text ends after the prompt.  Texts are not
 packed in this mode (packing would splice unrelated texts inside one augment
 token); each text is one example, truncated to ``seq_len`` anchor tokens, and the
 augment keeps the tokens that end within the anchor's truncated text.
+
+A conversation is rendered in the anchor's chat template (the anchor is the model
+that predicts, and its template is the format its outputs are read in) and every
+augment reads that same rendered text with its own tokenizer: cross-attention is
+aligned by character offsets of one text, and a second rendering in the augment's
+own template would share no offsets with it.  An augment then reads the anchor's
+markup (``<start_of_turn>``) as ordinary text around contents it reads as usual.  An
+anchor token carries the loss when its text ends inside a span the loss scores
+(``fusekit.data.chat``: the assistant turns with their end-of-turn marker, by
+default), so a token that straddles a span's start counts as inside it.
 """
 
 from __future__ import annotations
@@ -19,11 +29,33 @@ from typing import Any
 
 import torch
 
+from fusekit.data.chat import LossOn, Renderer, conversation, is_conversational
 from fusekit.errors import DataError
 from fusekit.strategies.calm.masks import offset_keys
 from fusekit.strategies.calm.tokens import decoded_ends, encode_text
 
 Example = dict[str, Any]
+
+
+def scored_text(
+    record: dict[str, Any], loss_on: LossOn | None, renderer: Renderer | None, where: str
+) -> tuple[str, list[range], bool, int]:
+    """The text every model reads, the character spans the loss scores, whether the
+    anchor's EOS closes it (text and prompt/completion; a conversation's template ends
+    its turns itself), and how many characters are prompt (what an ``encoder`` augment
+    reads: before the completion, or before a conversation's first scored turn)."""
+    if "text" in record:
+        return record["text"], [range(0, len(record["text"]))], True, 0
+    if is_conversational(record):
+        if renderer is None:
+            raise DataError(f"{where}: conversations need the anchor's chat template")
+        talk = conversation(where, record)
+        default: LossOn = "assistant" if talk.completion_start is None else "completion"
+        text, spans = renderer.spans(where, talk, loss_on or default)
+        return text, spans, False, spans[0].start if spans else 0
+    text = record["prompt"] + record["completion"]
+    start = 0 if loss_on == "all" else len(record["prompt"])
+    return text, [range(start, len(text))], True, len(record["prompt"])
 
 
 def encode_offsets_example(
@@ -32,19 +64,21 @@ def encode_offsets_example(
     augment_tokenizers: Sequence[Any],
     shared: Sequence[bool],
     seq_len: int,
+    loss_on: LossOn | None = None,
+    renderer: Renderer | None = None,
+    where: str = "record",
 ) -> Example:
     """One text tokenised by every model, with labels, character keys and validity."""
-    if "text" in record:
-        prompt, text = "", record["text"]
-    else:
-        prompt, text = record["prompt"], record["prompt"] + record["completion"]
-    anchor = encode_text(anchor_tokenizer, text)
+    text, spans, closes, prompt_chars = scored_text(record, loss_on, renderer, where)
+    # A template writes its own BOS; the tokenizer's would come twice.
+    anchor = encode_text(anchor_tokenizer, text, add_special_tokens=closes)
     ids, ends = list(anchor.ids), list(anchor.ends)
-    if anchor_tokenizer.eos_token_id is not None:
+    if closes and anchor_tokenizer.eos_token_id is not None:
         ids.append(anchor_tokenizer.eos_token_id)
         ends.append(len(text))
     labels = [
-        i if (e > len(prompt) or not prompt) else -100 for i, e in zip(ids, ends, strict=True)
+        i if any(s.start < e <= s.stop for s in spans) else -100
+        for i, e in zip(ids, ends, strict=True)
     ]
     for t in range(anchor.n_prefix):  # leading specials are never targets
         labels[t] = -100
@@ -56,7 +90,7 @@ def encode_offsets_example(
         if same:
             a_ids, a_ends = ids, ends
         else:
-            enc = encode_text(tok, text)
+            enc = encode_text(tok, text, add_special_tokens=closes)
             a_ids, a_ends = enc.ids, enc.ends
         a_keys, a_valid = offset_keys(a_ends, is_augment=True)
         n = sum(1 for k in a_keys if k <= limit)
@@ -66,7 +100,7 @@ def encode_offsets_example(
         "labels": labels,
         "anchor_keys": keys,
         "augments": augments,
-        "prompt_chars": len(prompt),
+        "prompt_chars": prompt_chars,
     }
 
 
@@ -80,21 +114,30 @@ class OffsetsDataset:
         augment_tokenizers: Sequence[Any],
         shared: Sequence[bool],
         seq_len: int,
+        *,
+        loss_on: LossOn | None = None,
+        renderer: Renderer | None = None,
+        source: str = "data",
     ) -> None:
         from fusekit.data.causal_lm import chunk_texts
 
         self.examples = []
         for i, rec in enumerate(records):
-            if "text" not in rec and "completion" not in rec:
-                raise DataError(f"record {i} has neither 'text' nor 'prompt'/'completion'")
+            if "text" not in rec and "completion" not in rec and "messages" not in rec:
+                raise DataError(
+                    f"{source}: record {i} has neither 'text', 'prompt'/'completion' nor 'messages'"
+                )
         # Plain text is cut into anchor-sized pieces (as the shared-tokenizer path packs
         # it): encoding each document whole would keep only its first seq_len tokens.
         texts = [r["text"] for r in records if "text" in r]
         pieces = [{"text": t} for t in chunk_texts(texts, anchor_tokenizer, seq_len)]
-        for rec in [*pieces, *(r for r in records if "text" not in r)]:
-            self.examples.append(
-                encode_offsets_example(rec, anchor_tokenizer, augment_tokenizers, shared, seq_len)
+        others = [(i, r) for i, r in enumerate(records) if "text" not in r]
+        for where, rec in [*(("text", p) for p in pieces),
+                           *((f"{source}: record {i}", r) for i, r in others)]:  # fmt: skip
+            example = encode_offsets_example(
+                rec, anchor_tokenizer, augment_tokenizers, shared, seq_len, loss_on, renderer, where
             )
+            self.examples.append(example)
         if not self.examples:
             raise DataError("the training data produced no examples")
 

@@ -200,7 +200,6 @@ class CalmStrategy(Strategy[CalmRecipe]):
     """Units: ``calm`` (Θ_C, the output) and each of the recipe's ``baselines``."""
 
     tag = "calm"
-    takes_conversations = False
     main_unit = "calm"
 
     def _shape(self) -> dict[str, Any]:
@@ -322,7 +321,12 @@ class CalmStrategy(Strategy[CalmRecipe]):
             }
         dataset = collator = None
         if spec.steps != 0:
-            dataset = composition_dataset(model, self._records(), spec.seq_len)
+            data = self.recipe.train_data()
+            dataset = composition_dataset(
+                model, self._records(), spec.seq_len, loss_on=spec.loss_on,
+                chat_template=spec.chat_template, anchor=str(anchor.path),
+                source=data_label(data) if data is not None else "data",
+            )  # fmt: skip
             collator = composition_collator(model)
         return Built(
             model=model,
@@ -367,7 +371,14 @@ class CalmStrategy(Strategy[CalmRecipe]):
         model, info = lora_model(base, prepared.plan["composition_parameters"], seed=spec.seed)
         return Built(
             model=model,
-            dataset=CausalLMDataset(self._records(), tokenizer, spec.seq_len),
+            dataset=CausalLMDataset(
+                self._records(),
+                tokenizer,
+                spec.seq_len,
+                loss_on=spec.loss_on,
+                chat_template=spec.chat_template,
+                model=str(anchor.path),
+            ),
             collator=PadCollator(pad_id(tokenizer)),
             tokenizer=tokenizer,
             trainable=lambda name: "lora_" in name,

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fusekit.data.chat import LossOn, Renderer, is_conversational
+from fusekit.data.chat import chat_template as chat_template_for
 from fusekit.strategies.calm.io import WEIGHTS_NAME
 from fusekit.training.trainer import FusekitTrainer
 
@@ -64,17 +66,33 @@ class CalmTrainer(FusekitTrainer):
         model.composition.load_state_dict(state, strict=True)
 
 
-def composition_dataset(model: Any, records: Sequence[dict[str, Any]], seq_len: int) -> Any:
-    """Training examples in the form the composed model needs (see ``collate``)."""
-    if all(model.shared_tokenizer):
-        from fusekit.data.causal_lm import CausalLMDataset
+def composition_dataset(
+    model: Any,
+    records: Sequence[dict[str, Any]],
+    seq_len: int,
+    *,
+    loss_on: LossOn | None = None,
+    chat_template: str | None = None,
+    anchor: str = "the anchor",
+    source: str = "data",
+) -> Any:
+    """Training examples in the form the composed model needs (see ``collate``);
+    conversations are rendered in ``chat_template``, else the anchor's own."""
+    from fusekit.data.causal_lm import CausalLMDataset
 
-        return CausalLMDataset(records, model.anchor_tokenizer, seq_len)
+    if all(model.shared_tokenizer):
+        return CausalLMDataset(records, model.anchor_tokenizer, seq_len, loss_on=loss_on,
+                               chat_template=chat_template, model=anchor, source=source)  # fmt: skip
     from fusekit.strategies.calm.collate import OffsetsDataset
 
+    renderer = None
+    if any(is_conversational(r) for r in records):
+        template = chat_template_for(model.anchor_tokenizer, chat_template, anchor)
+        renderer = Renderer(model.anchor_tokenizer, template)
     return OffsetsDataset(
-        records, model.anchor_tokenizer, model.augment_tokenizers, model.shared_tokenizer, seq_len
-    )
+        records, model.anchor_tokenizer, model.augment_tokenizers, model.shared_tokenizer,
+        seq_len, loss_on=loss_on, renderer=renderer, source=source,
+    )  # fmt: skip
 
 
 def composition_collator(model: Any) -> Any:
