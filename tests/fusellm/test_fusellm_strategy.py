@@ -139,3 +139,31 @@ def test_offline_stores_are_kept_per_source_dtype(
     assert len(after_fp32 - before) in (0, 3) and len(stores() - after_fp32) == 3
     assert fp32.training is not None and bf16.training is not None
     assert fp32.training.final_loss != bf16.training.final_loss
+
+
+def test_prompt_completion_trains_and_fuses_on_the_completion_only(
+    model_dirs: dict, tmp_path: Path
+) -> None:
+    """A prompt/completion record is one chunk whose prompt carries no loss: the labelled
+    target tokens spell the completion (a token straddling the boundary counts as answer),
+    and with λ = 1 the fused objective is the model's own loss on those labels, as in
+    plain fine-tuning; ``loss_on: all`` scores the prompt too."""
+    from fusekit.strategies.fusellm.losses import fused_objective
+
+    pairs = [("def add(a, b):", "\n    return a + b\n"), ("import os", "\nimport sys\n")]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in pairs))
+    for loss_on, expected in ((None, [c for _, c in pairs]), ("all", [p + c for p, c in pairs])):
+        recipe = _recipe(model_dirs, data, train={"loss_on": loss_on}, **{"lambda": 1.0})
+        strategy = FuseLLMStrategy(recipe)
+        built = strategy.build(strategy.prepare(tmp_path), strategy.main_unit)
+        batch = built.collator([built.dataset[i] for i in range(len(built.dataset))])
+        tok = built.tokenizer
+        for row, labels, text in zip(batch["input_ids"], batch["labels"], expected, strict=True):
+            kept = [int(t) for t, label in zip(row, labels, strict=True) if label != -100]
+            assert tok.decode(kept, skip_special_tokens=True).strip() == text.strip()
+        with torch.no_grad():
+            logits = built.model(input_ids=batch["input_ids"]).logits
+            plain = built.model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+        loss, _ = fused_objective(logits, batch["labels"], None, 1.0)
+        torch.testing.assert_close(loss, plain)

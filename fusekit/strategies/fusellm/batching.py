@@ -32,12 +32,20 @@ class SourceExamples:
 class FusionDataset:
     """A torch-compatible map dataset over text chunks."""
 
-    def __init__(self, target: list[Encoding], sources: Sequence[SourceExamples]) -> None:
+    def __init__(
+        self,
+        target: list[Encoding],
+        sources: Sequence[SourceExamples],
+        scored: Sequence[np.ndarray | None] | None = None,
+    ) -> None:
         for s in sources:
             if len(s.encodings) != len(target) or len(s.align) != len(target):
                 raise ValueError("every source needs an encoding and an alignment per chunk")
         self.target = target
         self.sources = list(sources)
+        # per chunk, which target tokens carry the loss (None: all); the collator turns
+        # the rest into -100 labels, and both losses (CLM and fusion) follow the labels
+        self.scored = list(scored) if scored is not None else [None] * len(target)
 
     def __len__(self) -> int:
         return len(self.target)
@@ -47,6 +55,7 @@ class FusionDataset:
         item: dict[str, Any] = {
             "input_ids": enc.ids,
             "n_bytes": enc.n_bytes,
+            "scored": self.scored[i],
             "sources": [],
         }
         for s in self.sources:
@@ -91,7 +100,12 @@ class FusionCollator:
         width = max(len(r) for r in ids)
         input_ids = _pad2(ids, self.pad_id, width)
         mask = _pad2([np.ones(len(r), dtype=np.int64) for r in ids], 0, width)
-        labels = np.where(mask > 0, input_ids, -100)
+        scored = _pad2(
+            [np.ones(len(r), dtype=np.int64) if it.get("scored") is None
+             else np.asarray(it["scored"], dtype=np.int64) for r, it in zip(ids, items, strict=True)],
+            0, width,
+        )  # fmt: skip
+        labels = np.where((mask > 0) & (scored > 0), input_ids, -100)
         n_pred = np.array([max(len(r) - 1, 1) for r in ids], dtype=np.float64)
         batch: dict[str, Any] = {
             "input_ids": torch.from_numpy(input_ids),

@@ -101,3 +101,13 @@ def encode_chunks(
             covered = int((spans[1:, 1] - spans[1:, 0]).clip(min=0).sum()) if len(ids) > 1 else 0
             out.append(Encoding(np.asarray(ids, dtype=np.int64), spans, max(covered, 1)))
     return out
+
+
+def scored_positions(encoding: Encoding, text: str, prompt_chars: int) -> np.ndarray | None:
+    """Which target tokens carry the loss: those whose bytes end after the chunk's first
+    ``prompt_chars`` characters (a token straddling the boundary counts as answer); None
+    (every token) when the chunk has no prompt."""
+    if prompt_chars <= 0:
+        return None
+    prompt_bytes = len(text[:prompt_chars].encode("utf-8"))
+    return np.asarray(encoding.spans[:, 1] > prompt_bytes)

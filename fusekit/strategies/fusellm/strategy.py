@@ -27,18 +27,32 @@ from fusekit.strategies.base import Built, Prepared, Strategy
 from fusekit.strategies.fusellm.recipe import FuseLLMRecipe
 
 
-def _texts(recipe: FuseLLMRecipe) -> list[str]:
-    from fusekit.data.causal_lm import load_records
+def _chunks(recipe: FuseLLMRecipe, tokenizer: Any) -> tuple[list[str], list[int]]:
+    """The text chunks every model reads, and how many characters of each are prompt.
 
-    texts = []
+    Text records are joined and cut into pieces of about ``seq_len`` target tokens
+    (``chunk_texts``); a prompt/completion record is one chunk, prompt then completion,
+    whose prompt carries neither loss (unless ``train.loss_on: all``), as in plain
+    fine-tuning: the target learns to answer, not to write questions.
+    """
+    from fusekit.data.causal_lm import load_records
+    from fusekit.strategies.fusellm.data import chunk_texts
+
+    texts, pairs = [], []
     for rec in load_records(recipe.train_data()):
         if "text" in rec:
             texts.append(rec["text"])
-        elif "completion" in rec:
-            texts.append(rec["prompt"] + rec["completion"])
-    if not texts:
+        elif isinstance(rec.get("completion"), str):
+            pairs.append((rec["prompt"], rec["completion"]))
+    if not texts and not pairs:
         raise DataError("fusellm: the training data holds no text records")
-    return texts
+    chunks = chunk_texts(texts, tokenizer, recipe.train.seq_len) if texts else []
+    prompt = [0] * len(chunks)
+    keep_prompt = recipe.train.loss_on == "all"
+    for p, c in pairs:
+        chunks.append(p + c)
+        prompt.append(0 if keep_prompt else len(p))
+    return chunks, prompt
 
 
 def fusion_config_of(recipe: FuseLLMRecipe) -> Any:
@@ -130,7 +144,7 @@ class FuseLLMStrategy(Strategy[FuseLLMRecipe]):
 
     def build(self, prepared: Prepared, unit: str) -> Built:
         from fusekit.strategies.fusellm.batching import FusionCollator, FusionDataset
-        from fusekit.strategies.fusellm.data import chunk_texts, encode_chunks
+        from fusekit.strategies.fusellm.data import encode_chunks, scored_positions
 
         r, spec = self.recipe, self.recipe.train
         target = prepared.inputs["target"]
@@ -144,10 +158,12 @@ class FuseLLMStrategy(Strategy[FuseLLMRecipe]):
         save_dtype = config_dtype(target.path)
         if spec.steps == 0:
             return Built(model, None, None, tokenizer=tokenizer, save_dtype=save_dtype)
-        chunks = chunk_texts(_texts(r), tokenizer, spec.seq_len)
+        chunks, prompt_chars = _chunks(r, tokenizer)
         if not chunks:
             raise DataError("fusellm: the training data produced no text chunks")
         target_encs = encode_chunks(tokenizer, chunks, spec.seq_len)
+        scored = [scored_positions(e, c, n) for e, c, n in zip(target_encs, chunks, prompt_chars,
+                                                                strict=True)]  # fmt: skip
         sources = [m for name, m in prepared.inputs.items() if name.startswith("source_")]
         examples, vocab_maps, models, stats = [], [], [], []
         for n, source in enumerate(sources):
@@ -164,7 +180,7 @@ class FuseLLMStrategy(Strategy[FuseLLMRecipe]):
 
         return Built(
             model=model,
-            dataset=FusionDataset(target_encs, examples),
+            dataset=FusionDataset(target_encs, examples, scored),
             collator=FusionCollator(pad_id(tokenizer), [e.pad_id for e in examples]),
             tokenizer=tokenizer,
             trainer_class=FuseLLMTrainer,
