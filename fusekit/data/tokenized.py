@@ -259,11 +259,14 @@ def tokenized_examples(
     chat_template: str | None = None,
     model: str = "the model",
     source: str = "data",
+    num_proc: int | None = None,
 ) -> Dataset:
     """The ``{"input_ids", "labels"}`` examples of ``data``, from the cache or made now.
 
     ``labels`` is None for a packed block (every position is scored; the collator
-    copies the ids).  ``chat_template`` and ``loss_on`` are ``train``'s.
+    copies the ids).  ``chat_template``, ``loss_on`` and ``num_proc`` are ``train``'s;
+    the processes change how fast the cache is made, never what it holds, so they are
+    not part of its key.
     """
     folder = cache_root() / "data" / cache_key(data, tokenizer, seq_len, loss_on, chat_template)
     if (folder / "examples.arrow").is_file():
@@ -275,7 +278,8 @@ def tokenized_examples(
         raws = [_raw(part, scratch) for part in _parts(data)]
         raw = concatenate_datasets(raws) if len(raws) > 1 else raws[0]
         template = template_for(tokenizer, chat_template, model) if _any_talk(raw) else None
-        procs = min(os.cpu_count() or 1, 8) if len(raw) >= PARALLEL_RECORDS else None
+        wanted = num_proc or (min(os.cpu_count() or 1, 8) if len(raw) >= PARALLEL_RECORDS else 1)
+        procs = min(wanted, len(raw)) if wanted > 1 else None
         log.info(f"fusekit: {source}: tokenising {len(raw):,} records"
                  + (f" in {procs} processes" if procs else ""))  # fmt: skip
         tokens = raw.map(

@@ -355,6 +355,12 @@ class TrainSpec(Strict):
         description="Jinja chat template (a file or the template itself) conversations are "
         "rendered in; default: the trained model's tokenizer's",
     )
+    num_proc: int | None = Field(
+        None,
+        ge=1,
+        description="processes that tokenise the training data into its cache (datasets' "
+        "map num_proc); default: up to 8 for 20,000 records or more, else one",
+    )
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     seed: int = 0
     weight_decay: float = Field(0.0, ge=0)

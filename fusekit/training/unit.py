@@ -69,6 +69,7 @@ def causal_lm_unit(
             chat_template=spec.chat_template,
             model=str(model_dir),
             source=data_label(data),
+            num_proc=spec.num_proc,
         )
         collator = PadCollator(pad_id(tokenizer))
     if lora is not None:

@@ -118,6 +118,14 @@ def test_several_processes_give_the_same_examples(
     monkeypatch.setattr(tokenized, "LAYOUT", tokenized.LAYOUT + 1000)  # a fresh cache entry
     two = [dict(x) for x in tokenized_examples(str(data), tokenizer, 32)]
     assert one == two
+    # train.num_proc chooses the processes whatever the corpus's size
+    monkeypatch.setattr(tokenized, "PARALLEL_RECORDS", 10**9)
+    monkeypatch.setattr(tokenized, "LAYOUT", tokenized.LAYOUT + 1000)
+    said: list[str] = []
+    monkeypatch.setattr(tokenized.log, "info", said.append)
+    three = [dict(x) for x in tokenized_examples(str(data), tokenizer, 32, num_proc=3)]
+    assert any("tokenising 400 records in 3 processes" in line for line in said), said
+    assert three == one
 
 
 def test_data_with_nothing_to_train_on_is_one_line(tokenizer, tmp_path: Path) -> None:
