@@ -232,3 +232,28 @@ def test_fusellm_lambda_one_is_plain_clm_on_real_models(real, tmp_path: Path) ->
     plain.backward()
     assert torch.equal(fused.detach(), plain.detach())
     assert grads and all(torch.equal(grads[n], p.grad) for n, p in model.named_parameters())
+
+
+def test_gemma3_trains_the_same_with_eager_and_sdpa_attention(real) -> None:
+    """transformers 4.x's ``Gemma3ForCausalLM.forward`` (``models/gemma3/modeling_gemma3.py``)
+    warned that Gemma-3 should be trained with ``eager`` attention, advice carried over
+    from Gemma-2, whose attention scores are soft-capped; 5.25 no longer warns.
+    Gemma-3 has no soft-capping, and at fusekit's training lengths (shorter than its
+    512-token window) both kernels give the same loss and gradients — so a recipe's
+    choice between them cannot explain a training result."""
+    from fusekit.data.causal_lm import pack_texts
+    from fusekit.io.loading import load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(real["gemma3"])
+    ids = torch.tensor(pack_texts(tokenizer, code(n=8), 128)[:2])
+    runs = {}
+    for kernel in ("eager", "sdpa"):
+        model = load_causal_lm(real["gemma3"], attn_implementation=kernel).train()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        runs[kernel] = (loss.detach(), grads)
+    assert model.config.attn_logit_softcapping is None
+    torch.testing.assert_close(runs["eager"][0], runs["sdpa"][0], rtol=1e-5, atol=1e-5)
+    diff = (runs["eager"][1] - runs["sdpa"][1]).norm() / runs["eager"][1].norm()
+    assert diff < 1e-4, diff
