@@ -339,8 +339,8 @@ def encode_example(
     records are packed instead (``document_ids``)."""
     if is_conversational(record):
         assert renderer is not None, "conversations need a Renderer in their template"
-        default: LossOn = "assistant" if "messages" in record else "completion"
-        return renderer.encode(where, conversation(where, record), loss_on or default, seq_len)
+        talk = conversation(where, record)
+        return renderer.encode(where, talk, loss_on or talk.default_loss_on, seq_len)
     if isinstance(record.get("prompt"), str) and isinstance(record.get("completion"), str):
         return encode_prompt_completion(
             tokenizer, record["prompt"], record["completion"], seq_len, prompt_loss=loss_on == "all"

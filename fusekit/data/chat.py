@@ -46,6 +46,12 @@ class Conversation:
     #: index of the first message of the completion (prompt/completion records), else None
     completion_start: int | None = None
 
+    @property
+    def default_loss_on(self) -> LossOn:
+        """Where the loss goes unless ``train.loss_on`` says: the completion of a
+        prompt/completion record, every assistant turn of a ``messages`` one."""
+        return "assistant" if self.completion_start is None else "completion"
+
     def scored(self, loss_on: LossOn) -> list[int]:
         """Indices of the messages whose tokens carry the loss (empty for ``all``)."""
         assistant = [i for i, m in enumerate(self.messages) if m["role"] == "assistant"]

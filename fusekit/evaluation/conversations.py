@@ -25,11 +25,11 @@ separately, as training tokenises them, so the scored tokens are training's.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fusekit.data.chat import LossOn, Renderer, chat_template, conversation, is_conversational
+from fusekit.data.chat import Renderer, chat_template, conversation, is_conversational
 from fusekit.data.records import as_pair, as_text_item
 from fusekit.errors import DataError
 
@@ -72,8 +72,7 @@ class Conversations:
 
     def _spans(self, where: str, record: Mapping[str, Any]) -> tuple[str, list[range], Any]:
         conv = conversation(where, record)
-        loss_on: LossOn = "completion" if conv.completion_start is not None else "assistant"
-        text, spans = self.renderer().spans(where, conv, loss_on)
+        text, spans = self.renderer().spans(where, conv, conv.default_loss_on)
         return text, spans, conv
 
     def text_items(self, where: str, record: Mapping[str, Any]) -> list[Any]:
@@ -105,9 +104,3 @@ class Conversations:
         end = span[len(message["content"]) :].strip()
         context = text[: spans[-1].start]
         return TemplatedPrompt(context, message["content"], end, Templated(context, span))
-
-
-def flat(items: Iterator[list[Any]]) -> Iterator[Any]:
-    """The items of each record, one after another."""
-    for group in items:
-        yield from group

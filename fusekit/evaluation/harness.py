@@ -29,7 +29,7 @@ from typing import Any
 from fusekit import log
 from fusekit.data.records import as_choice, data_label, iter_records
 from fusekit.errors import DataError, FusekitError, ModelIOError, PlanError
-from fusekit.evaluation.conversations import Conversations, TemplatedPrompt, flat
+from fusekit.evaluation.conversations import Conversations, TemplatedPrompt
 from fusekit.io.gguf import cached_folder, is_gguf
 from fusekit.io.loading import load_causal_lm, load_tokenizer
 from fusekit.registry import output_loader
@@ -170,7 +170,7 @@ def _text_result(
 
     score = score_texts(
         model,
-        flat(_records(located, talk.text_items)),
+        chain.from_iterable(_records(located, talk.text_items)),
         max_length=settings["max_length"],
         stride=settings["stride"],
         batch_size=settings["batch_size"],

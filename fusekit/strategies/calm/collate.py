@@ -50,8 +50,7 @@ def scored_text(
         if renderer is None:
             raise DataError(f"{where}: conversations need the anchor's chat template")
         talk = conversation(where, record)
-        default: LossOn = "assistant" if talk.completion_start is None else "completion"
-        text, spans = renderer.spans(where, talk, loss_on or default)
+        text, spans = renderer.spans(where, talk, loss_on or talk.default_loss_on)
         return text, spans, False, spans[0].start if spans else 0
     text = record["prompt"] + record["completion"]
     start = 0 if loss_on == "all" else len(record["prompt"])
