@@ -35,6 +35,10 @@ class TrainingRecord(_Record):
     final_loss: float | None = None
     mean_loss: float | None = None
     loss_curve: list[tuple[int, float]] = Field(default_factory=list)
+    eval_curve: list[dict[str, float]] = Field(
+        default_factory=list,
+        description="train.eval_steps: held-out scores by step, [{step, <set>: score, …}]",
+    )
     seconds: float = 0.0
     examples: int = 0
     trainable_parameters: int | None = None

@@ -1,4 +1,5 @@
-"""The comparison chart: scores per eval set, training-loss curves, and an optional trade-off.
+"""The comparison chart: scores per eval set, training-loss curves, held-out curves (runs
+with ``train.eval_steps``) and an optional trade-off.
 
 matplotlib is an optional extra (``fusekit[plot]``); importing this module without it
 raises ImportError, which ``compare`` reports as one line.
@@ -6,6 +7,7 @@ raises ImportError, which ``compare`` reports as one line.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,18 @@ def _losses(ax: Any, table: Any) -> None:
         ax.legend(fontsize=7)
 
 
+def _heldout(ax: Any, table: Any) -> None:
+    """Held-out scores by step (``train.eval_steps``): a colour per run, a line style per set."""
+    styles = ("-", "--", ":", "-.")
+    for k, (data, runs) in enumerate(table.curves().items()):
+        for name, points in runs.items():
+            ax.plot([p[0] for p in points], [p[1] for p in points], styles[k % len(styles)],
+                    marker=".", color=_colour(table, name), label=f"{name} · {data}")  # fmt: skip
+    ax.set_title("held-out score during training")
+    ax.set_xlabel("step")
+    ax.legend(fontsize=7)
+
+
 def _tradeoff(ax: Any, table: Any, spec: CompareSpec) -> None:
     t = spec.tradeoff
     assert t is not None  # drawn only for a compare file with a tradeoff
@@ -75,12 +89,14 @@ def _tradeoff(ax: Any, table: Any, spec: CompareSpec) -> None:
 
 
 def plot(table: Any, spec: CompareSpec, path: Path) -> Path:
-    panels = 3 if spec.tradeoff is not None else 2
-    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5))
-    _bars(axes[0], table)
-    _losses(axes[1], table)
+    draw: list[Callable[[Any, Any], None]] = [_bars, _losses]
+    if table.curves():
+        draw.append(_heldout)
     if spec.tradeoff is not None:
-        _tradeoff(axes[2], table, spec)
+        draw.append(lambda ax, t: _tradeoff(ax, t, spec))
+    fig, axes = plt.subplots(1, len(draw), figsize=(6 * len(draw), 4.5))
+    for ax, panel in zip(axes, draw, strict=True):
+        panel(ax, table)
     fig.suptitle(table.name)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -2,7 +2,9 @@
 
 Each run's output folder is keyed by a hash of its full recipe, so a second
 ``fusekit compare`` reuses finished runs and cached scores and takes seconds; a
-changed knob re-runs only that run.
+changed knob re-runs only that run, and so does a changed input (a run's recorded
+model and data hashes are checked before it is reused; scores are keyed by the eval
+files' content).
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from typing import Any
 
 from fusekit import log
 from fusekit.comparison.recipe import CompareSpec, deep_merge, load_compare
+from fusekit.errors import listing
 from fusekit.estimates import model_facts
 from fusekit.evaluation.report import markdown_table
 from fusekit.evaluation.sets import evaluate_sets
-from fusekit.io.hashing import folder_hash
+from fusekit.io.hashing import data_hash, folder_hash
 from fusekit.models.resolve import resolve_model
+from fusekit.pipeline.checks import file_data
 from fusekit.pipeline.plan import plan as plan_recipe
 from fusekit.pipeline.run import run as run_recipe
 from fusekit.recipe.common import DataRef, data_label
@@ -45,9 +49,29 @@ class ComparisonTable:
                 return float(r["value"])
         return None
 
-    def to_markdown(self) -> str:
+    def curves(self) -> dict[str, dict[str, list[tuple[int, float]]]]:
+        """Held-out scores by step (runs with ``train.eval_steps``): set -> run -> points."""
+        out: dict[str, dict[str, list[tuple[int, float]]]] = {}
+        for name, run in self.runs.items():
+            for point in (run.get("training") or {}).get("eval_curve") or []:
+                for data, value in point.items():
+                    if data != "step":
+                        out.setdefault(data, {}).setdefault(name, []).append(
+                            (int(point["step"]), float(value))
+                        )
+        return out
 
-        return markdown_table(self.results, layout="wide")
+    def to_markdown(self) -> str:
+        """The scores table, then one table per eval set of the held-out curves, if any."""
+        parts = [markdown_table(self.results, layout="wide")]
+        for data, runs in self.curves().items():
+            steps = sorted({s for points in runs.values() for s, _ in points})
+            rows = [f"| step | {' | '.join(runs)} |", "|---:" * (len(runs) + 1) + "|"]
+            for step in steps:
+                cells = [next((f"{v:.4f}" for s, v in p if s == step), "–") for p in runs.values()]
+                rows.append(f"| {step} | {' | '.join(cells)} |")
+            parts.append(f"Held-out {data} during training:\n\n" + "\n".join(rows))
+        return "\n\n".join(parts)
 
     def to_json(self) -> str:
         payload = {
@@ -89,16 +113,41 @@ def _key(recipe: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def _changed_inputs(meta: dict[str, Any]) -> list[str]:
+    """The inputs of a cached run (models, data files, a template file) whose content is no
+    longer what the run recorded in its ``fusekit.json``: the run is keyed by its recipe,
+    which names files by path, so an edited data file would otherwise reuse a model
+    trained on the old one."""
+    changed = []
+    for kind, hasher in (("inputs", folder_hash), ("data", data_hash)):
+        for name, record in (meta.get(kind) or {}).items():
+            path = Path(record["path"])
+            if not path.exists() or hasher(path) != record["hash"]:
+                changed.append(f"{name} ({path})")
+    return changed
+
+
+def _cached(out: Path) -> tuple[bool, list[str]]:
+    """Whether the run in ``out`` can be reused, and the inputs that changed since it ran."""
+    record = out / "fusekit.json"
+    if not record.is_file():
+        return False, []
+    changed = _changed_inputs(json.loads(record.read_text()))
+    return not changed, changed
+
+
 def _scores(root: Path, model_dir: Path, name: str, spec: CompareSpec) -> list[dict[str, Any]]:
     """Evaluate (or read cached scores of) one model on every eval set.
 
     Scores are cached in the compare output folder, keyed by the model's content hash
-    and the eval sets, never inside the model folder: inputs are not written to.
+    and the eval sets, with each eval file's content hash (an edited file is scored
+    again), never inside the model folder: inputs are not written to.
     """
     from pydantic import TypeAdapter
 
     eval_json = TypeAdapter(list[DataRef]).dump_python(spec.eval, mode="json")
-    key = _key({"eval": eval_json, "model": folder_hash(model_dir)})
+    files = [data_hash(r.path) for ref in spec.eval for r in file_data(ref)]
+    key = _key({"eval": eval_json, "files": files, "model": folder_hash(model_dir)})
     cache = root / "scores" / f"{key}.json"
     if cache.is_file():
         results = json.loads(cache.read_text())
@@ -130,7 +179,7 @@ def plan_compare(
             {
                 "name": run.name,
                 "output": str(out),
-                "cached": (out / "fusekit.json").is_file(),
+                "cached": _cached(out)[0],
                 "plan": plan_recipe(recipe),
             }
         )
@@ -161,7 +210,12 @@ def compare(
     for run in spec.runs:
         recipe = deep_merge(spec.base, run.recipe)
         out = root / "runs" / f"{run.name}-{_key(recipe)}"
-        if not (out / "fusekit.json").is_file():
+        cached, changed = _cached(out)
+        if changed:
+            log.info(
+                f"fusekit: {run.name}: {listing(changed)} changed since it ran; running it again"
+            )
+        if not cached:
             log.info(f"fusekit: running {run.name}")
             run_recipe(recipe, output=out, overwrite=True)
         meta = json.loads((out / "fusekit.json").read_text())

@@ -20,17 +20,24 @@ def evaluate_sets(
     *,
     name: str | None = None,
     chat_template: str | None = None,
+    tokenizer: Any = None,
 ) -> list[dict[str, Any]]:
     """One result per set; ``name`` labels the model (a run scores its temporary folder,
     which must be reported under the output's name, not the vanishing temporary one);
-    conversations are rendered in ``chat_template`` (default: the model's tokenizer's)."""
+    conversations are rendered in ``chat_template`` (default: the model's tokenizer's);
+    ``tokenizer`` is needed for a model object that does not carry its own."""
     from fusekit.data.causal_lm import load_records
 
     results = []
     for ref in eval_refs:
         records = load_records(ref)
         result = evaluate(
-            model, records, default_metric(records), progress=False, chat_template=chat_template
+            model,
+            records,
+            default_metric(records),
+            progress=False,
+            chat_template=chat_template,
+            tokenizer=tokenizer,
         )
         result["data"] = data_label(ref)
         if name is not None:

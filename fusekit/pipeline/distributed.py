@@ -80,12 +80,20 @@ def run_distributed(
 
 def check_sharding(config: Path, recipe: BaseRecipe) -> None:
     """Refuse settings of the accelerate config that clash with the recipe's, before any
-    work: FSDP's own ``fsdp_activation_checkpointing`` together with
+    work: ``train.eval_steps`` with several processes (the curve scores the whole model
+    on rank 0 while the other ranks would wait on it; sharded weights are not whole on
+    any one rank), and FSDP's own ``fsdp_activation_checkpointing`` together with
     ``train.gradient_checkpointing`` would recompute activations twice, and
     transformers' Trainer refuses the pair only once every rank has loaded its models."""
     doc = load_yaml(config.read_text(encoding="utf-8"))
     fsdp = doc.get("fsdp_config") or {}
     train = recipe.train
+    if train is not None and train.eval_steps and int(doc.get("num_processes") or 1) > 1:
+        raise FusekitError(
+            f"accelerate config {config}: train.eval_steps scores the whole model in one "
+            "process, and this config trains in several; drop train.eval_steps (the output "
+            "is scored on data.eval after training) or train in one process"
+        )
     if (
         doc.get("distributed_type") == "FSDP"
         and fsdp.get("fsdp_activation_checkpointing") in (True, "true", "True")

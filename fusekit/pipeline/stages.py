@@ -19,10 +19,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from fusekit.errors import NonFiniteLossError
+from fusekit.evaluation.sets import evaluate_sets
 from fusekit.pipeline.checkpoints import remove
 from fusekit.recipe.common import TrainSpec
 from fusekit.result import StageResult, TrainingRecord
 from fusekit.strategies.base import Prepared, Strategy
+from fusekit.training.curve import curve_callback
 from fusekit.training.fit import fit
 
 
@@ -79,6 +81,21 @@ def _is_main(distributed: bool) -> bool:
     return not distributed or rank() == 0
 
 
+def _curve(strategy: Strategy, built: Any, unit: str, spec: TrainSpec) -> list[Any]:
+    """The held-out curve's callback for the main unit when ``train.eval_steps`` asks."""
+    if not spec.eval_steps or unit != strategy.main_unit:
+        return []
+    refs = strategy.recipe.eval_data()
+
+    def score(model: Any) -> dict[str, float]:
+        results = evaluate_sets(
+            model, refs, chat_template=spec.chat_template, tokenizer=built.tokenizer
+        )
+        return {r["data"]: float(r["value"]) for r in results}
+
+    return [curve_callback(score, spec.eval_steps, unit_label(strategy, unit))]
+
+
 def run_stages(
     strategy: Strategy, prepared: Prepared, ctx: StageContext, callbacks: Sequence[Any] = ()
 ) -> StageResult | None:
@@ -105,7 +122,7 @@ def run_stages(
                 resume=ctx.resume,
                 label=unit_label(strategy, unit),
                 log_path=workdir / "train_log.jsonl" if unit == strategy.main_unit else None,
-                callbacks=callbacks,
+                callbacks=[*callbacks, *_curve(strategy, built, unit, spec)],
             )
         except NonFiniteLossError:
             if main:  # every step was skipped: its checkpoints hold the untrained input

@@ -369,6 +369,12 @@ class TrainSpec(Strict):
     )
     max_grad_norm: float = Field(1.0, gt=0)
     log_steps: int = Field(10, ge=1)
+    eval_steps: int | None = Field(
+        None,
+        ge=1,
+        description="score the recipe's data.eval sets on the training model before the "
+        "first step and every eval_steps steps: the held-out curve (one process only)",
+    )
     save_steps: int | None = Field(None, ge=1)
     save_total_limit: int = Field(2, ge=1)
     resume: bool = False
@@ -432,6 +438,15 @@ class BaseRecipe(Strict):
         """One model's load settings: ``own`` over the recipe's ``load:`` over the defaults
         (fp32 for the model that trains, ``frozen_dtype`` for one that does not)."""
         return resolve_load(own, self.load, dtype=self.frozen_dtype() if frozen else "fp32")
+
+    @model_validator(mode="after")
+    def _curve_has_sets(self) -> BaseRecipe:
+        if self.train is not None and self.train.eval_steps and not self.eval_data():
+            raise ValueError(
+                "train.eval_steps scores the data.eval sets during training; give data.eval "
+                "or drop train.eval_steps"
+            )
+        return self
 
     def train_data(self) -> DataRef | None:
         """``train.data`` wins over ``data.train``; either may be used."""

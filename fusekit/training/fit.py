@@ -37,11 +37,14 @@ from fusekit.recipe.common import TrainSpec
 from fusekit.result import TrainingRecord
 from fusekit.training.args import to_training_arguments
 from fusekit.training.checkpoints import checkpoint_step, fingerprint_callback, resume_point
+from fusekit.training.curve import curve_points
 from fusekit.training.progress import progress_callback
 
 #: TrainSpec fields that do not change the weights: a resume may change them.
 NOT_WEIGHTS_TRAIN = frozenset(
     {"resume", "save_steps", "save_total_limit", "log_steps", "report_to",
+     # scoring runs without gradients and outside training's random numbers (curve.py)
+     "eval_steps",
      # recomputing activations gives the same loss and gradients (tests/pipeline/
      # test_memory_knobs.py): switching it on to resume after running out of memory is fine
      "gradient_checkpointing"}
@@ -155,6 +158,7 @@ def fit(
         final_loss=curve[-1][1] if curve else float(result.training_loss),
         mean_loss=float(result.training_loss),
         loss_curve=curve,
+        eval_curve=curve_points(history),
         seconds=round(seconds, 2),
         examples=len(built.dataset),
         trainable_parameters=report.get("trainable_parameters"),

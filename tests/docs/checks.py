@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.docs.collect import REPO, DocItem, doc_items
@@ -109,6 +110,20 @@ def builtin_conversations_load(item: DocItem) -> None:
     for ref, n in ((train.data, 400), (data.eval[0], 64)):
         records = load_records(ref)
         assert len(records) == n and all(map(is_conversational, records))
+
+
+def curve_fragment_validates(item: DocItem) -> None:
+    """A ``train:``/``data:`` fragment with ``eval_steps``: it validates as a recipe's
+    sections and asks for the curve; without its ``data.eval`` it is refused."""
+    from pydantic import ValidationError
+
+    from fusekit.recipe.common import BaseRecipe
+
+    fragment = yaml.safe_load(item.text)
+    recipe = BaseRecipe.model_validate(fragment)
+    assert recipe.train is not None and recipe.train.eval_steps == 25 and recipe.eval_data()
+    with pytest.raises(ValidationError, match=r"data\.eval"):
+        BaseRecipe.model_validate({"train": fragment["train"]})
 
 
 def prints(expected: str) -> Check:

@@ -22,6 +22,7 @@ from tests.docs.checks import (
     compared,
     composed,
     converted_bf16,
+    curve_fragment_validates,
     depth_upscaled,
     expanded_real,
     fused,
@@ -304,6 +305,12 @@ TABLE: dict[str, Entry] = {
         fast=(Run("shrunk_ws", quickstart_python, setup=has_output("out/expanded", EXAMPLE)),),
         slow=(Run("full_ws", quickstart_python, setup=has_output("out/expanded", EXAMPLE)),)),
     # docs/evaluation.md
+    """
+    train: {steps: 200, eval_steps: 25}
+    data:
+      eval: [{task: english, split: heldout, max_chars: 10000}]
+    """: Entry("eval-curve", "static: a fine-tuning recipe of it validates with the curve on, "
+               "and is refused without data.eval", static=curve_fragment_validates),
     "fusekit eval out/expanded --data heldout.jsonl --metric bpb --json out/expanded-heldout.json": Entry(
         "eval-json", "fast: as written; out/expanded a trained run of RECIPE.yaml; the JSON "
         "file holds the printed result",

@@ -366,15 +366,17 @@ def _recipe_text(text: bytes | str) -> Callable:
     return setup
 
 
-def _accelerate(text: str, **train: Any) -> Callable:
+def _accelerate(text: str, *, scored: bool = False, **train: Any) -> Callable:
     """A training run launched with ``--accelerate-config`` holding ``text`` (``train``:
-    settings of the recipe's ``train:``)."""
+    settings of the recipe's ``train:``; ``scored``: the training data is an eval set too)."""
 
     def setup(tmp: Path, models: dict[str, Path]) -> tuple[list[str], list[Path]]:
         (tmp / "accel.yaml").write_text(text)
         data = write_corpus(tmp / "c.jsonl")
         recipe = recipe_for("finetune", models, data)
         recipe["train"].update(train)
+        if scored:
+            recipe["data"] = {"eval": [str(data)]}
         recipe = write_recipe(tmp / "r.yaml", recipe)
         argv = ["run", str(recipe), "-o", str(tmp / "out"), "--accelerate-config"]
         return [*argv, str(tmp / "accel.yaml")], [tmp / "accel.yaml", recipe, data, models["a"]]
@@ -436,6 +438,17 @@ RECIPE_CASES = {
             gradient_checkpointing=True,
         ),
         ("accel.yaml", "fsdp_activation_checkpointing", "train.gradient_checkpointing", "keep one"),
+    ),
+    "train.eval_steps with several processes": Case(
+        _accelerate("distributed_type: MULTI_CPU\nnum_processes: 2\n", scored=True, eval_steps=2),
+        ("accel.yaml", "train.eval_steps", "one process"),
+    ),
+    "train.eval_steps without data.eval": Case(
+        _recipe_text(
+            "strategy: finetune\nmodel: {a}\n"
+            "train: {{steps: 2, eval_steps: 1, data: {{task: english, max_chars: 1000}}}}\n"
+        ),
+        ("r.yaml", "train.eval_steps", "data.eval"),
     ),
     "accelerate config with ZeRO-3": Case(
         _accelerate(

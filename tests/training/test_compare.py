@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from fusekit.comparison.runner import compare
@@ -76,3 +77,79 @@ def test_loss_panel_reads_every_strategy_training_record() -> None:
     _losses(ax, table)
     assert [line.get_label() for line in ax.get_lines()] == ["a", "b"]
     plt.close(fig)
+
+
+def test_held_out_curves_reach_the_table_and_the_chart(
+    tiny_llama: Path, corpus: Path, tmp_path: Path
+) -> None:
+    """A run with ``train.eval_steps`` (its recipe has data.eval) gets a step-by-step table
+    per eval set in results.md and a panel of its own in the chart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fusekit.comparison.plot import _heldout
+
+    path = _spec(tmp_path, tiny_llama, corpus)
+    spec = yaml.safe_load(path.read_text())
+    spec["base"]["train"].update(steps=4, eval_steps=2)
+    spec["base"]["data"] = {"eval": [str(corpus)]}
+    path.write_text(yaml.safe_dump(spec))
+    table = compare(path)
+    assert table.curves()["corpus"].keys() == {"ft"}  # the parent trains nothing
+    steps = [s for s, _ in table.curves()["corpus"]["ft"]]
+    assert steps == [0, 2, 4]
+    text = (tmp_path / "results" / "results.md").read_text()
+    assert "Held-out corpus during training" in text and "| 4 |" in text
+    # the curve's last point is the score the comparison gives the saved run
+    assert table.curves()["corpus"]["ft"][-1][1] == pytest.approx(table.value("ft", "corpus"))
+    fig, ax = plt.subplots()
+    _heldout(ax, table)
+    assert [line.get_label() for line in ax.get_lines()] == ["ft · corpus"]
+    plt.close(fig)
+
+
+def test_an_edited_input_file_is_trained_and_scored_again(
+    tiny_llama: Path, corpus: Path, tmp_path: Path
+) -> None:
+    """Runs and scores are keyed by the compare file, which names data by path: after the
+    training data and the eval file change on disk, the cached run and scores are not
+    reused (the run says why), and the run's fusekit.json records the new data."""
+    words = corpus.read_text().split()
+    lines = [json.dumps({"text": " ".join(words[i : i + 30])}) + "\n" for i in range(0, 3000, 30)]
+    data, heldout = tmp_path / "train.jsonl", tmp_path / "heldout.jsonl"
+    data.write_text("".join(lines))
+    heldout.write_text("".join(lines[:20]))
+    path = _spec(tmp_path, tiny_llama, data)
+    spec = yaml.safe_load(path.read_text())
+    spec["eval"] = [str(heldout)]
+    spec.pop("tradeoff")
+    path.write_text(yaml.safe_dump(spec))
+    first = compare(path)
+    run = next((tmp_path / "results" / "runs").iterdir())
+    recorded = json.loads((run / "fusekit.json").read_text())["data"]
+    data.write_text("".join(reversed(lines)))  # same path, other content
+    heldout.write_text("".join(lines[20:30]))
+    messages: list[str] = []
+    import fusekit.comparison.runner as runner
+
+    original = runner.log.info
+    runner.log.info = lambda text, *a, **k: (messages.append(text), original(text, *a, **k))
+    try:
+        second = compare(path)
+    finally:
+        runner.log.info = original
+    assert any("changed since it ran; running it again" in m and "train.jsonl" in m
+               for m in messages), messages  # fmt: skip
+    assert json.loads((run / "fusekit.json").read_text())["data"] != recorded
+    assert second.value("base", "heldout") != first.value("base", "heldout")
+    # nothing changed now: the third compare reuses both
+    messages.clear()
+    runner.log.info = lambda text, *a, **k: messages.append(text)
+    try:
+        third = compare(path)
+    finally:
+        runner.log.info = original
+    assert not any("running" in m or "evaluating" in m for m in messages), messages
+    assert third.results == second.results
