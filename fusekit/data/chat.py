@@ -167,16 +167,36 @@ class Renderer:
         self, where: str, conv: Conversation, loss_on: LossOn, seq_len: int
     ) -> tuple[list[int], list[int]]:
         """Token ids and labels (-100 outside the scored spans), cut to ``seq_len``."""
+        tokens = self.tokens(where, conv, loss_on, seq_len)
+        return tokens.ids, tokens.labels
+
+    def tokens(self, where: str, conv: Conversation, loss_on: LossOn, seq_len: int) -> Tokens:
+        """``encode`` with the rendered text and, from a fast tokenizer, each token's
+        character offsets in it (empty from a slow one, which has none)."""
         text, spans = self.spans(where, conv, loss_on)
-        ids: list[int] = []
-        labels: list[int] = []
+        out = Tokens(text, [], [], [])
+        fast = bool(getattr(self.tokenizer, "is_fast", False))
+        start = 0
         for piece, scored in _pieces(text, spans):
-            if not piece:
-                continue
-            tokens = self.tokenizer(piece, add_special_tokens=False)["input_ids"]
-            ids += tokens
-            labels += tokens if scored else [-100] * len(tokens)
-        return ids[:seq_len], labels[:seq_len]
+            if piece:
+                enc = self.tokenizer(piece, add_special_tokens=False, return_offsets_mapping=fast)
+                out.ids += enc["input_ids"]
+                out.labels += enc["input_ids"] if scored else [-100] * len(enc["input_ids"])
+                if fast:
+                    out.offsets += [(start + a, start + b) for a, b in enc["offset_mapping"]]
+            start += len(piece)
+        del out.ids[seq_len:], out.labels[seq_len:], out.offsets[seq_len:]
+        return out
+
+
+@dataclass
+class Tokens:
+    """A rendered conversation's text, token ids, labels and character offsets."""
+
+    text: str
+    ids: list[int]
+    labels: list[int]
+    offsets: list[tuple[int, int]]
 
 
 def _pieces(text: str, spans: list[range]) -> list[tuple[str, bool]]:

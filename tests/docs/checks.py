@@ -126,6 +126,22 @@ def curve_fragment_validates(item: DocItem) -> None:
         BaseRecipe.model_validate({"train": fragment["train"]})
 
 
+def fusellm_chat_recipe_validates(item: DocItem) -> None:
+    """A FuseLLM recipe on conversations: it validates, names one template per source, and
+    the template file it names is in the repository and renders a conversation."""
+    from fusekit.strategies.fusellm.recipe import FuseLLMRecipe
+    from fusekit.tasks import task_tokenizer
+    from tests.training.test_chat import TALK
+
+    recipe = FuseLLMRecipe.model_validate(yaml.safe_load(item.text))
+    assert recipe.source_chat_templates is not None
+    assert len(recipe.source_chat_templates) == len(recipe.sources)
+    template = (REPO / str(recipe.source_chat_templates[0])).read_text()
+    tokenizer = task_tokenizer("code", kind="bpe")
+    text = tokenizer.apply_chat_template(TALK["messages"], tokenize=False, chat_template=template)
+    assert "<start_of_turn>model\n" in str(text)
+
+
 def prints(expected: str) -> Check:
     """The item ran and printed ``expected`` on a line of its own."""
 

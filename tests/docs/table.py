@@ -26,6 +26,7 @@ from tests.docs.checks import (
     depth_upscaled,
     expanded_real,
     fused,
+    fusellm_chat_recipe_validates,
     harness_results,
     json_plan,
     linked_recipes,
@@ -304,6 +305,16 @@ TABLE: dict[str, Entry] = {
         "exists (step 1's run); slow: the same at full scale",
         fast=(Run("shrunk_ws", quickstart_python, setup=has_output("out/expanded", EXAMPLE)),),
         slow=(Run("full_ws", quickstart_python, setup=has_output("out/expanded", EXAMPLE)),)),
+    # docs/strategies/fusellm.md
+    """
+    strategy: fusellm
+    target: models/smollm2-135m                   # ChatML, from its GGUF file
+    sources: [models/gemma3-270m, models/smollm2-135m]
+    source_chat_templates: [recipes/real/templates/gemma3.jinja, null]
+    train: {data: {task: stdlib_chat}, steps: 40, seq_len: 256}
+    """: Entry("fusellm-chat", "static: the recipe validates with one template per source, "
+               "and the Gemma template file renders a conversation",
+               static=fusellm_chat_recipe_validates),
     # docs/evaluation.md
     """
     train: {steps: 200, eval_steps: 25}

@@ -11,9 +11,10 @@ import pytest
 
 from tests.pipeline.conftest import cli, recipe_for, write_recipe
 from tests.training.conftest import WORDS
-from tests.training.test_chat import CHATML
+from tests.training.test_chat import CHATML, GEMMA
 
-TAKES_CONVERSATIONS = ("finetune", "finetune_lora", "block_expansion", "depth_upscaling", "calm")
+TAKES_CONVERSATIONS = ("finetune", "finetune_lora", "block_expansion", "depth_upscaling", "calm",
+                       "fusellm")  # fmt: skip
 
 
 def _words(rng: random.Random, n: int) -> str:
@@ -48,6 +49,8 @@ def test_a_strategy_trains_on_conversations(
     recipe["train"].update(chat_template=CHATML, seq_len=64)
     if strategy == "calm":  # its LoRA baseline trains on the same conversations
         recipe["baselines"] = ["lora"]
+    if strategy == "fusellm":  # the source reads them in a template of its own
+        recipe["source_chat_templates"] = [GEMMA]
     out = tmp_path / "out"
     result = cli("run", str(write_recipe(tmp_path / "r.yaml", recipe)), "-o", str(out))
     assert result.code == 0, result.stderr[-3000:]
@@ -81,16 +84,29 @@ def test_conversations_without_a_template_are_one_line_naming_the_model(
     assert "Traceback" not in result.stderr and not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("strategy", ["fusellm"])
-def test_strategies_that_cannot_train_on_conversations_refuse_them_before_any_work(
-    models: dict[str, Path], tmp_path: Path, strategy: str
+def test_a_strategy_that_cannot_train_on_conversations_refuses_them_before_any_work(
+    models: dict[str, Path], tmp_path: Path
 ) -> None:
+    """``takes_conversations = False`` (a plugin strategy that trains on text only): a
+    conversation in a file or a built-in conversational task is refused by the data check,
+    naming the record."""
+    from fusekit.errors import DataError
+    from fusekit.pipeline.checks import check_data
+    from fusekit.recipe import parse_recipe
+    from fusekit.strategies.finetune.strategy import FinetuneStrategy
+
+    class TextOnly(FinetuneStrategy):
+        takes_conversations = False
+
     data = write_conversations(tmp_path / "talk.jsonl", "messages")
-    recipe = recipe_for(strategy, models, data)
-    result = cli("run", str(write_recipe(tmp_path / "r.yaml", recipe)), "-o", str(tmp_path / "o"))
-    assert result.code == 2
-    assert f"{data}:1: the record is a conversation, and {strategy} trains on text" in result.stderr
-    assert not (tmp_path / "o").exists()
+    recipe = parse_recipe(recipe_for("finetune", models, data))
+    with pytest.raises(DataError, match=f"{data}:1: the record is a conversation, and finetune"):
+        check_data(recipe, TextOnly(recipe))
+    task = recipe_for("finetune", models, data)
+    task["train"]["data"] = {"task": "stdlib_chat", "n": 4}
+    recipe = parse_recipe(task)
+    with pytest.raises(DataError, match="task stdlib_chat: it is conversations"):
+        check_data(recipe, TextOnly(recipe))
 
 
 def test_a_malformed_conversation_is_refused_by_validate(tmp_path: Path, models) -> None:
@@ -147,7 +163,7 @@ def test_conversations_are_evaluated_in_the_template_the_output_now_carries(
     assert given.code == 0, given.stderr[-3000:]
 
 
-def test_the_built_in_conversations_train_and_are_refused_where_they_cannot_be(
+def test_the_built_in_conversations_train_every_strategy_that_has_its_templates(
     models: dict[str, Path], tmp_path: Path
 ) -> None:
     recipe = recipe_for("finetune", models, tmp_path / "unused.jsonl")
@@ -162,8 +178,11 @@ def test_the_built_in_conversations_train_and_are_refused_where_they_cannot_be(
     assert record["evaluation"][0]["metric"] == "bpb"
     assert math.isfinite(record["evaluation"][0]["value"])
     fuse = recipe_for("fusellm", models, tmp_path / "unused.jsonl")
-    fuse["train"]["data"] = {"task": "stdlib_chat", "n": 32}
-    refused = cli("run", str(write_recipe(tmp_path / "c.yaml", fuse)), "-o", str(tmp_path / "c"))
-    assert refused.code == 2 and refused.stderr.count("\n") == 1, refused.stderr
-    assert "task stdlib_chat: it is conversations, and fusellm trains on text" in refused.stderr
+    fuse["train"].update(data={"task": "stdlib_chat", "n": 32}, chat_template=CHATML, seq_len=64)
+    bare = cli("run", str(write_recipe(tmp_path / "c.yaml", fuse)), "-o", str(tmp_path / "c"))
+    assert bare.code == 2 and bare.stderr.count("\n") == 1, bare.stderr
+    assert f"source {models['b']} has no chat template" in bare.stderr
     assert not (tmp_path / "c").exists()
+    fuse["source_chat_templates"] = [GEMMA]
+    fused = cli("run", str(write_recipe(tmp_path / "c.yaml", fuse)), "-o", str(tmp_path / "c"))
+    assert fused.code == 0, fused.stderr[-3000:]

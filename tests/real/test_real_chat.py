@@ -55,3 +55,24 @@ def test_smollm2_finetunes_on_conversations_through_its_template(real, tmp_path:
     assert result.code == 0, result.stderr[-3000:]
     training = json.loads((out / "fusekit.json").read_text())["training"]
     assert training["steps"] == 2 and math.isfinite(training["final_loss"])
+
+
+def test_templates_cost_fusellm_no_alignment_smollm2_from_gemma3(real) -> None:
+    """SmolLM2-Instruct (its ChatML) fused from Gemma-3 (the Gemma template in
+    recipes/real/templates): the share of assistant-content loss positions with a source
+    position is at least plain text's on the same contents (exact alignment), and equal
+    once the contents' first tokens (paired through the headers) are left out."""
+    from experiments.fusellm_chat_align import conversation_share, text_share
+    from fusekit.data.chat import conversation, template_text
+    from fusekit.tasks import task_examples
+
+    target, source = load_tokenizer(real["smollm2"]), load_tokenizer(real["gemma3"])
+    template = template_text(str(Path(__file__).parents[2] / "recipes/real/templates/gemma3.jinja"))
+    assert template is not None and "<start_of_turn>" in template
+    talks = [conversation(f"#{k}", r) for k, r in enumerate(task_examples("stdlib_chat", n=40))]
+    chat = conversation_share(target, source, template, talks)
+    text = text_share(target, source, talks, "offsets")
+    assert chat >= text - 0.02 and chat > 0.8
+    assert conversation_share(target, source, template, talks, first=False) == pytest.approx(
+        text_share(target, source, talks, "offsets", first=False)
+    )

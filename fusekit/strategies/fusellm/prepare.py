@@ -121,13 +121,18 @@ def prepare_source(
     )
 
 
+def aligned_share(aligned: Sequence[np.ndarray]) -> float:
+    """Share of target positions with a next token that have a usable source position."""
+    usable = sum(int((a[:-1] >= 0).sum()) for a in aligned)
+    total = sum(max(len(a) - 1, 0) for a in aligned)
+    return usable / max(total, 1)
+
+
 def alignment_stats(
     aligned: Sequence[np.ndarray], vmap: np.ndarray, source_tokenizer: Any, target_tokenizer: Any
 ) -> dict[str, Any]:
     """Share of target positions (with a next token) that have a usable source position."""
-    usable = sum(int((a[:-1] >= 0).sum()) for a in aligned)
-    total = sum(max(len(a) - 1, 0) for a in aligned)
     return {
-        "aligned_positions": usable / max(total, 1),
+        "aligned_positions": aligned_share(aligned),
         "vocab": mapping_stats(vmap, source_tokenizer, target_tokenizer),
     }

@@ -39,6 +39,12 @@ class FuseLLMRecipe(BaseRecipe):
         "and, on hardware with bf16 matrix units (AMX, tensor cores), most of their time, at "
         "a small change to the fused target; a source's own load.dtype wins",
     )
+    source_chat_templates: list[str | None] | None = Field(
+        None,
+        description="the chat template each source reads conversations in, one per source "
+        "(a file or the template; null: the source tokenizer's own, or the target's when the "
+        "source is the target)",
+    )
     reference_fallback: bool = Field(
         False, description="reproduce the released code's one-hot on the current token"
     )
@@ -64,6 +70,12 @@ class FuseLLMRecipe(BaseRecipe):
     def _has_data(self) -> FuseLLMRecipe:
         if self.train_data() is None:
             raise ValueError("fusellm needs a training corpus: train.data or data.train")
+        templates = self.source_chat_templates
+        if templates is not None and len(templates) != len(self.sources):
+            raise ValueError(
+                f"source_chat_templates has {len(templates)} entries for {len(self.sources)} "
+                "sources; give one per source (null for a source's own template)"
+            )
         return self
 
 

@@ -15,6 +15,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fusekit import log
+from fusekit.data.chat import (
+    Renderer,
+    chat_template,
+    conversation,
+    is_conversational,
+    template_text,
+)
 from fusekit.errors import DataError, FusekitError
 from fusekit.estimates import load_bytes, model_facts, training_memory
 from fusekit.io.cache import cache_root
@@ -27,24 +35,29 @@ from fusekit.strategies.base import Built, Prepared, Strategy
 from fusekit.strategies.fusellm.recipe import FuseLLMRecipe
 
 
-def _chunks(recipe: FuseLLMRecipe, tokenizer: Any) -> tuple[list[str], list[int]]:
-    """The text chunks every model reads, and how many characters of each are prompt.
+def _chunks(
+    recipe: FuseLLMRecipe, tokenizer: Any
+) -> tuple[list[str], list[int], list[tuple[str, Any]]]:
+    """The text chunks every model reads, how many characters of each are prompt, and the
+    conversations (with their record's place), which each model reads in its own template.
 
     Text records are joined and cut into pieces of about ``seq_len`` target tokens
     (``chunk_texts``); a prompt/completion record is one chunk, prompt then completion,
     whose prompt carries neither loss (unless ``train.loss_on: all``), as in plain
     fine-tuning: the target learns to answer, not to write questions.
     """
-    from fusekit.data.causal_lm import load_records
+    from fusekit.data.causal_lm import located_records
     from fusekit.strategies.fusellm.data import chunk_texts
 
-    texts, pairs = [], []
-    for rec in load_records(recipe.train_data()):
-        if "text" in rec:
+    texts, pairs, talks = [], [], []
+    for where, rec in located_records(recipe.train_data()):
+        if is_conversational(rec):
+            talks.append((where, conversation(where, rec)))
+        elif "text" in rec:
             texts.append(rec["text"])
         elif isinstance(rec.get("completion"), str):
             pairs.append((rec["prompt"], rec["completion"]))
-    if not texts and not pairs:
+    if not texts and not pairs and not talks:
         raise DataError("fusellm: the training data holds no text records")
     chunks = chunk_texts(texts, tokenizer, recipe.train.seq_len) if texts else []
     prompt = [0] * len(chunks)
@@ -52,7 +65,7 @@ def _chunks(recipe: FuseLLMRecipe, tokenizer: Any) -> tuple[list[str], list[int]
     for p, c in pairs:
         chunks.append(p + c)
         prompt.append(0 if keep_prompt else len(p))
-    return chunks, prompt
+    return chunks, prompt, talks
 
 
 def fusion_config_of(recipe: FuseLLMRecipe) -> Any:
@@ -69,7 +82,6 @@ class FuseLLMStrategy(Strategy[FuseLLMRecipe]):
     """Knowledge fusion (Wan et al., 2024) with any number of sources and tokenizers."""
 
     tag = "fusellm"
-    takes_conversations = False
 
     def plan(self) -> dict[str, Any]:
         r = self.recipe
@@ -133,10 +145,14 @@ class FuseLLMStrategy(Strategy[FuseLLMRecipe]):
         order = sorted(range(len(sources)), key=lambda i: not is_target[i])
         inputs = {"target": target}
         inputs.update({f"source_{n}": sources[i] for n, i in enumerate(order)})
+        templates = self.recipe.source_chat_templates or [None] * len(sources)
         return Prepared(
             inputs=inputs,
             plan=self.plan(),
-            state={"source_is_target": [is_target[i] for i in order]},
+            state={
+                "source_is_target": [is_target[i] for i in order],
+                "source_templates": [templates[i] for i in order],
+            },
         )
 
     def units(self, prepared: Prepared) -> list[str]:
@@ -144,6 +160,11 @@ class FuseLLMStrategy(Strategy[FuseLLMRecipe]):
 
     def build(self, prepared: Prepared, unit: str) -> Built:
         from fusekit.strategies.fusellm.batching import FusionCollator, FusionDataset
+        from fusekit.strategies.fusellm.conversations import (
+            content_share,
+            loss_share,
+            target_example,
+        )
         from fusekit.strategies.fusellm.data import encode_chunks, scored_positions
 
         r, spec = self.recipe, self.recipe.train
@@ -158,18 +179,48 @@ class FuseLLMStrategy(Strategy[FuseLLMRecipe]):
         save_dtype = config_dtype(target.path)
         if spec.steps == 0:
             return Built(model, None, None, tokenizer=tokenizer, save_dtype=save_dtype)
-        chunks, prompt_chars = _chunks(r, tokenizer)
-        if not chunks:
-            raise DataError("fusellm: the training data produced no text chunks")
+        chunks, prompt_chars, talks = _chunks(r, tokenizer)
         target_encs = encode_chunks(tokenizer, chunks, spec.seq_len)
         scored = [scored_positions(e, c, n) for e, c, n in zip(target_encs, chunks, prompt_chars,
                                                                 strict=True)]  # fmt: skip
+        talk_targets = []
+        if talks:
+            renderer = Renderer(
+                tokenizer, chat_template(tokenizer, spec.chat_template, target.path)
+            )
+            kept = []
+            for where, conv in talks:
+                loss_on = spec.loss_on or conv.default_loss_on
+                example, mask = target_example(renderer, where, conv, loss_on, spec.seq_len)
+                if not mask[1:].any():  # its trained turns lie past seq_len: nothing to learn
+                    continue
+                kept.append((where, conv))
+                talk_targets.append(example)
+                target_encs.append(example.encoding)
+                scored.append(mask)
+            if kept and len(kept) < len(talks):
+                log.warning(
+                    f"fusekit: fusellm: {len(talks) - len(kept)} of {len(talks)} conversations "
+                    f"have no trained token within train.seq_len={spec.seq_len} tokens and are "
+                    "left out; raise train.seq_len to train on them"
+                )
+            talks = kept
+        if not target_encs:
+            raise DataError(
+                f"fusellm: no conversation has a trained token within train.seq_len="
+                f"{spec.seq_len}; raise train.seq_len"
+            )
         sources = [m for name, m in prepared.inputs.items() if name.startswith("source_")]
         examples, vocab_maps, models, stats = [], [], [], []
         for n, source in enumerate(sources):
             example, vocab_map, smodel, stat = self._source(
-                n, source, tokenizer, chunks, target_encs
+                n, source, tokenizer, chunks, target_encs, (talks, talk_targets), prepared
             )
+            stat["aligned_loss_positions"] = loss_share(example.align, scored)
+            if talks:
+                stat["aligned_content_positions"] = content_share(
+                    example.align[len(chunks) :], talk_targets, scored[len(chunks) :]
+                )
             examples.append(example)
             vocab_maps.append(vocab_map)
             stats.append({**stat, "is_target": prepared.state["source_is_target"][n]})
@@ -195,6 +246,7 @@ class FuseLLMStrategy(Strategy[FuseLLMRecipe]):
             save_dtype=save_dtype,
             details={
                 "chunks": len(chunks),
+                "conversations": len(talks),
                 "mode": r.mode,
                 "align": r.align,
                 "sources": stats,
@@ -203,12 +255,21 @@ class FuseLLMStrategy(Strategy[FuseLLMRecipe]):
         )
 
     def _source(
-        self, n: int, source: Any, tokenizer: Any, chunks: list[str], target_encs: list[Any]
+        self,
+        n: int,
+        source: Any,
+        tokenizer: Any,
+        chunks: list[str],
+        target_encs: list[Any],
+        talks: tuple[list[tuple[str, Any]], list[Any]],
+        state: Prepared,
     ) -> tuple[Any, Any, Any, dict[str, Any]]:
-        """One source: tokenizer, vocabulary map, alignment, and its model or top-k store."""
+        """One source: tokenizer, vocabulary map, alignment (text chunks, then the
+        conversations in its own template), and its model or top-k store."""
         from fusekit.data.causal_lm import pad_id
         from fusekit.strategies.fusellm.batching import SourceExamples
-        from fusekit.strategies.fusellm.prepare import prepare_source
+        from fusekit.strategies.fusellm.conversations import align_conversation, source_example
+        from fusekit.strategies.fusellm.prepare import aligned_share, prepare_source
 
         r, spec = self.recipe, self.recipe.train
         stok = load_tokenizer(source.path, trust_remote_code=source.trust_remote_code)
@@ -220,16 +281,24 @@ class FuseLLMStrategy(Strategy[FuseLLMRecipe]):
             trust_remote_code=source.trust_remote_code,
             **r.source_load(source.load).loader_kwargs(),
         )
+        max_len = _source_max_len(smodel, spec.seq_len)
         prepared = prepare_source(
             stok,
             tokenizer,
             chunks,
-            target_encs,
+            target_encs[: len(chunks)],
             align=r.align,
-            max_len=_source_max_len(smodel, spec.seq_len),
+            max_len=max_len,
             cache_dir=cache_root() / "vocab_maps",
             desc=f"align source {n}",
         )
+        if talks[0]:
+            renderer = Renderer(stok, self._source_template(n, source, stok, state))
+            for (where, conv), target in zip(*talks, strict=True):
+                read = source_example(renderer, where, conv, max_len)
+                prepared.encodings.append(read.encoding)
+                prepared.align.append(align_conversation(read, target))
+            prepared.stats["aligned_positions"] = aligned_share(prepared.align)
         store = None
         if r.mode == "offline":
             shash = folder_hash(source.path)
@@ -237,6 +306,22 @@ class FuseLLMStrategy(Strategy[FuseLLMRecipe]):
             smodel = None
         example = SourceExamples(prepared.encodings, prepared.align, store, pad_id(stok))
         return example, prepared.vocab_map, smodel, {"path": source.path, **prepared.stats}
+
+    def _source_template(self, n: int, source: Any, tokenizer: Any, state: Prepared) -> str:
+        """The template source ``n`` reads conversations in: the recipe's entry for it,
+        else (a source that is the target) the target's, else its tokenizer's own."""
+
+        given = state.state["source_templates"][n]
+        if given is None and state.state["source_is_target"][n]:
+            given = self.recipe.train.chat_template
+        template = template_text(given) or getattr(tokenizer, "chat_template", None)
+        if not template:
+            raise DataError(
+                f"the data holds conversations but source {source.path} has no chat template; "
+                "give it one in source_chat_templates (a file or the template, one entry per "
+                "source, null for a source's own)"
+            )
+        return str(template)
 
 
 def _source_max_len(model: Any, seq_len: int) -> int:
@@ -288,8 +373,17 @@ def alignment_line(stat: dict[str, Any]) -> str:
     """One summary line of a source's token alignment and vocabulary map: a poor alignment
     (few usable positions, many unmapped tokens) makes the fused loss mostly noise."""
     vocab = stat.get("vocab", {})
+    shares = [
+        f"{100 * stat[key]:.1f} % of {what} positions"
+        for key, what in (
+            ("aligned_loss_positions", "loss"),
+            ("aligned_content_positions", "content"),
+        )
+        if key in stat
+    ]
+    within = f" ({', '.join(shares)})" if shares else ""
     return (
-        f"{100 * stat.get('aligned_positions', 0.0):.1f} % positions aligned; vocabulary "
+        f"{100 * stat.get('aligned_positions', 0.0):.1f} % positions aligned{within}; vocabulary "
         f"{100 * vocab.get('exact', 0.0):.1f} % exact, {100 * vocab.get('nearest', 0.0):.1f} % "
         f"nearest, {100 * vocab.get('unmapped', 0.0):.1f} % unmapped"
     )

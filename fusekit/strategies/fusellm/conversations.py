@@ -1,0 +1,183 @@
+"""FuseLLM on conversations: every model reads a conversation in its own chat template.
+
+A chat model's next-token distribution means something only in the format it was
+tuned on, so FuseLLM cannot hand every model the same text here, as it does for
+plain text: the target reads the conversation rendered in its template (the one
+it trains in, with the same tokens and labels as fine-tuning on it), and each
+source reads it rendered in *its* template (its tokenizer's, or the recipe's
+``source_chat_templates``).  The texts differ only in the template's own text
+(role headers, turn delimiters, a BOS); each message's content appears in both,
+verbatim (a template may trim surrounding whitespace, so the stripped content is
+what is located, in the part of the text the message's turn adds).
+
+**Alignment through the content spans.**  A token of either text is placed in
+the target text's byte coordinates when it lies inside a message's content
+(shifted by where that content sits in each text), or — a template token that
+ends exactly where a content starts — at that content's start, zero width: it
+has read everything before the content, and the next token is the content's
+first.  Every other token (template text, a token that straddles content and
+template) has no place.  A target position is then paired with the source
+position at the very same place, as ``offsets`` alignment pairs tokens of one
+text, and only when the *next* target token is content: a position that
+predicts a template token (the end of a turn, the next role header) would be
+taught the source's own delimiter, mapped onto an unrelated target token.  Such
+positions, and every template position, take the fallback (the gold token), and
+fusion applies only where the loss does (the labels of the target's template).
+The pairing is exact inside content whatever ``align`` says; ``align`` still
+chooses how the sources' top-k candidates are mapped onto the target vocabulary
+(MinED, or exact matches for ``em``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fusekit.data.chat import Conversation, Renderer
+from fusekit.strategies.fusellm.align import offsets_match
+from fusekit.strategies.fusellm.data import Encoding, _char_to_byte, byte_spans
+
+#: A byte range of one message's content in a rendered text, or None when not found.
+Content = tuple[int, int] | None
+
+
+@dataclass
+class ConversationExample:
+    """One conversation as one model reads it."""
+
+    encoding: Encoding
+    content: list[Content]
+
+
+def content_spans(renderer: Renderer, where: str, conv: Conversation, text: str) -> list[Content]:
+    """Byte range of each message's stripped content in ``text`` (the full rendering).
+
+    A message is looked for, from its end backwards, in the part of the text its turn
+    adds (the prefix renderings delimit it), so a short content that also occurs in its
+    own role header is not taken from the header.  A template that moves a message into
+    the next turn (Gemma folds the system prompt into the first user turn) is followed
+    one turn on, searched from the front.
+    """
+    to_byte = _char_to_byte(text)
+    ends = [len(renderer.render(where, conv.messages[: k + 1])) for k in range(len(conv.messages))]
+    out: list[Content] = []
+    previous = 0
+    for k, message in enumerate(conv.messages):
+        body = message["content"].strip()
+        at = text.rfind(body, previous, ends[k]) if body else -1
+        if at < 0 and body and k + 1 < len(ends):
+            at = text.find(body, previous, ends[k + 1])
+        out.append(None if at < 0 else (int(to_byte[at]), int(to_byte[at + len(body)])))
+        previous = max(ends[k], at + len(body)) if at >= 0 else ends[k]
+    return out
+
+
+def _encoding(tokenizer: Any, text: str, ids: Sequence[int], offsets: Sequence[Any]) -> Encoding:
+    spans = byte_spans(tokenizer, text, ids, offsets)
+    covered = int((spans[1:, 1] - spans[1:, 0]).clip(min=0).sum()) if len(ids) > 1 else 0
+    return Encoding(np.asarray(ids, dtype=np.int64), spans, max(covered, 1))
+
+
+def target_example(
+    renderer: Renderer, where: str, conv: Conversation, loss_on: Any, seq_len: int
+) -> tuple[ConversationExample, np.ndarray]:
+    """The target's tokens (exactly fine-tuning's, ``Renderer.tokens``) and which of them
+    carry the loss."""
+    tokens = renderer.tokens(where, conv, loss_on, seq_len)
+    enc = _encoding(renderer.tokenizer, tokens.text, tokens.ids, tokens.offsets)
+    scored = np.asarray(tokens.labels) != -100
+    return ConversationExample(enc, content_spans(renderer, where, conv, tokens.text)), scored
+
+
+def source_example(
+    renderer: Renderer, where: str, conv: Conversation, max_len: int
+) -> ConversationExample:
+    """A source's tokens of the conversation rendered in its template (which writes its
+    own BOS where it has one: no specials are added)."""
+    text = renderer.render(where, conv.messages)
+    enc = renderer.tokenizer(
+        text, add_special_tokens=False, truncation=True, max_length=max_len,
+        return_offsets_mapping=True,
+    )  # fmt: skip
+    encoding = _encoding(renderer.tokenizer, text, enc["input_ids"], enc["offset_mapping"])
+    return ConversationExample(encoding, content_spans(renderer, where, conv, text))
+
+
+def placed(spans: np.ndarray, own: Sequence[Content], target: Sequence[Content]) -> np.ndarray:
+    """Each token's byte range in the target text, or ``(-1, -1)`` where it has no place
+    (see the module docstring)."""
+    out = np.full((len(spans), 2), -1, dtype=np.int64)
+    for mine, theirs in zip(own, target, strict=True):
+        if mine is None or theirs is None:
+            continue
+        (a, b), shift = mine, theirs[0] - mine[0]
+        inside = (spans[:, 0] >= a) & (spans[:, 1] <= b) & (spans[:, 1] > spans[:, 0])
+        out[inside] = spans[inside] + shift
+        before = (spans[:, 1] == a) & (spans[:, 0] < a)  # the template token right before it
+        out[before] = theirs[0]
+    return out
+
+
+def _content_next(places: np.ndarray) -> np.ndarray:
+    """Whether the token after each one lies inside a content (its place has width)."""
+    out = np.zeros(len(places), dtype=bool)
+    out[:-1] = (places[1:, 0] >= 0) & (places[1:, 1] > places[1:, 0])
+    return out
+
+
+def _unplaced(places: np.ndarray, side: int) -> np.ndarray:
+    """Tokens without a place get keys of their own: ``(side, -position)``, ``side``
+    negative and different per side, so they never pair with anything."""
+    out = places.copy()
+    none = np.flatnonzero(places[:, 0] < 0)
+    out[none, 0], out[none, 1] = side, -none
+    return out
+
+
+def align_conversation(source: ConversationExample, target: ConversationExample) -> np.ndarray:
+    """Source position per target position, ``-1`` where the target falls back."""
+    src = placed(source.encoding.spans, source.content, target.content)
+    tgt = placed(target.encoding.spans, target.content, target.content)
+    hits = offsets_match(_unplaced(src, -2), _unplaced(tgt, -3))
+    # both models must go on to read content: else they would predict their own delimiters
+    keep = _content_next(tgt) & (hits >= 0)
+    keep[keep] &= _content_next(src)[hits[keep]]
+    return np.where(keep, hits, -1)
+
+
+def _loss_positions(n: int, scored: np.ndarray | None) -> np.ndarray:
+    """Positions ``t`` whose prediction (of token ``t + 1``) carries the loss."""
+    if scored is None:
+        return np.arange(max(n - 1, 0))
+    return np.flatnonzero(np.asarray(scored[1:n], dtype=bool))
+
+
+def loss_share(aligned: Sequence[np.ndarray], scored: Sequence[np.ndarray | None]) -> float:
+    """Share of the target's loss positions that have a source position."""
+    hits = total = 0
+    for a, mask in zip(aligned, scored, strict=True):
+        where = _loss_positions(len(a), mask)
+        hits += int((a[where] >= 0).sum())
+        total += len(where)
+    return hits / max(total, 1)
+
+
+def content_share(
+    aligned: Sequence[np.ndarray],
+    targets: Sequence[ConversationExample],
+    scored: Sequence[np.ndarray | None],
+) -> float:
+    """Share of the loss positions that predict a content token (not the template's end of
+    turn, which no other template writes) that have a source position: what the templates
+    cost the alignment, comparable with the share on the same contents as plain text."""
+    hits = total = 0
+    for a, target, mask in zip(aligned, targets, scored, strict=True):
+        places = placed(target.encoding.spans, target.content, target.content)
+        where = _loss_positions(len(a), mask)
+        where = where[_content_next(places)[where]]
+        hits += int((a[where] >= 0).sum())
+        total += len(where)
+    return hits / max(total, 1)
