@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from fusekit import log
 from fusekit.data.chat import LossOn, Renderer, conversation, is_conversational
 from fusekit.data.chat import chat_template as template_for
 from fusekit.data.records import Located, iter_records, refuse_surrogates
@@ -325,6 +326,30 @@ def predicted_tokens(dataset: Any) -> int:
     return 0
 
 
+def left_out(count: int, total: int, seq_len: int, source: str, *, anything_left: bool) -> None:
+    """Say that ``count`` of ``total`` examples train nothing within ``seq_len`` tokens, or,
+    when nothing else is left to train on, refuse the data with the fix."""
+    if not count:
+        return
+    if not anything_left:
+        raise DataError(
+            f"{source}: no example has a trained token within train.seq_len={seq_len} tokens "
+            "(the answers lie past it); raise train.seq_len"
+        )
+    log.warning(
+        f"fusekit: {source}: {count} of {total} examples have no trained token within "
+        f"train.seq_len={seq_len} tokens (their answers lie past it) and are left out; "
+        "raise train.seq_len to train on them"
+    )
+
+
+def trains_a_token(labels: Sequence[int]) -> bool:
+    """Whether an example has a labelled token to predict (position 0 never is): one whose
+    answer was cut off by ``seq_len`` has none, and a batch of such examples has a loss of
+    0 / 0."""
+    return any(label != -100 for label in labels[1:])
+
+
 def encode_example(
     record: Record,
     tokenizer: Any,
@@ -376,12 +401,17 @@ class CausalLMDataset:
         if any(is_conversational(r) for r in records):
             renderer = Renderer(tokenizer, template_for(tokenizer, chat_template, model))
         self.pairs: list[tuple[list[int], list[int]]] = []
+        made = 0
         for i, record in enumerate(records):
             if "text" not in record:
                 where = f"{source}: record {i}"
                 pair = encode_example(record, tokenizer, seq_len, loss_on, renderer, where)
                 if pair is not None:
-                    self.pairs.append(pair)
+                    made += 1
+                    if trains_a_token(pair[1]):
+                        self.pairs.append(pair)
+        left_out(made - len(self.pairs), made, seq_len, source,
+                 anything_left=bool(self.blocks or self.pairs))  # fmt: skip
         if not self.blocks and not self.pairs:
             raise DataError("the training data produced no examples (texts too short?)")
 

@@ -33,7 +33,13 @@ import pyarrow.compute as pc
 from datasets import Dataset, Features, Sequence, Value, concatenate_datasets, load_dataset
 
 from fusekit import log
-from fusekit.data.causal_lm import document_ids, encode_example, load_records, special_prefix
+from fusekit.data.causal_lm import (
+    document_ids,
+    encode_example,
+    left_out,
+    load_records,
+    special_prefix,
+)
 from fusekit.data.chat import LossOn, Renderer, is_conversational, template_text
 from fusekit.data.chat import chat_template as template_for
 from fusekit.data.records import readable_data_path
@@ -43,7 +49,7 @@ from fusekit.io.hashing import data_hash
 from fusekit.version import __version__
 
 #: Bumped when the stored layout or the tokenisation rules change.
-LAYOUT = 1
+LAYOUT = 2
 #: Records per ``map`` batch and rows per written Arrow batch.
 BATCH = 512
 #: A corpus with at least this many records is tokenised in several processes.
@@ -193,7 +199,9 @@ def _lists(values: np.ndarray, width: int) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.int32()))
 
 
-def _pack(tokens: Dataset, tokenizer: Any, seq_len: int, blocks: Path, examples: Path) -> None:
+def _pack(
+    tokens: Dataset, tokenizer: Any, seq_len: int, blocks: Path, examples: Path, source: str
+) -> None:
     """One pass over the token table: text streams into blocks, the rest copied over."""
     prefix = np.asarray(special_prefix(tokenizer), dtype=np.int32)
     content = max(1, seq_len - len(prefix))
@@ -222,24 +230,42 @@ def _pack(tokens: Dataset, tokenizer: Any, seq_len: int, blocks: Path, examples:
                 schema=_BLOCKS,
             )
         if wrote == 0 and len(carry):  # shorter than one block: the stream is the block
+            wrote = 1
             row = np.concatenate([prefix, carry])
             yield pa.record_batch(
                 [_lists(row, len(row)), pa.nulls(1, pa.list_(pa.int32()))], schema=_BLOCKS
             )
 
+    made = kept = 0
+
     def example_batches() -> Iterator[pa.RecordBatch]:
+        nonlocal made, kept
         for batch in table.to_batches(max_chunksize=BATCH * 8):
             keep = pc.invert(batch.column("packed"))
             ids = pc.filter(batch.column("ids"), keep)
             labels = pc.filter(batch.column("labels"), keep)
             nonempty = pc.greater(pc.list_value_length(ids), 0)
+            ids, labels = pc.filter(ids, nonempty), pc.filter(labels, nonempty)
+            trains = _trains_a_token(labels)
+            made, kept = made + len(ids), kept + int(trains.sum())
             yield pa.record_batch(
-                [pc.filter(ids, nonempty), pc.filter(labels, nonempty)],
-                schema=_BLOCKS,
+                [pc.filter(ids, trains), pc.filter(labels, trains)], schema=_BLOCKS
             )
 
     _write_arrow(blocks, packed_batches())
     _write_arrow(examples, example_batches())
+    left_out(made - kept, made, seq_len, source, anything_left=bool(wrote or kept))
+
+
+def _trains_a_token(labels: pa.Array) -> np.ndarray:
+    """``trains_a_token`` of every row of a list column, vectorised."""
+    offsets = labels.offsets.to_numpy()
+    flat = labels.flatten().to_numpy(zero_copy_only=False)
+    scored = (flat != -100).astype(np.int64)
+    starts = offsets[:-1]
+    scored[starts[starts < len(flat)]] = 0  # position 0 is never predicted
+    counts = np.add.reduceat(scored, starts) if len(flat) else np.zeros(len(starts), np.int64)
+    return (counts > 0) & (np.diff(offsets) > 1)
 
 
 def _load(folder: Path) -> Dataset:
@@ -290,7 +316,8 @@ def tokenized_examples(
         )  # fmt: skip
         staged = scratch / "examples"
         staged.mkdir()
-        _pack(tokens, tokenizer, seq_len, staged / "blocks.arrow", staged / "examples.arrow")
+        _pack(tokens, tokenizer, seq_len, staged / "blocks.arrow", staged / "examples.arrow",
+              source)  # fmt: skip
         del tokens, raw, raws
         if not folder.exists():
             os.replace(staged, folder)

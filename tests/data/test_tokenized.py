@@ -133,3 +133,31 @@ def test_data_with_nothing_to_train_on_is_one_line(tokenizer, tmp_path: Path) ->
     data.write_text(json.dumps({"prompt": "a", "choices": ["b", "c"], "answer": 0}) + "\n")
     with pytest.raises(DataError, match="produced no examples"):
         tokenized_examples(str(data), tokenizer, 32)
+
+
+def test_examples_whose_answer_lies_past_seq_len_are_left_out_and_said(
+    tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A conversation or completion cut off before its first trained token would be a row
+    without a label (a batch of them, a 0/0 loss and a run stopped for NaN): both readers
+    leave the same ones out and say so; when nothing is left the data is one line."""
+    import fusekit.data.causal_lm as causal_lm
+
+    long = {"messages": [{"role": "user", "content": "def " * 300},
+                         {"role": "assistant", "content": "return"}]}  # fmt: skip
+    cut = {"prompt": "class " * 300, "completion": " yield"}
+    data = tmp_path / "talk.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [TALK, long, cut, TALK]))
+    said: list[str] = []
+    monkeypatch.setattr(causal_lm.log, "warning", said.append)
+    arrow = tokenized_examples(str(data), tokenizer, 128, chat_template=CHATML)
+    memory = CausalLMDataset(load_records(str(data)), tokenizer, 128, chat_template=CHATML)
+    _same(arrow, memory)
+    assert len(arrow) == 2
+    assert len(said) == 2 and all("2 of 4 examples have no trained token" in s for s in said)
+    data.write_text("".join(json.dumps(r) + "\n" for r in [long, cut]))
+    for make in (tokenized_examples, lambda d, *a, **k: CausalLMDataset(load_records(d), *a, **k)):
+        with pytest.raises(
+            DataError, match=r"no example has a trained token.*raise train\.seq_len"
+        ):
+            make(str(data), tokenizer, 128, chat_template=CHATML)

@@ -211,7 +211,7 @@ def test_conversations_with_nothing_to_train_within_seq_len_are_left_out_and_sai
     """A conversation whose trained turns lie past ``seq_len`` would give a row without a
     label (a batch of them, a 0/0 loss): it is left out with a warning, and when every
     conversation is, the run is one line."""
-    import fusekit.strategies.fusellm.strategy as module
+    import fusekit.data.causal_lm as module
     from fusekit.errors import DataError
 
     said: list[str] = []
@@ -223,7 +223,7 @@ def test_conversations_with_nothing_to_train_within_seq_len_are_left_out_and_sai
     strategy = FuseLLMStrategy(_recipe(model_dirs, talks))
     built = strategy.build(strategy.prepare(tmp_path), strategy.main_unit)
     assert len(built.dataset) == len(TALKS)
-    assert said and f"1 of {len(TALKS) + 1} conversations have no trained token" in said[0]
+    assert said and f"fusellm: 1 of {len(TALKS) + 1} examples have no trained token" in said[0]
     recipe = _recipe(model_dirs, talks)
     recipe.train.seq_len = 8
     strategy = FuseLLMStrategy(recipe)

@@ -15,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fusekit import log
 from fusekit.data.chat import (
     Renderer,
     chat_template,
@@ -159,6 +158,7 @@ class FuseLLMStrategy(Strategy[FuseLLMRecipe]):
         return [self.main_unit]  # steps: 0 still saves the target, unchanged
 
     def build(self, prepared: Prepared, unit: str) -> Built:
+        from fusekit.data.causal_lm import left_out
         from fusekit.strategies.fusellm.batching import FusionCollator, FusionDataset
         from fusekit.strategies.fusellm.conversations import (
             content_share,
@@ -198,18 +198,11 @@ class FuseLLMStrategy(Strategy[FuseLLMRecipe]):
                 talk_targets.append(example)
                 target_encs.append(example.encoding)
                 scored.append(mask)
-            if kept and len(kept) < len(talks):
-                log.warning(
-                    f"fusekit: fusellm: {len(talks) - len(kept)} of {len(talks)} conversations "
-                    f"have no trained token within train.seq_len={spec.seq_len} tokens and are "
-                    "left out; raise train.seq_len to train on them"
-                )
+            left_out(len(talks) - len(kept), len(talks), spec.seq_len, "fusellm",
+                     anything_left=bool(kept or chunks))  # fmt: skip
             talks = kept
         if not target_encs:
-            raise DataError(
-                f"fusellm: no conversation has a trained token within train.seq_len="
-                f"{spec.seq_len}; raise train.seq_len"
-            )
+            raise DataError("fusellm: the training data produced no text chunks")
         sources = [m for name, m in prepared.inputs.items() if name.startswith("source_")]
         examples, vocab_maps, models, stats = [], [], [], []
         for n, source in enumerate(sources):
