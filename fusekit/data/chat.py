@@ -105,9 +105,20 @@ def template_file(value: str | None) -> Path | None:
 
 
 def template_text(value: str | None) -> str | None:
-    """``train.chat_template``: a file holding a Jinja template, or the template itself."""
+    """``train.chat_template``: a file holding a Jinja template, or the template itself.
+
+    A value with no ``{`` is no template (every template has a ``{{`` or ``{%``), so one
+    that names no file is a path with a typo, or relative to another folder: refused,
+    not rendered as a constant text that no content would ever be found in."""
     file = template_file(value)
-    return file.read_text(encoding="utf-8") if file is not None else value
+    if file is not None:
+        return file.read_text(encoding="utf-8")
+    if value is not None and "{" not in value:
+        raise DataError(
+            f"chat template {value!r}: no such file; give a template file (relative to the "
+            "folder the command runs in) or the template text itself"
+        )
+    return value
 
 
 def chat_template(tokenizer: Any, override: str | None, model: str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fusekit.data.chat import is_conversational
+from fusekit.data.chat import is_conversational, template_text
 from fusekit.errors import DataError
 from fusekit.io.validate import check_model
 from fusekit.models.resolve import local_models, with_converted_models
@@ -38,10 +38,13 @@ def _no_conversations(where: str, what: str, strategy: Strategy) -> DataError:
 
 def check_data(recipe: BaseRecipe, strategy: Strategy | None = None) -> None:
     """Read every training and evaluation data file once, as the run will, a record at a
-    time (a corpus larger than memory is checked too); refuse conversations (a file's or
-    a built-in task's) in the training data of a strategy that cannot train on them."""
+    time (a corpus larger than memory is checked too); refuse a chat template path that
+    names no file, and conversations (a file's or a built-in task's) in the training data
+    of a strategy that cannot train on them."""
     from fusekit.data.causal_lm import located_records  # numpy: imported when data is read
 
+    for value in recipe.chat_templates().values():
+        template_text(value)  # a template path with a typo fails here, before any work
     refuse = strategy if strategy is not None and not strategy.takes_conversations else None
     for data in recipe.shaping_data():
         for part in data if isinstance(data, list) else [data]:

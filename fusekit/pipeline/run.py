@@ -67,13 +67,15 @@ def local_model_paths(recipe: BaseRecipe) -> list[Path]:
 
 def data_files(recipe: BaseRecipe) -> dict[str, Path]:
     """The files that shape the weights besides the models: the training data (evaluation
-    sets do not) and a chat template given as a file (its content, not its name, counts)."""
+    sets do not) and the chat templates given as files (their content, not their names,
+    counts): the trained model's, and FuseLLM's sources'."""
     files = {
         f"train:{r.label()}": Path(r.path) for ref in recipe.shaping_data() for r in file_data(ref)
     }
-    template = template_file(recipe.train.chat_template) if recipe.train is not None else None
-    if template is not None:
-        files["chat_template"] = template
+    for name, value in recipe.chat_templates().items():
+        template = template_file(value)
+        if template is not None:
+            files[name] = template
     return files
 
 

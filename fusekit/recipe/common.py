@@ -457,6 +457,12 @@ class BaseRecipe(Strict):
     def eval_data(self) -> list[DataRef]:
         return list(self.data.eval) if self.data is not None else []
 
+    def chat_templates(self) -> dict[str, str]:
+        """Every chat template the recipe names (a file or the template), by role: a
+        template file shapes the weights as the data does, so its content is hashed."""
+        template = self.train.chat_template if self.train is not None else None
+        return {"chat_template": template} if template else {}
+
     def shaping_data(self) -> list[DataRef]:
         """Every data reference that shapes the weights: checked, hashed, fingerprinted."""
         train = self.train_data()

@@ -229,3 +229,39 @@ def test_conversations_with_nothing_to_train_within_seq_len_are_left_out_and_sai
     strategy = FuseLLMStrategy(recipe)
     with pytest.raises(DataError, match=r"raise train\.seq_len"):
         strategy.build(strategy.prepare(tmp_path), strategy.main_unit)
+
+
+#: ChatML that refuses a conversation without a user turn (as Qwen's templates do).
+NEEDS_USER = (
+    "{% if messages | selectattr('role', 'equalto', 'user') | list | length == 0 %}"
+    "{{ raise_exception('No user query found in messages.') }}{% endif %}" + CHATML
+)
+
+
+def test_contents_are_found_where_the_template_puts_them_whatever_surrounds_them(
+    model_dirs: dict,
+) -> None:
+    """A template that refuses a system prompt alone is fine (no prefix is rendered), and
+    contents that also occur in the delimiters ("im", "end") are found where they are."""
+    from fusekit.strategies.fusellm.conversations import content_spans
+
+    talk = {"messages": [{"role": "system", "content": "im"}, {"role": "user", "content": "end"},
+                         {"role": "assistant", "content": "_"}]}  # fmt: skip
+    conv = conversation("t", talk)
+    for template in (NEEDS_USER, CHATML):
+        renderer = Renderer(_tokenizer(model_dirs, "target"), template)
+        text = renderer.render("t", conv.messages)
+        data = text.encode()
+        spans = content_spans(renderer, "t", conv, text)
+        for (a, b), role, message in zip(spans, ("system", "user", "assistant"), conv.messages,
+                                         strict=True):  # type: ignore[misc]  # fmt: skip
+            assert data[a:b] == message["content"].encode()
+            assert data[:a].endswith(f"<|im_start|>{role}\n".encode())
+
+
+def test_only_the_last_piece_of_a_split_character_has_a_place() -> None:
+    """Offsets give every piece of a character split over tokens the whole character's
+    span; pairing such pieces by order would pair tokens that have read different bytes."""
+    spans = np.array([[0, 1], [1, 4], [1, 4], [1, 4], [4, 5]])
+    places = placed(spans, [(0, 5)], [(10, 15)])
+    assert places.tolist() == [[10, 11], [-1, -1], [-1, -1], [11, 14], [14, 15]]

@@ -167,3 +167,21 @@ def test_prompt_completion_trains_and_fuses_on_the_completion_only(
             plain = built.model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
         loss, _ = fused_objective(logits, batch["labels"], None, 1.0)
         torch.testing.assert_close(loss, plain)
+
+
+def test_a_completion_cut_off_by_seq_len_is_left_out(
+    model_dirs: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prompt that fills ``seq_len`` leaves its completion no token: the chunk would be a
+    row without a label (a batch of them, a 0/0 loss), so it is left out and said."""
+    import fusekit.data.causal_lm as causal_lm
+
+    said: list[str] = []
+    monkeypatch.setattr(causal_lm.log, "warning", said.append)
+    pairs = [("def add(a, b):", "\n    return a + b\n"), ("import os " * 40, "\nimport sys\n")]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in pairs))
+    strategy = FuseLLMStrategy(_recipe(model_dirs, data))
+    built = strategy.build(strategy.prepare(tmp_path), strategy.main_unit)
+    assert len(built.dataset) == 1
+    assert said and "fusellm: 1 of 2 examples have no trained token" in said[0]

@@ -132,6 +132,26 @@ def test_a_template_file_shapes_the_weights_so_its_content_is_fingerprinted(
     assert data_files(parse_recipe(recipe))["chat_template"] == template
     recipe["train"]["chat_template"] = CHATML  # the template itself is in the recipe already
     assert "chat_template" not in data_files(parse_recipe(recipe))
+    fuse = recipe_for("fusellm", models, data)
+    fuse.update(source_chat_templates=[str(template)])
+    assert data_files(parse_recipe(fuse))["source_chat_template_0"] == template
+
+
+def test_a_template_path_that_names_no_file_is_one_line_before_any_work(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    data = write_conversations(tmp_path / "talk.jsonl", "messages")
+    for strategy, field in (("finetune", "train"), ("fusellm", "source_chat_templates")):
+        recipe = recipe_for(strategy, models, data)
+        if field == "train":
+            recipe["train"]["chat_template"] = "templates/chatml.jinja"
+        else:
+            recipe.update(source_chat_templates=["templates/chatml.jinja"])
+        out = tmp_path / f"o-{strategy}"
+        result = cli("run", str(write_recipe(tmp_path / "r.yaml", recipe)), "-o", str(out))
+        assert result.code == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert "chat template 'templates/chatml.jinja': no such file" in result.stderr
+        assert not out.exists()
 
 
 def test_conversations_are_evaluated_in_the_template_the_output_now_carries(

@@ -8,7 +8,7 @@ source reads it rendered in *its* template (its tokenizer's, or the recipe's
 ``source_chat_templates``).  The texts differ only in the template's own text
 (role headers, turn delimiters, a BOS); each message's content appears in both,
 verbatim (a template may trim surrounding whitespace, so the stripped content is
-what is located, in the part of the text the message's turn adds).
+what is located: ``content_spans``).
 
 **Alignment through the content spans.**  A token of either text is placed in
 the target text's byte coordinates when it lies inside a message's content
@@ -16,9 +16,10 @@ the target text's byte coordinates when it lies inside a message's content
 ends exactly where a content starts — at that content's start, zero width: it
 has read everything before the content, and the next token is the content's
 first.  Every other token (template text, a token that straddles content and
-template) has no place.  A target position is then paired with the source
+template, a piece of a character split over tokens other than its last) has no
+place.  A target position is then paired with the source
 position at the very same place, as ``offsets`` alignment pairs tokens of one
-text, and only when the *next* target token is content: a position that
+text, and only when both models go on to read content: a position that
 predicts a template token (the end of a turn, the next role header) would be
 taught the source's own delimiter, mapped onto an unrelated target token.  Such
 positions, and every template position, take the fallback (the gold token), and
@@ -37,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from fusekit.data.chat import Conversation, Renderer
+from fusekit.errors import DataError
 from fusekit.strategies.fusellm.align import offsets_match
 from fusekit.strategies.fusellm.data import Encoding, _char_to_byte, byte_spans
 
@@ -52,26 +54,34 @@ class ConversationExample:
     content: list[Content]
 
 
+#: Stands in for one message's content to find where a template puts it.
+_MARK = "FUSEKITCONTENTMARK"
+
+
 def content_spans(renderer: Renderer, where: str, conv: Conversation, text: str) -> list[Content]:
     """Byte range of each message's stripped content in ``text`` (the full rendering).
 
-    A message is looked for, from its end backwards, in the part of the text its turn
-    adds (the prefix renderings delimit it), so a short content that also occurs in its
-    own role header is not taken from the header.  A template that moves a message into
-    the next turn (Gemma folds the system prompt into the first user turn) is followed
-    one turn on, searched from the front.
+    Each message is found by rendering the conversation with its content replaced by a
+    marker: the text before the marker is the text before that content (the other
+    messages are the same), wherever the template puts it (Gemma folds the system prompt
+    into the first user turn) and whatever it writes around it, so a short content that
+    also occurs in a role header or a delimiter is never taken from there.  A template
+    may trim the content; a message it drops, or cannot render with the marker, is None.
     """
     to_byte = _char_to_byte(text)
-    ends = [len(renderer.render(where, conv.messages[: k + 1])) for k in range(len(conv.messages))]
     out: list[Content] = []
-    previous = 0
     for k, message in enumerate(conv.messages):
         body = message["content"].strip()
-        at = text.rfind(body, previous, ends[k]) if body else -1
-        if at < 0 and body and k + 1 < len(ends):
-            at = text.find(body, previous, ends[k + 1])
+        marked = [dict(m) for m in conv.messages]
+        marked[k]["content"] = _MARK
+        try:
+            at = renderer.render(where, marked).find(_MARK) if body else -1
+        except DataError:
+            at = -1
+        if at >= 0 and not text.startswith(body, at):
+            lead = len(message["content"]) - len(message["content"].lstrip())
+            at = at + lead if text.startswith(body, at + lead) else -1
         out.append(None if at < 0 else (int(to_byte[at]), int(to_byte[at + len(body)])))
-        previous = max(ends[k], at + len(body)) if at >= 0 else ends[k]
     return out
 
 
@@ -110,13 +120,18 @@ def placed(spans: np.ndarray, own: Sequence[Content], target: Sequence[Content])
     """Each token's byte range in the target text, or ``(-1, -1)`` where it has no place
     (see the module docstring)."""
     out = np.full((len(spans), 2), -1, dtype=np.int64)
+    # Pieces of one character split over several tokens may all carry the character's
+    # span (offsets say no finer): only the last, which has read the whole character,
+    # has a place; the others would pair by order with pieces split differently.
+    partial = np.zeros(len(spans), dtype=bool)
+    partial[:-1] = (spans[:-1] == spans[1:]).all(axis=1) & (spans[:-1, 1] > spans[:-1, 0])
     for mine, theirs in zip(own, target, strict=True):
         if mine is None or theirs is None:
             continue
         (a, b), shift = mine, theirs[0] - mine[0]
-        inside = (spans[:, 0] >= a) & (spans[:, 1] <= b) & (spans[:, 1] > spans[:, 0])
+        inside = (spans[:, 0] >= a) & (spans[:, 1] <= b) & (spans[:, 1] > spans[:, 0]) & ~partial
         out[inside] = spans[inside] + shift
-        before = (spans[:, 1] == a) & (spans[:, 0] < a)  # the template token right before it
+        before = (spans[:, 1] == a) & (spans[:, 0] < a) & ~partial  # the header's last token
         out[before] = theirs[0]
     return out
 

@@ -50,6 +50,12 @@ class FuseLLMRecipe(BaseRecipe):
     )
     train: TrainSpec
 
+    def chat_templates(self) -> dict[str, str]:
+        """The target's template and each source's (``BaseRecipe.chat_templates``)."""
+        sources = self.source_chat_templates or []
+        named = {f"source_chat_template_{i}": t for i, t in enumerate(sources) if t}
+        return {**super().chat_templates(), **named}
+
     def source_load(self, own: LoadSpec | None = None) -> LoadSpec:
         """A source's load settings, most specific first: its own ``load:``, then
         ``source_precision`` (unless auto), the recipe's ``load:``, the training precision.

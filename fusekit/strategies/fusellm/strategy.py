@@ -180,27 +180,31 @@ class FuseLLMStrategy(Strategy[FuseLLMRecipe]):
         if spec.steps == 0:
             return Built(model, None, None, tokenizer=tokenizer, save_dtype=save_dtype)
         chunks, prompt_chars, talks = _chunks(r, tokenizer)
-        target_encs = encode_chunks(tokenizer, chunks, spec.seq_len)
-        scored = [scored_positions(e, c, n) for e, c, n in zip(target_encs, chunks, prompt_chars,
-                                                                strict=True)]  # fmt: skip
-        talk_targets = []
+        encs = encode_chunks(tokenizer, chunks, spec.seq_len)
+        masks = [scored_positions(e, c, n) for e, c, n in zip(encs, chunks, prompt_chars,
+                                                              strict=True)]  # fmt: skip
+        # a completion cut off by seq_len leaves a row without a label (a 0/0 loss)
+        learns = [m is None or bool(m[1:].any()) for m in masks]
+        made = len(chunks) + len(talks)
+        chunks = [c for c, keep in zip(chunks, learns, strict=True) if keep]
+        target_encs = [e for e, keep in zip(encs, learns, strict=True) if keep]
+        scored = [m for m, keep in zip(masks, learns, strict=True) if keep]
+        talk_targets, kept = [], []
         if talks:
             renderer = Renderer(
                 tokenizer, chat_template(tokenizer, spec.chat_template, target.path)
             )
-            kept = []
             for where, conv in talks:
                 loss_on = spec.loss_on or conv.default_loss_on
                 example, mask = target_example(renderer, where, conv, loss_on, spec.seq_len)
-                if not mask[1:].any():  # its trained turns lie past seq_len: nothing to learn
-                    continue
-                kept.append((where, conv))
-                talk_targets.append(example)
-                target_encs.append(example.encoding)
-                scored.append(mask)
-            left_out(len(talks) - len(kept), len(talks), spec.seq_len, "fusellm",
-                     anything_left=bool(kept or chunks))  # fmt: skip
-            talks = kept
+                if mask[1:].any():  # else its trained turns lie past seq_len
+                    kept.append((where, conv))
+                    talk_targets.append(example)
+                    target_encs.append(example.encoding)
+                    scored.append(mask)
+        talks = kept
+        left_out(made - len(target_encs), made, spec.seq_len, "fusellm",
+                 anything_left=bool(target_encs))  # fmt: skip
         if not target_encs:
             raise DataError("fusellm: the training data produced no text chunks")
         sources = [m for name, m in prepared.inputs.items() if name.startswith("source_")]
