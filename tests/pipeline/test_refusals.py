@@ -318,7 +318,10 @@ DATA_CASES = {
     "unknown data format": Case(
         _train_on(_file("d.csv", b"text\nx\n")), ("d.csv", "unknown format")
     ),
-    "nothing predicted": Case(_train_on(_file("d.jsonl", _MASKED * 4)), ("predicts no token",)),
+    "nothing predicted": Case(
+        _train_on(_file("d.jsonl", _MASKED * 4)),
+        ("no example has a trained token within train.seq_len=16", "raise train.seq_len"),
+    ),
     "CALM data not UTF-8": Case(
         _train_on(_file("d.jsonl", b'{"text": "\xff"}\n'), "calm"), ("d.jsonl", "UTF-8")
     ),
