@@ -10,14 +10,17 @@ in-process) and the same number of processes:
   written as Arrow;
 * **fusekit, cached**: the same call again, reading the cache;
 * **datasets.map**: ``load_dataset("json")`` and ``map(tokenizer, batched=True)``, the
-  plain tokenisation every training script starts with (no packing).
+  plain tokenisation every training script starts with (no packing);
+* **stream**: one pass of ``fusekit.data.streamed.StreamedExamples`` (``train.streaming``:
+  read, tokenised and packed as training asks, shuffled within 1,000 examples, nothing
+  written), in one process as training reads it.
 
 Peak memory is the largest sum of the resident sets of the child and its workers,
 sampled every 50 ms (``psutil``), and in brackets the same for private memory (resident
 minus file-backed pages: the memory-mapped Arrow files a reader touches count as
 resident but are the page cache's to drop).  Time is the child's wall clock around
-the call.  The claim: fusekit's time is within 1.5x the plain map's, and its private
-memory does not grow with the corpus.
+the call.  The claims: fusekit's time is within 1.5x the plain map's, and its private
+memory does not grow with the corpus; neither does a stream's resident memory.
 
 Run: ``python bench/data.py [--sizes-mb 64,256,1024] [--workdir DIR] [--procs 2]``.
 """
@@ -111,17 +114,21 @@ def child(kind: str, corpus: str, tokenizer_dir: str, procs: int) -> None:
         from datasets import load_dataset
 
         table = load_dataset("json", data_files=corpus, split="train")
-        done = table.map(
+        rows = len(table.map(
             lambda batch: tokenizer(batch["text"], add_special_tokens=False),
             batched=True, num_proc=procs if procs > 1 else None, remove_columns=["text"],
-        )  # fmt: skip
+        ))  # fmt: skip
+    elif kind == "stream":
+        from fusekit.data.streamed import StreamedExamples
+
+        rows = sum(1 for _ in StreamedExamples(corpus, tokenizer, SEQ_LEN).one_pass(0))
     else:
         from fusekit.data import tokenized
 
         tokenized.PARALLEL_RECORDS = 1 if procs > 1 else 10**12
-        done = tokenized.tokenized_examples(corpus, tokenizer, SEQ_LEN)
+        rows = len(tokenized.tokenized_examples(corpus, tokenizer, SEQ_LEN))
     seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "rows": len(done)}))
+    print(json.dumps({"seconds": seconds, "rows": rows}))
 
 
 def main() -> None:
@@ -144,8 +151,8 @@ def main() -> None:
     print(f"# {os.cpu_count()} CPUs, {args.procs} processes; torch {torch.__version__}, "
           f"datasets {datasets.__version__}; seq_len {SEQ_LEN}")  # fmt: skip
     print("| corpus | fusekit | cached rerun | datasets.map | time ratio | fusekit peak "
-          "(private) | datasets.map peak (private) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+          "(private) | datasets.map peak (private) | stream pass | stream peak |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for size in [float(s) for s in args.sizes_mb.split(",")]:
         corpus = work / f"corpus-{size:g}mb.jsonl"
         if not corpus.is_file():
@@ -155,11 +162,13 @@ def main() -> None:
         again = measure("fusekit", corpus, work / "tokenizer", cache, args.procs)
         plain = measure("datasets", corpus, work / "tokenizer", Path(tempfile.mkdtemp(
             prefix="cache-", dir=work)), args.procs)  # fmt: skip
+        stream = measure("stream", corpus, work / "tokenizer", cache, 1)
         print(f"| {corpus.stat().st_size / 1e6:,.0f} MB | {ours['seconds']:.1f} s | "
               f"{again['seconds']:.2f} s | {plain['seconds']:.1f} s | "
               f"{ours['seconds'] / plain['seconds']:.2f} | {ours['peak_mb']:,.0f} MB "
               f"({ours['private_mb']:,.0f} MB) | {plain['peak_mb']:,.0f} MB "
-              f"({plain['private_mb']:,.0f} MB) |", flush=True)  # fmt: skip
+              f"({plain['private_mb']:,.0f} MB) | {stream['seconds']:.1f} s | "
+              f"{stream['peak_mb']:,.0f} MB |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -40,7 +40,9 @@ class TrainingRecord(_Record):
         description="train.eval_steps: held-out scores by step, [{step, <set>: score, …}]",
     )
     seconds: float = 0.0
-    examples: int = 0
+    examples: int = Field(
+        0, description="training examples; 0 for a stream, whose length is unknown"
+    )
     trainable_parameters: int | None = None
     total_parameters: int | None = None
     trainable_share: float | None = None

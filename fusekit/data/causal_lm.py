@@ -313,10 +313,11 @@ def predicted_tokens(dataset: Any) -> int:
 
     Labels follow Hugging Face's convention (the model shifts them), so position 0
     is never predicted and ``-100`` is ignored; an example without labels (FuseLLM's)
-    is scored on every position.  Stops at the first example that predicts anything.
+    is scored on every position.  Stops at the first example that predicts anything (a
+    stream, which has no length, is read from its start).
     """
-    for i in range(len(dataset)):
-        example = dataset[i]
+    examples = (dataset[i] for i in range(len(dataset))) if hasattr(dataset, "__len__") else dataset
+    for example in examples:
         labels = example.get("labels")
         if labels is None:
             labels = example["input_ids"]

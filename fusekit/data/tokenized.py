@@ -64,7 +64,7 @@ _TOKENS = Features(
 _BLOCKS = pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32()))])
 
 
-def _parts(data: Any) -> list[Any]:
+def parts(data: Any) -> list[Any]:
     return data if isinstance(data, list) and not (data and isinstance(data[0], dict)) else [data]
 
 
@@ -94,7 +94,7 @@ def cache_key(
     payload = {
         "layout": LAYOUT,
         "fusekit": __version__,
-        "data": [_content_key(p) for p in _parts(data)],
+        "data": [_content_key(p) for p in parts(data)],
         "tokenizer": _tokenizer_key(tokenizer),
         "chat_template": template_text(chat_template) or getattr(tokenizer, "chat_template", None),
         "seq_len": seq_len,
@@ -115,7 +115,7 @@ def _raw(part: Any, scratch: Path) -> Dataset:
                 )
         except Exception:  # a schema Arrow cannot infer (mixed types): the generic reader
             pass
-    return Dataset.from_list([_flat(record) for record in load_records(part)])
+    return Dataset.from_list([flat_record(record) for record in load_records(part)])
 
 
 @contextlib.contextmanager
@@ -130,7 +130,7 @@ def _quiet() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def _flat(record: dict[str, Any]) -> dict[str, Any]:
+def flat_record(record: dict[str, Any]) -> dict[str, Any]:
     """A record with conversations as JSON text, so one schema holds every shape (the
     generic reader's rows; ``datasets``' JSON reader keeps the file's own columns)."""
     out = {name: record.get(name) for name in ("text", "prompt", "completion")}
@@ -154,7 +154,7 @@ def _record(row: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-class _Encoder:
+class Encoder:
     """The ``map`` function: text to ``document_ids`` (packed later), the other records to
     ``encode_example``'s ids and labels — the same functions ``CausalLMDataset`` uses."""
 
@@ -301,7 +301,7 @@ def tokenized_examples(
     folder.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name[:12]}-", dir=folder.parent))
     try:
-        raws = [_raw(part, scratch) for part in _parts(data)]
+        raws = [_raw(part, scratch) for part in parts(data)]
         raw = concatenate_datasets(raws) if len(raws) > 1 else raws[0]
         template = template_for(tokenizer, chat_template, model) if _any_talk(raw) else None
         wanted = num_proc or (min(os.cpu_count() or 1, 8) if len(raw) >= PARALLEL_RECORDS else 1)
@@ -309,7 +309,7 @@ def tokenized_examples(
         log.info(f"fusekit: {source}: tokenising {len(raw):,} records"
                  + (f" in {procs} processes" if procs else ""))  # fmt: skip
         tokens = raw.map(
-            _Encoder(tokenizer, seq_len, loss_on, template, source), batched=True,
+            Encoder(tokenizer, seq_len, loss_on, template, source), batched=True,
             batch_size=BATCH, with_indices=True, remove_columns=raw.column_names,
             features=_TOKENS, num_proc=procs, cache_file_name=str(scratch / "tokens.arrow"),
             new_fingerprint=folder.name[:40], desc="tokenising",
@@ -336,4 +336,4 @@ def _any_talk(raw: Dataset) -> bool:
     return any(any(batch["talk"]) for batch in raw.select_columns(["talk"]).iter(BATCH * 8))
 
 
-__all__ = ["cache_key", "tokenized_examples"]
+__all__ = ["BATCH", "Encoder", "cache_key", "flat_record", "parts", "tokenized_examples"]

@@ -39,10 +39,18 @@ def _no_conversations(where: str, what: str, strategy: Strategy) -> DataError:
 def check_data(recipe: BaseRecipe, strategy: Strategy | None = None) -> None:
     """Read every training and evaluation data file once, as the run will, a record at a
     time (a corpus larger than memory is checked too); refuse a chat template path that
-    names no file, and conversations (a file's or a built-in task's) in the training data
-    of a strategy that cannot train on them."""
+    names no file, conversations (a file's or a built-in task's) in the training data
+    of a strategy that cannot train on them, and ``train.streaming`` for a strategy that
+    reads its data into memory."""
     from fusekit.data.causal_lm import located_records  # numpy: imported when data is read
 
+    streaming = recipe.train is not None and recipe.train.streaming
+    if strategy is not None and streaming and not strategy.takes_streaming:
+        raise DataError(
+            f"train.streaming: {strategy.tag} reads its training data into memory (it "
+            "tokenises for several models at once); finetune, block_expansion and "
+            "depth_upscaling stream; drop train.streaming"
+        )
     for value in recipe.chat_templates().values():
         template_text(value)  # a template path with a typo fails here, before any work
     refuse = strategy if strategy is not None and not strategy.takes_conversations else None

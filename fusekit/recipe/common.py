@@ -361,6 +361,17 @@ class TrainSpec(Strict):
         description="processes that tokenise the training data into its cache (datasets' "
         "map num_proc); default: up to 8 for 20,000 records or more, else one",
     )
+    streaming: bool = Field(
+        False,
+        description="read, tokenise and pack the training data while training, with no Arrow "
+        "cache (a corpus larger than the disk); finetune, block_expansion and "
+        "depth_upscaling; needs steps",
+    )
+    shuffle_buffer: int = Field(
+        1000,
+        ge=1,
+        description="with streaming: examples shuffled together (1 keeps the corpus's order)",
+    )
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     seed: int = 0
     weight_decay: float = Field(0.0, ge=0)
@@ -405,6 +416,11 @@ class TrainSpec(Strict):
             raise ValueError("give either steps or epochs, not both")
         if self.steps is None and self.epochs is None:
             raise ValueError("give steps (or epochs); steps: 0 saves the untrained result")
+        if self.streaming and self.steps is None:
+            raise ValueError(
+                "streaming has no epochs (the stream's length is not known before it is read); "
+                "give steps instead"
+            )
         return self
 
 

@@ -42,6 +42,8 @@ class Strategy(ABC, Generic[R]):
     main_unit: ClassVar[str] = "model"
     #: Whether its training data may hold conversations (``fusekit.data.chat``).
     takes_conversations: ClassVar[bool] = True
+    #: Whether it can train on a stream (``train.streaming``, ``fusekit.data.streamed``).
+    takes_streaming: ClassVar[bool] = False
 
     def __init__(self, recipe: R) -> None:
         self.recipe: R = recipe

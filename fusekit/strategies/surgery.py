@@ -9,7 +9,7 @@ default ``save`` writes the trained weights over the untrained ones.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from fusekit.errors import DataError
 from fusekit.estimates import ModelFacts, load_bytes, training_memory
@@ -24,6 +24,8 @@ S = TypeVar("S", bound=SurgeryRecipe)
 
 class SurgeryStrategy(Strategy[S]):
     """Base of ``depth_upscaling`` and ``block_expansion``."""
+
+    takes_streaming: ClassVar[bool] = True
 
     def needs_tokenizer(self) -> bool:
         """A surgery alone copies whatever tokenizer files there are; training and

@@ -160,7 +160,7 @@ def fit(
         loss_curve=curve,
         eval_curve=curve_points(history),
         seconds=round(seconds, 2),
-        examples=len(built.dataset),
+        examples=len(built.dataset) if hasattr(built.dataset, "__len__") else 0,
         trainable_parameters=report.get("trainable_parameters"),
         total_parameters=report.get("total_parameters"),
         trainable_share=report.get("trainable_share"),

@@ -44,6 +44,7 @@ def causal_lm_unit(
     import torch
 
     from fusekit.data.causal_lm import PadCollator, pad_id
+    from fusekit.data.streamed import StreamedExamples
     from fusekit.data.tokenized import tokenized_examples
 
     model_dir = Path(model_dir)
@@ -60,7 +61,23 @@ def causal_lm_unit(
         # eval and a user's apply_chat_template then render conversations as training did.
         tokenizer.chat_template = template_text(spec.chat_template)
     dataset = collator = None
-    if spec is not None and spec.steps != 0:
+    if spec is not None and spec.steps != 0 and spec.streaming:
+        dataset = StreamedExamples(
+            data,
+            tokenizer,
+            spec.seq_len,
+            loss_on=spec.loss_on,
+            chat_template=spec.chat_template,
+            model=str(model_dir),
+            source=data_label(data),
+            seed=spec.seed,
+            buffer=spec.shuffle_buffer,
+        )
+        dataset.first()  # a stream that makes no example is refused before training
+        log.info(f"fusekit: {data_label(data)}: streamed, shuffled within "
+                 f"{spec.shuffle_buffer:,} examples (no cache)")  # fmt: skip
+        collator = PadCollator(pad_id(tokenizer))
+    elif spec is not None and spec.steps != 0:
         dataset = tokenized_examples(
             data,
             tokenizer,

@@ -13,21 +13,7 @@ from fusekit.data import tokenized
 from fusekit.data.causal_lm import CausalLMDataset, PadCollator, load_records
 from fusekit.data.tokenized import cache_key, tokenized_examples
 from fusekit.errors import DataError
-from fusekit.tasks import task_tokenizer
-from tests.training.test_chat import CHATML, SPECIALS, TALK
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    tok = task_tokenizer("code", kind="bpe")
-    tok.add_special_tokens({"additional_special_tokens": SPECIALS})
-    return tok
-
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("FUSEKIT_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+from tests.training.test_chat import CHATML, TALK
 
 
 def _corpus(path: Path, n: int = 200, seed: int = 0) -> Path:

@@ -97,6 +97,20 @@ def train_section_parses(item: DocItem) -> None:
     assert spec.loss_on == "assistant" and spec.chat_template
 
 
+def streaming_section_parses(item: DocItem) -> None:
+    """The streaming ``train:`` fragment validates, streams, and would not by epochs."""
+    from fusekit.recipe.common import TrainSpec
+
+    train = yaml.safe_load(item.text)["train"]
+    assert isinstance(train.pop("data"), str)
+    spec = TrainSpec.model_validate(train)
+    assert spec.streaming and spec.shuffle_buffer == 10_000
+    steps = train.pop("steps")
+    with pytest.raises(ValueError, match="give steps"):
+        TrainSpec.model_validate({**train, "epochs": 1})
+    assert steps
+
+
 def builtin_conversations_load(item: DocItem) -> None:
     """A ``train:``/``data:`` fragment naming built-in conversations: both sections
     validate, and the data they name is conversations that load."""

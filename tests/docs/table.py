@@ -42,6 +42,7 @@ from tests.docs.checks import (
     resumed,
     scored_bpb,
     scored_bpb_json,
+    streaming_section_parses,
     table_one,
     train_section_parses,
     two_ranks,
@@ -148,6 +149,14 @@ TABLE: dict[str, Entry] = {
       loss_on: assistant                      # all | completion | assistant
     """: Entry("data-train", "static: the train section validates as a TrainSpec",
                static=train_section_parses),
+    """
+    train:
+      data: corpus.jsonl
+      steps: 20000            # a stream has no epochs: give steps
+      streaming: true
+      shuffle_buffer: 10000   # examples shuffled together (default 1000)
+    """: Entry("data-streaming", "static: the train section validates as a TrainSpec, and "
+               "would be refused by epochs", static=streaming_section_parses),
     """
     from fusekit.data.chat import Renderer, conversation
     from fusekit.tasks import task_tokenizer

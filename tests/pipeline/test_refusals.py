@@ -271,6 +271,19 @@ def _train_on(write: Callable[[Path], Path], strategy: str = "finetune") -> Call
     return setup
 
 
+def _streamed(strategy: str, **train: Any) -> Callable:
+    """A ``strategy`` recipe with ``train.streaming`` on and ``train`` changed."""
+
+    def setup(tmp: Path, models: dict[str, Path]) -> tuple[list[str], list[Path]]:
+        data = write_corpus(tmp / "c.jsonl")
+        recipe = recipe_for(strategy, models, data)
+        recipe["train"].update(streaming=True, **train)
+        write_recipe(tmp / "r.yaml", recipe)
+        return ["run", str(tmp / "r.yaml"), "-o", str(tmp / "out")], [data, tmp / "r.yaml"]
+
+    return setup
+
+
 def _file(name: str, content: bytes) -> Callable[[Path], Path]:
     def write(tmp: Path) -> Path:
         (tmp / name).write_bytes(content)
@@ -411,6 +424,12 @@ RECIPE_CASES = {
     "list nested 10,000 deep": Case(
         _recipe_text("strategy: block_expansion\nmodel: " + "[" * 10_000 + "]" * 10_000 + "\n"),
         ("r.yaml", "nested more than 64 levels"),
+    ),
+    "streaming by epochs": Case(
+        _streamed("finetune", steps=None, epochs=1), ("train", "streaming has no epochs", "steps")
+    ),
+    "streaming for CALM": Case(
+        _streamed("calm"), ("train.streaming", "calm", "into memory", "drop train.streaming")
     ),
     "accelerate config not YAML": Case(
         _accelerate("distributed_type: [MULTI_CPU\n"), ("accel.yaml", "not valid YAML", "line")

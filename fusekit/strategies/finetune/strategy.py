@@ -20,6 +20,7 @@ from fusekit.training.unit import causal_lm_unit
 
 class FinetuneStrategy(Strategy[FinetuneRecipe]):
     tag: ClassVar[str] = "finetune"
+    takes_streaming: ClassVar[bool] = True
 
     def plan(self) -> dict[str, Any]:
 
