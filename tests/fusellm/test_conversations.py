@@ -265,3 +265,58 @@ def test_only_the_last_piece_of_a_split_character_has_a_place() -> None:
     spans = np.array([[0, 1], [1, 4], [1, 4], [1, 4], [4, 5]])
     places = placed(spans, [(0, 5)], [(10, 15)])
     assert places.tolist() == [[10, 11], [-1, -1], [-1, -1], [11, 14], [14, 15]]
+
+
+def test_a_sources_cross_entropy_counts_the_scored_contents_only(model_dirs: dict) -> None:
+    """MinCE and AvgCE compare sources on the text the target's loss scores: with one
+    tokenizer in two templates the source's counted predictions are of exactly the
+    target's scored content tokens (not its headers, nor the user's turns), and its bytes
+    are theirs."""
+    from fusekit.strategies.fusellm.conversations import scored_messages
+
+    tok = _tokenizer(model_dirs, "target")
+    for talk in (TALKS[0], TALKS[2]):
+        conv = conversation("t", talk)
+        target, mask = target_example(Renderer(tok, CHATML), "t", conv, conv.default_loss_on, 512)
+        chosen = scored_messages(target, mask)
+        assert chosen == [m["role"] == "assistant" for m in conv.messages]
+        read = source_example(Renderer(tok, GEMMA), "t", conv, 2048, chosen)
+        counted = read.encoding.counted
+        assert counted is not None and not counted[-1]
+        source_tokens = read.encoding.ids[1:][counted[:-1]].tolist()
+        spans = target.encoding.spans
+        in_content = np.zeros(len(spans), dtype=bool)
+        for span, on in zip(target.content, chosen, strict=True):
+            if on:
+                in_content |= (spans[:, 0] >= span[0]) & (spans[:, 1] <= span[1])
+        target_tokens = target.encoding.ids[mask & in_content & (spans[:, 1] > spans[:, 0])]
+        assert source_tokens == target_tokens.tolist()
+        text = tok.decode(source_tokens)
+        assert all(m["content"].strip() in text for m in conv.messages if m["role"] == "assistant")
+        assert read.encoding.n_bytes == len(text.encode())
+
+
+def test_stored_and_online_sources_count_the_same_cross_entropy(
+    model_dirs: dict, talks: Path, tmp_path: Path
+) -> None:
+    """Offline (the top-k store) and online (the source model in the step) sum the same
+    content-only cross-entropy, which is not the whole rendering's."""
+    from fusekit.strategies.fusellm.extract import source_outputs
+
+    built = {}
+    for mode in ("offline", "online"):
+        strategy = FuseLLMStrategy(_recipe(model_dirs, talks, mode=mode))
+        built[mode] = strategy.build(strategy.prepare(tmp_path / mode), strategy.main_unit)
+    batches = {m: b.collator([b.dataset[i] for i in range(len(b.dataset))])
+               for m, b in built.items()}  # fmt: skip
+    models = built["online"].trainer_kwargs["source_models"]
+    for s, model in enumerate(models):
+        src = batches["online"]["sources"][s]
+        online = source_outputs(model, src["input_ids"], src["attention_mask"], 4,
+                                counted=src["counted"])  # fmt: skip
+        whole = source_outputs(model, src["input_ids"], src["attention_mask"], 4)
+        stored = batches["offline"]["sources"][s]
+        torch.testing.assert_close(online["nats"], stored["nats"])
+        assert online["n_pred"].tolist() == stored["n_pred"].tolist()
+        assert (online["n_pred"] < whole["n_pred"]).all()
+        assert src["n_bytes"].tolist() == stored["n_bytes"].tolist()

@@ -65,6 +65,7 @@ class FusionDataset:
             else:
                 entry["input_ids"] = s.encodings[i].ids
                 entry["n_bytes"] = s.encodings[i].n_bytes
+                entry["counted"] = s.encodings[i].counted
             item["sources"].append(entry)
         return item
 
@@ -136,5 +137,10 @@ class FusionCollator:
                 out["attention_mask"] = torch.from_numpy(
                     _pad2([np.ones(len(r), dtype=np.int64) for r in src], 0)
                 )
+                out["counted"] = torch.from_numpy(_pad2(
+                    [np.ones(len(r), dtype=np.int64) if e.get("counted") is None
+                     else np.asarray(e["counted"], dtype=np.int64)
+                     for r, e in zip(src, entries, strict=True)], 0,
+                ) > 0)  # fmt: skip
             batch["sources"].append(out)
         return batch

@@ -103,17 +103,54 @@ def target_example(
 
 
 def source_example(
-    renderer: Renderer, where: str, conv: Conversation, max_len: int
+    renderer: Renderer,
+    where: str,
+    conv: Conversation,
+    max_len: int,
+    scored: Sequence[bool] | None = None,
 ) -> ConversationExample:
     """A source's tokens of the conversation rendered in its template (which writes its
-    own BOS where it has one: no specials are added)."""
+    own BOS where it has one: no specials are added).
+
+    ``scored`` (per message, ``scored_messages``) sets what the source's sequence CE
+    counts — MinCE's choice and AvgCE's weights: the predictions of tokens inside the
+    contents the target's loss scores, and the bytes of those tokens.  Every source then
+    is compared on the same text; over the whole rendering a template with long, easily
+    predicted headers would look like the better source.  A source that reads none of
+    those contents (cut by ``max_len``) counts its whole text.
+    """
     text = renderer.render(where, conv.messages)
     enc = renderer.tokenizer(
         text, add_special_tokens=False, truncation=True, max_length=max_len,
         return_offsets_mapping=True,
     )  # fmt: skip
     encoding = _encoding(renderer.tokenizer, text, enc["input_ids"], enc["offset_mapping"])
-    return ConversationExample(encoding, content_spans(renderer, where, conv, text))
+    read = ConversationExample(encoding, content_spans(renderer, where, conv, text))
+    if scored is not None:
+        inside = _inside(encoding.spans, read.content, scored)
+        if inside[1:].any():
+            spans = encoding.spans
+            encoding.counted = np.append(inside[1:], False)
+            encoding.n_bytes = max(int((spans[inside, 1] - spans[inside, 0]).sum()), 1)
+    return read
+
+
+def _inside(spans: np.ndarray, content: Sequence[Content], chosen: Sequence[bool]) -> np.ndarray:
+    """Whether each token lies inside (and covers bytes of) a chosen message's content."""
+    out = np.zeros(len(spans), dtype=bool)
+    for span, on in zip(content, chosen, strict=True):
+        if on and span is not None:
+            out |= (spans[:, 0] >= span[0]) & (spans[:, 1] <= span[1]) & (spans[:, 1] > spans[:, 0])
+    return out
+
+
+def scored_messages(target: ConversationExample, scored: np.ndarray) -> list[bool]:
+    """Per message, whether the target's loss scores a token of its content."""
+    spans = target.encoding.spans
+    return [
+        bool((_inside(spans, [span], [True]) & scored[: len(spans)]).any())
+        for span in target.content
+    ]
 
 
 def placed(spans: np.ndarray, own: Sequence[Content], target: Sequence[Content]) -> np.ndarray:

@@ -33,6 +33,9 @@ class Encoding:
     ids: np.ndarray  # [L] int64
     spans: np.ndarray  # [L, 2] int64 byte offsets into the chunk's UTF-8 text
     n_bytes: int  # bytes covered by predicted tokens (positions 1..L-1): the per-byte CE unit
+    # positions whose prediction of the next token counts in the sequence CE (None: all);
+    # a source's conversation counts the scored contents only (``conversations``)
+    counted: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)

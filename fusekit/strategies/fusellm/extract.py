@@ -91,6 +91,7 @@ def source_outputs(
     top_k: int,
     *,
     positions: Any = None,
+    counted: Any = None,
     split_cost: int | None = SPLIT_COST,
 ) -> dict[str, Any]:
     """Top-k ids/logits per position and summed next-token cross-entropy per row (no grad).
@@ -103,7 +104,8 @@ def source_outputs(
     position ``positions[b, j]``; entries ``< 0`` give zeros) — what a training
     step needs, instead of every position.  Padding positions hold zeros.  The
     output layer runs a slice of positions at a time (``logits.py``), so memory
-    holds a few slices' worth of logits, never ``[rows, length, vocab]``.
+    holds a few slices' worth of logits, never ``[rows, length, vocab]``.  ``counted
+    [B, L]`` (bool) limits the cross-entropy to those positions' predictions.
     """
     import torch
 
@@ -144,6 +146,8 @@ def source_outputs(
             topk_logits[where] = values  # type: ignore[index]
             valid = torch.zeros_like(mask, dtype=torch.bool)
             valid[:, :-1] = (mask[:, 1:] > 0) & (mask[:, :-1] > 0)
+            if counted is not None:
+                valid &= counted[index, :w].to(valid.device)
             nats[index] = (nll.view_as(gold) * valid).sum(dim=1)
             n_pred[index] = valid.sum(dim=1)
     return {"topk_ids": topk_ids, "topk_logits": topk_logits, "nats": nats, "n_pred": n_pred}
@@ -152,6 +156,17 @@ def source_outputs(
 def store_key(**parts: Any) -> str:
     """A stable hash of what a store depends on."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def counted_hash(counted: Sequence[np.ndarray | None] | None) -> str | None:
+    """A hash of the rows' CE positions; None when every row counts every position."""
+    if counted is None or all(c is None for c in counted):
+        return None
+    digest = hashlib.sha256()
+    for c in counted:
+        digest.update(b"-" if c is None else np.packbits(np.asarray(c, dtype=bool)).tobytes())
+        digest.update(b"|" if c is None else str(len(c)).encode())
+    return digest.hexdigest()
 
 
 def ids_hash(rows: Sequence[np.ndarray]) -> str:
@@ -183,6 +198,7 @@ def _compute_shard(
     rows: Sequence[np.ndarray],
     n_bytes: Sequence[int],
     first_row: int,
+    counted: Sequence[np.ndarray | None],
     *,
     top_k: int,
     batch_size: int,
@@ -200,9 +216,13 @@ def _compute_shard(
     for start in range(0, len(rows), batch_size):
         part = rows[start : start + batch_size]
         inp, mask = _pad(part, pad_id)
+        keep = torch.from_numpy(_pad([c if c is not None else np.ones(len(r), dtype=np.int64)
+                                      for c, r in zip(counted[start : start + batch_size], part,
+                                                      strict=True)], 0)[0] > 0)  # fmt: skip
         out = source_outputs(
-            model, torch.from_numpy(inp).to(device), torch.from_numpy(mask).to(device), top_k
-        )
+            model, torch.from_numpy(inp).to(device), torch.from_numpy(mask).to(device), top_k,
+            counted=keep,
+        )  # fmt: skip
         k_eff = out["topk_ids"].shape[-1]
         if ids is None or logits is None:
             ids = np.zeros((len(rows), width, k_eff), dtype=np.int32)
@@ -241,12 +261,15 @@ def extract_to_store(
     progress: bool = True,
     desc: str = "extract",
     on_shard: Callable[[int], None] | None = None,
+    counted: Sequence[np.ndarray | None] | None = None,
 ) -> dict[str, Any]:
     """Run ``model`` over token-id ``rows`` and store top-k per position; resumes a partial store.
 
     ``meta`` (model/tokenizer hashes, names) goes into the manifest and into its
     ``key``; a store whose key differs is cleared and rebuilt.  ``on_shard(i)``
-    is called after shard ``i`` is committed.  Returns the manifest.
+    is called after shard ``i`` is committed.  ``counted`` (per row, ``source_outputs``'
+    ``counted``; None: every position) sets what each row's cross-entropy sums.  Returns
+    the manifest.
     """
     from safetensors.numpy import save_file
     from tqdm.auto import tqdm
@@ -260,6 +283,7 @@ def extract_to_store(
         meta=meta,
         data=ids_hash(rows),
         n_bytes=hashlib.sha256(np.asarray(n_bytes, dtype=np.int64).tobytes()).hexdigest(),
+        counted=counted_hash(counted),
         top_k=top_k,
         rows_per_shard=rows_per_shard,
         batch_size=batch_size,
@@ -312,6 +336,7 @@ def extract_to_store(
                 rows[start:stop],
                 n_bytes[start:stop],
                 start,
+                counted[start:stop] if counted is not None else [None] * (stop - start),
                 top_k=top_k,
                 batch_size=batch_size,
                 pad_id=pad_id,

@@ -211,7 +211,13 @@ class FuseLLMStrategy(Strategy[FuseLLMRecipe]):
         examples, vocab_maps, models, stats = [], [], [], []
         for n, source in enumerate(sources):
             example, vocab_map, smodel, stat = self._source(
-                n, source, tokenizer, chunks, target_encs, (talks, talk_targets), prepared
+                n,
+                source,
+                tokenizer,
+                chunks,
+                target_encs,
+                (talks, talk_targets, scored[len(chunks) :]),
+                prepared,
             )
             stat["aligned_loss_positions"] = loss_share(example.align, scored)
             if talks:
@@ -258,14 +264,18 @@ class FuseLLMStrategy(Strategy[FuseLLMRecipe]):
         tokenizer: Any,
         chunks: list[str],
         target_encs: list[Any],
-        talks: tuple[list[tuple[str, Any]], list[Any]],
+        talks: tuple[list[tuple[str, Any]], list[Any], list[Any]],
         state: Prepared,
     ) -> tuple[Any, Any, Any, dict[str, Any]]:
         """One source: tokenizer, vocabulary map, alignment (text chunks, then the
         conversations in its own template), and its model or top-k store."""
         from fusekit.data.causal_lm import pad_id
         from fusekit.strategies.fusellm.batching import SourceExamples
-        from fusekit.strategies.fusellm.conversations import align_conversation, source_example
+        from fusekit.strategies.fusellm.conversations import (
+            align_conversation,
+            scored_messages,
+            source_example,
+        )
         from fusekit.strategies.fusellm.prepare import aligned_share, prepare_source
 
         r, spec = self.recipe, self.recipe.train
@@ -291,8 +301,8 @@ class FuseLLMStrategy(Strategy[FuseLLMRecipe]):
         )
         if talks[0]:
             renderer = Renderer(stok, self._source_template(n, source, stok, state))
-            for (where, conv), target in zip(*talks, strict=True):
-                read = source_example(renderer, where, conv, max_len)
+            for (where, conv), target, mask in zip(*talks, strict=True):
+                read = source_example(renderer, where, conv, max_len, scored_messages(target, mask))
                 prepared.encodings.append(read.encoding)
                 prepared.align.append(align_conversation(read, target))
             prepared.stats["aligned_positions"] = aligned_share(prepared.align)
@@ -340,6 +350,7 @@ def _extract(
     from fusekit.data.causal_lm import pad_id
     from fusekit.strategies.fusellm.extract import (
         StoreReader,
+        counted_hash,
         extract_to_store,
         ids_hash,
         store_key,
@@ -350,7 +361,8 @@ def _extract(
     # The dtype the source ran in changes its logits, so a store is kept per dtype.
     dtype = str(next(model.parameters()).dtype)
     meta = {"model": model_hash, "tokenizer": tokenizer_fingerprint(tokenizer), "dtype": dtype}
-    key = store_key(meta=meta, data=ids_hash(rows), top_k=top_k)[:24]
+    counted = [e.counted for e in prepared.encodings]
+    key = store_key(meta=meta, data=ids_hash(rows), top_k=top_k, counted=counted_hash(counted))[:24]
     store_dir = cache / "fusellm_topk" / key
     extract_to_store(
         model,
@@ -362,6 +374,7 @@ def _extract(
         batch_size=spec.batch_size,
         meta=meta,
         desc=f"extract source {n}",
+        counted=counted,
     )
     return StoreReader(store_dir)
 

@@ -74,6 +74,7 @@ class FuseLLMTrainer(FusekitTrainer):
                     src["attention_mask"],
                     self.top_k,
                     positions=align,
+                    counted=src.get("counted"),
                 )
                 here = torch.arange(align.shape[1], device=align.device).expand_as(align)
                 align = torch.where(align >= 0, here, -1)
