@@ -74,6 +74,10 @@ class RunResult(StageResult):
     plan: dict[str, Any]
     inputs: dict[str, InputRecord]
     data: dict[str, InputRecord] = Field(default_factory=dict)
+    curve_data: dict[str, InputRecord] = Field(
+        default_factory=dict,
+        description="the evaluation files training.eval_curve was scored on (train.eval_steps)",
+    )
     versions: dict[str, str]
     seconds: float = 0.0
 

@@ -21,7 +21,7 @@ from fusekit.errors import listing
 from fusekit.estimates import model_facts
 from fusekit.evaluation.report import markdown_table
 from fusekit.evaluation.sets import evaluate_sets
-from fusekit.io.hashing import data_hash, folder_hash
+from fusekit.io.hashing import data_hash, file_hash, folder_hash
 from fusekit.models.resolve import resolve_model
 from fusekit.pipeline.checks import file_data
 from fusekit.pipeline.plan import plan as plan_recipe
@@ -114,16 +114,24 @@ def _key(recipe: dict[str, Any]) -> str:
 
 
 def _changed_inputs(meta: dict[str, Any]) -> list[str]:
-    """The inputs of a cached run (models, data files, a template file) whose content is no
-    longer what the run recorded in its ``fusekit.json``: the run is keyed by its recipe,
-    which names files by path, so an edited data file would otherwise reuse a model
-    trained on the old one."""
+    """The inputs of a cached run (models, data files, a template file, the evaluation
+    files of its held-out curve) whose content is no longer what the run recorded in its
+    ``fusekit.json``: the run is keyed by its recipe, which names files by path, so an
+    edited data file would otherwise reuse a model trained on the old one.  A model
+    converted from GGUF is checked at its ``.gguf`` file: the conversion of the old file
+    stays in the cache, unchanged, after the file is replaced."""
     changed = []
-    for kind, hasher in (("inputs", folder_hash), ("data", data_hash)):
+    for kind, hasher in (("inputs", folder_hash), ("data", data_hash), ("curve_data", data_hash)):
         for name, record in (meta.get(kind) or {}).items():
             path = Path(record["path"])
             if not path.exists() or hasher(path) != record["hash"]:
                 changed.append(f"{name} ({path})")
+                continue
+            gguf = record.get("converted_from") or {}
+            if gguf.get("gguf_file") and gguf.get("sha256"):
+                file = Path(gguf["gguf_file"])
+                if not file.is_file() or file_hash(file) != gguf["sha256"]:
+                    changed.append(f"{name} ({file})")
     return changed
 
 

@@ -79,6 +79,19 @@ def data_files(recipe: BaseRecipe) -> dict[str, Path]:
     return files
 
 
+def curve_files(recipe: BaseRecipe) -> dict[str, InputRecord]:
+    """The evaluation files behind a held-out curve (``train.eval_steps``), hashed: they
+    shape no weight, so the fingerprint leaves them out, but an edited one makes a
+    recorded curve stale (compare runs the recipe again)."""
+    if recipe.train is None or not recipe.train.eval_steps:
+        return {}
+    return {
+        f"eval:{r.label()}": InputRecord(path=str(r.path), hash=data_hash(Path(r.path)))
+        for ref in recipe.eval_data()
+        for r in file_data(ref)
+    }
+
+
 #: Recipe fields that do not change the trained weights, left out of the resume fingerprint.
 _NOT_WEIGHTS = ("name", "description", "output", "overwrite", "baselines")
 
@@ -146,6 +159,7 @@ def run(
             inputs, data, ctx = _stage_context(
                 recipe, recipe_dict, prepared, Path(tmp), out, resume
             )
+            curve_data = curve_files(recipe)
             units = strategy.units(prepared)
             prepare_checkpoints(
                 root,
@@ -166,6 +180,7 @@ def run(
                 plan=prepared.plan,
                 inputs=inputs,
                 data=data,
+                curve_data=curve_data,
                 versions=versions(),
                 seconds=round(time.perf_counter() - start, 2),
                 **stages.model_dump(),

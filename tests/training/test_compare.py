@@ -104,6 +104,9 @@ def test_held_out_curves_reach_the_table_and_the_chart(
     assert "Held-out corpus during training" in text and "| 4 |" in text
     # the curve's last point is the score the comparison gives the saved run
     assert table.curves()["corpus"]["ft"][-1][1] == pytest.approx(table.value("ft", "corpus"))
+    run = next(p for p in (tmp_path / "results" / "runs").iterdir() if p.name.startswith("ft-"))
+    recorded = json.loads((run / "fusekit.json").read_text())["curve_data"]
+    assert [r["path"] for r in recorded.values()] == [str(corpus)]
     fig, ax = plt.subplots()
     _heldout(ax, table)
     assert [line.get_label() for line in ax.get_lines()] == ["ft · corpus"]
@@ -153,3 +156,29 @@ def test_an_edited_input_file_is_trained_and_scored_again(
         runner.log.info = original
     assert not any("running" in m or "evaluating" in m for m in messages), messages
     assert third.results == second.results
+
+
+def test_a_replaced_gguf_file_or_curve_set_makes_a_cached_run_stale(tmp_path: Path) -> None:
+    """A GGUF conversion stays cached, unchanged, after its ``.gguf`` file is replaced, and
+    the evaluation files of a held-out curve shape no weight: both are checked by their
+    own content."""
+    from fusekit.comparison.runner import _changed_inputs
+    from fusekit.io.hashing import data_hash, file_hash, folder_hash
+
+    folder, gguf, heldout = tmp_path / "converted", tmp_path / "m.gguf", tmp_path / "h.jsonl"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    gguf.write_bytes(b"GGUF one")
+    heldout.write_text('{"text": "a"}\n')
+    meta = {
+        "inputs": {"model": {"path": str(folder), "hash": folder_hash(folder),
+                             "converted_from": {"gguf_file": str(gguf),
+                                                "sha256": file_hash(gguf)}}},
+        "curve_data": {"eval:h": {"path": str(heldout), "hash": data_hash(heldout)}},
+    }  # fmt: skip
+    assert _changed_inputs(meta) == []
+    gguf.write_bytes(b"GGUF two")
+    assert _changed_inputs(meta) == [f"model ({gguf})"]
+    gguf.write_bytes(b"GGUF one")
+    heldout.write_text('{"text": "b"}\n')
+    assert _changed_inputs(meta) == [f"eval:h ({heldout})"]
