@@ -12,7 +12,7 @@ from fusekit.result import RunResult
 from tests.pipeline.conftest import STRATEGIES, recipe_for, write_corpus
 
 TOP_LEVEL = {
-    "created", "strategy", "recipe", "plan", "inputs", "data", "training", "baselines",
+    "created", "strategy", "recipe", "plan", "inputs", "data", "curve_data", "training", "baselines",
     "evaluation", "tables", "details", "versions", "seconds",
 }  # fmt: skip
 
