@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +66,12 @@ _BLOCKS = pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa
 
 
 def parts(data: Any) -> list[Any]:
+    """The parts of a data reference: a list of references, else the one (records in
+    memory, a list of dicts, are one part)."""
     return data if isinstance(data, list) and not (data and isinstance(data[0], dict)) else [data]
 
 
-def _content_key(part: Any) -> Any:
+def content_key(part: Any) -> Any:
     """What identifies one data part's records: a file's content hash, else the records."""
     path = getattr(part, "path", part)
     if isinstance(path, (str, Path)):
@@ -78,7 +81,7 @@ def _content_key(part: Any) -> Any:
     return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()
 
 
-def _tokenizer_key(tokenizer: Any) -> str:
+def tokenizer_key(tokenizer: Any) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab()))
     extra = json.dumps(
@@ -94,8 +97,8 @@ def cache_key(
     payload = {
         "layout": LAYOUT,
         "fusekit": __version__,
-        "data": [_content_key(p) for p in parts(data)],
-        "tokenizer": _tokenizer_key(tokenizer),
+        "data": [content_key(p) for p in parts(data)],
+        "tokenizer": tokenizer_key(tokenizer),
         "chat_template": template_text(chat_template) or getattr(tokenizer, "chat_template", None),
         "seq_len": seq_len,
         "loss_on": loss_on,
@@ -188,8 +191,10 @@ class Encoder:
         return {"ids": ids_out, "labels": labels_out, "packed": packed}
 
 
-def _write_arrow(path: Path, batches: Iterator[pa.RecordBatch]) -> None:
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, _BLOCKS) as writer:
+def _write_arrow(
+    path: Path, batches: Iterator[pa.RecordBatch], schema: pa.Schema = _BLOCKS
+) -> None:
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         for batch in batches:
             writer.write_batch(batch)
 
@@ -326,6 +331,47 @@ def tokenized_examples(
     return _load(folder)
 
 
+def cached_rows(
+    payload: dict[str, Any],
+    rows: Callable[[], Iterator[dict[str, Any]]],
+    schema: pa.Schema,
+    *,
+    source: str = "data",
+) -> Dataset:
+    """Examples made once by ``rows()`` and kept as one Arrow file in the data cache,
+    read memory-mapped: for examples of another shape than ``tokenized_examples``' (CALM's
+    for augments with their own tokenizers).  ``payload`` is everything that decides the
+    rows (it names the folder, with the layout and fusekit's version); the file is
+    written a batch at a time into a scratch folder and renamed into place whole.
+    """
+    key = hashlib.sha256(
+        json.dumps({"layout": LAYOUT, "fusekit": __version__, **payload}, sort_keys=True,
+                   default=str).encode()
+    ).hexdigest()  # fmt: skip
+    folder = cache_root() / "data" / key
+    file = folder / "examples.arrow"
+    if file.is_file():
+        log.info(f"fusekit: {source}: tokenised examples read from the cache ({key[:12]})")
+        return Dataset.from_file(str(file))
+    log.info(f"fusekit: {source}: tokenising")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=folder.parent))
+    try:
+        staged = scratch / "examples"
+        staged.mkdir()
+        made = iter(rows())
+        batches = (
+            pa.RecordBatch.from_pylist(chunk, schema=schema)
+            for chunk in iter(lambda: list(itertools.islice(made, BATCH)), [])
+        )
+        _write_arrow(staged / "examples.arrow", batches, schema)
+        if not folder.exists():
+            os.replace(staged, folder)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return Dataset.from_file(str(file))
+
+
 def _any_talk(raw: Dataset) -> bool:
     """Whether any record is a conversation: from the schema for a JSON Lines table."""
     if "talk" not in raw.column_names:
@@ -336,4 +382,14 @@ def _any_talk(raw: Dataset) -> bool:
     return any(any(batch["talk"]) for batch in raw.select_columns(["talk"]).iter(BATCH * 8))
 
 
-__all__ = ["BATCH", "Encoder", "cache_key", "flat_record", "parts", "tokenized_examples"]
+__all__ = [
+    "BATCH",
+    "Encoder",
+    "cache_key",
+    "cached_rows",
+    "content_key",
+    "flat_record",
+    "parts",
+    "tokenized_examples",
+    "tokenizer_key",
+]

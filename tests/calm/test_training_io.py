@@ -173,16 +173,16 @@ def test_random_augment_has_the_same_shape(bases: dict[str, Path]) -> None:
 
 def test_offsets_dataset_cuts_long_texts_instead_of_truncating() -> None:
     """A different-tokenizer composition trains on every piece of a long document."""
-    from fusekit.strategies.calm.collate import OffsetsDataset
+    from fusekit.strategies.calm.collate import offsets_examples
     from tests.calm.conftest import VOCAB, make_tokenizer
 
     anchor, augment = make_tokenizer(VOCAB, "bytelevel"), make_tokenizer(VOCAB, "metaspace")
     text = " ".join(f"word{i % 37} and more text number {i}." for i in range(200))
     qa = {"prompt": "q:", "completion": " a"}
-    data = OffsetsDataset([{"text": text}, qa], anchor, [augment], [False], seq_len=32)
+    data = list(offsets_examples([{"text": text}, qa], anchor, [augment], [False], seq_len=32))
     assert len(data) > 10  # one long record becomes many examples, plus the QA pair
     n_tokens = len(anchor(text, add_special_tokens=False)["input_ids"])
-    anchor_ids = [len(ex["input_ids"]) for ex in data.examples]
+    anchor_ids = [len(ex["input_ids"]) for ex in data]
     assert max(anchor_ids) <= 32 and sum(anchor_ids[:-1]) >= n_tokens * 0.9
 
 
@@ -206,7 +206,7 @@ def test_offsets_examples_of_a_conversation_score_the_anchor_template_spans() ->
     anchor's labelled tokens spell the assistant turns with their end-of-turn marker, the
     augment reads the same rendered text, and nothing of the text gets an EOS or BOS."""
     from fusekit.data.chat import Renderer, conversation
-    from fusekit.strategies.calm.collate import OffsetsDataset
+    from fusekit.strategies.calm.collate import offsets_examples
     from fusekit.strategies.calm.tokens import encode_text
     from tests.calm.conftest import VOCAB, make_tokenizer
     from tests.training.test_chat import CHATML, TALK
@@ -215,8 +215,8 @@ def test_offsets_examples_of_a_conversation_score_the_anchor_template_spans() ->
     for tok in (anchor, augment):
         tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     renderer = Renderer(anchor, CHATML)
-    data = OffsetsDataset([TALK], anchor, [augment], [False], seq_len=512, renderer=renderer)
-    (example,) = data.examples
+    (example,) = offsets_examples([TALK], anchor, [augment], [False], seq_len=512,
+                                  renderer=renderer)  # fmt: skip
     text, spans = renderer.spans("x", conversation("x", TALK), "assistant")
     runs, previous = [], False
     for token, label in zip(example["input_ids"], example["labels"], strict=True):
@@ -228,4 +228,40 @@ def test_offsets_examples_of_a_conversation_score_the_anchor_template_spans() ->
     read = encode_text(augment, text, add_special_tokens=False).ids
     assert example["augments"][0]["input_ids"] == read  # the same rendered text, all of it
     with pytest.raises(DataError, match="talk: record 0: conversations need the anchor's chat"):
-        OffsetsDataset([TALK], anchor, [augment], [False], seq_len=512, source="talk")
+        list(offsets_examples([TALK], anchor, [augment], [False], seq_len=512, source="talk"))
+
+
+def test_examples_for_augments_with_their_own_tokenizers_are_cached_as_arrow(
+    bases: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every model's tokens of each example are made once and read memory-mapped: the
+    cache holds exactly the examples, a second build reads it, and the collator batches
+    rows read back from Arrow as it batches the examples themselves."""
+    import fusekit.data.tokenized as tokenized
+    from fusekit.strategies.calm.collate import offsets_examples
+
+    monkeypatch.setenv("FUSEKIT_CACHE", str(tmp_path / "cache"))
+    model = compose_from_paths(bases["anchor"], [bases["augment"], bases["meta"]], every=4,
+                               mask="causal")  # fmt: skip
+    records = [{"text": t} for t in TEXTS] + RECORDS
+    made = list(offsets_examples(records, model.anchor_tokenizer, model.augment_tokenizers,
+                                 model.shared_tokenizer, 48))  # fmt: skip
+    dataset = composition_dataset(model, records, 48)
+    assert [dict(row) for row in dataset] == made
+    said: list[str] = []
+    monkeypatch.setattr(tokenized.log, "info", said.append)
+    again = composition_dataset(model, records, 48)
+    assert said and all("read from the cache" in line for line in said)
+    assert list(again) == list(dataset)
+    collate = composition_collator(model)
+    read, kept = collate([again[i] for i in range(4)]), collate(made[:4])
+    assert read.keys() == kept.keys()
+    for name in ("input_ids", "labels", "anchor_keys", "prompt_chars"):
+        assert torch.equal(read[name], kept[name]), name
+    for mine, theirs in zip(read["augment_inputs"], kept["augment_inputs"], strict=True):
+        assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    # the key follows the augments' tokenizers: another set is tokenised anew
+    other = compose_from_paths(bases["anchor"], [bases["meta"]], every=4, mask="causal")
+    said.clear()
+    composition_dataset(other, records, 48)
+    assert said == ["fusekit: data: tokenising"]

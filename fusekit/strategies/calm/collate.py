@@ -24,9 +24,10 @@ default), so a token that straddles a span's start counts as inside it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import pyarrow as pa
 import torch
 
 from fusekit.data.chat import LossOn, Renderer, conversation, is_conversational
@@ -103,48 +104,48 @@ def encode_offsets_example(
     }
 
 
-class OffsetsDataset:
-    """Examples for a composition with at least one different-tokenizer augment."""
+#: How ``offsets_examples`` are kept in the Arrow cache (``cached_rows``).
+OFFSETS_SCHEMA = pa.schema([
+    ("input_ids", pa.list_(pa.int64())),
+    ("labels", pa.list_(pa.int64())),
+    ("anchor_keys", pa.list_(pa.int64())),
+    ("augments", pa.list_(pa.struct([("input_ids", pa.list_(pa.int64())),
+                                     ("keys", pa.list_(pa.int64())),
+                                     ("valid", pa.list_(pa.bool_()))]))),
+    ("prompt_chars", pa.int64()),
+])  # fmt: skip
 
-    def __init__(
-        self,
-        records: Sequence[dict[str, Any]],
-        anchor_tokenizer: Any,
-        augment_tokenizers: Sequence[Any],
-        shared: Sequence[bool],
-        seq_len: int,
-        *,
-        loss_on: LossOn | None = None,
-        renderer: Renderer | None = None,
-        source: str = "data",
-    ) -> None:
-        from fusekit.data.causal_lm import chunk_texts
 
-        self.examples = []
-        for i, rec in enumerate(records):
-            if "text" not in rec and "completion" not in rec and "messages" not in rec:
-                raise DataError(
-                    f"{source}: record {i} has neither 'text', 'prompt'/'completion' nor 'messages'"
-                )
-        # Plain text is cut into anchor-sized pieces (as the shared-tokenizer path packs
-        # it): encoding each document whole would keep only its first seq_len tokens.
-        texts = [r["text"] for r in records if "text" in r]
-        pieces = [{"text": t} for t in chunk_texts(texts, anchor_tokenizer, seq_len)]
-        others = [(i, r) for i, r in enumerate(records) if "text" not in r]
-        for where, rec in [*(("text", p) for p in pieces),
-                           *((f"{source}: record {i}", r) for i, r in others)]:  # fmt: skip
-            example = encode_offsets_example(
-                rec, anchor_tokenizer, augment_tokenizers, shared, seq_len, loss_on, renderer, where
+def offsets_examples(
+    records: Sequence[dict[str, Any]],
+    anchor_tokenizer: Any,
+    augment_tokenizers: Sequence[Any],
+    shared: Sequence[bool],
+    seq_len: int,
+    *,
+    loss_on: LossOn | None = None,
+    renderer: Renderer | None = None,
+    source: str = "data",
+) -> Iterator[Example]:
+    """Examples for a composition with at least one different-tokenizer augment: the
+    text pieces first, then the other records in order."""
+    from fusekit.data.causal_lm import chunk_texts
+
+    for i, rec in enumerate(records):
+        if "text" not in rec and "completion" not in rec and "messages" not in rec:
+            raise DataError(
+                f"{source}: record {i} has neither 'text', 'prompt'/'completion' nor 'messages'"
             )
-            self.examples.append(example)
-        if not self.examples:
-            raise DataError("the training data produced no examples")
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> Example:
-        return self.examples[i]
+    # Plain text is cut into anchor-sized pieces (as the shared-tokenizer path packs
+    # it): encoding each document whole would keep only its first seq_len tokens.
+    texts = [r["text"] for r in records if "text" in r]
+    pieces = [{"text": t} for t in chunk_texts(texts, anchor_tokenizer, seq_len)]
+    others = [(i, r) for i, r in enumerate(records) if "text" not in r]
+    for where, rec in [*(("text", p) for p in pieces),
+                       *((f"{source}: record {i}", r) for i, r in others)]:  # fmt: skip
+        yield encode_offsets_example(
+            rec, anchor_tokenizer, augment_tokenizers, shared, seq_len, loss_on, renderer, where
+        )
 
 
 def _pad(rows: Sequence[Sequence[Any]], value: Any) -> torch.Tensor:
@@ -163,6 +164,10 @@ def _augment_batch(rows: list[dict[str, Any]], pad: int) -> dict[str, Any]:
     }
 
 
+def _labels(example: Example) -> Any:
+    return example["input_ids"] if example.get("labels") is None else example["labels"]
+
+
 class CalmCollator:
     """Right-pads anchor ids, labels and (if present) each augment's own inputs."""
 
@@ -174,7 +179,8 @@ class CalmCollator:
         ids = [ex["input_ids"] for ex in batch]
         out: dict[str, Any] = {
             "input_ids": _pad(ids, self.pad_token_id),
-            "labels": _pad([ex["labels"] for ex in batch], -100),
+            # a packed block of the shared-tokenizer cache has no labels: every token scores
+            "labels": _pad([_labels(ex) for ex in batch], -100),
             "attention_mask": _pad([[1] * len(r) for r in ids], 0),
         }
         if "augments" not in batch[0]:

@@ -281,11 +281,16 @@ class CalmStrategy(Strategy[CalmRecipe]):
         augments = [m for name, m in prepared.inputs.items() if name.startswith("augment_")]
         return anchor, augments
 
-    def _records(self) -> list[dict[str, Any]]:
+    def _training_data(self) -> Any:
+        """D_C as the composition and the LoRA baseline read it: the data reference itself
+        (tokenised into the cache a record at a time), or with ``anchor_mix`` the records
+        with the anchor's own examples mixed in (read into memory to mix)."""
         from fusekit.data.causal_lm import load_records
 
-        records = load_records(self.recipe.train_data())
-        return mix_anchor_task(self.recipe, records, self.recipe.train.seed)
+        data = self.recipe.train_data()
+        if self.recipe.anchor_mix <= 0:
+            return data
+        return mix_anchor_task(self.recipe, load_records(data), self.recipe.train.seed)
 
     def build(self, prepared: Prepared, unit: str) -> Built:
         from fusekit.strategies.calm.build import compose_from_paths
@@ -323,7 +328,7 @@ class CalmStrategy(Strategy[CalmRecipe]):
         if spec.steps != 0:
             data = self.recipe.train_data()
             dataset = composition_dataset(
-                model, self._records(), spec.seq_len, loss_on=spec.loss_on,
+                model, self._training_data(), spec.seq_len, loss_on=spec.loss_on,
                 chat_template=spec.chat_template, anchor=str(anchor.path),
                 source=data_label(data) if data is not None else "data",
             )  # fmt: skip
@@ -360,7 +365,8 @@ class CalmStrategy(Strategy[CalmRecipe]):
         )
 
     def _build_lora(self, prepared: Prepared) -> Built:
-        from fusekit.data.causal_lm import CausalLMDataset, PadCollator, pad_id
+        from fusekit.data.causal_lm import PadCollator, pad_id
+        from fusekit.data.tokenized import tokenized_examples
         from fusekit.strategies.calm.baselines import lora_model
         from fusekit.strategies.calm.build import load_base
 
@@ -371,13 +377,14 @@ class CalmStrategy(Strategy[CalmRecipe]):
         model, info = lora_model(base, prepared.plan["composition_parameters"], seed=spec.seed)
         return Built(
             model=model,
-            dataset=CausalLMDataset(
-                self._records(),
+            dataset=tokenized_examples(
+                self._training_data(),
                 tokenizer,
                 spec.seq_len,
                 loss_on=spec.loss_on,
                 chat_template=spec.chat_template,
                 model=str(anchor.path),
+                source=data_label(data) if (data := self.recipe.train_data()) else "data",
             ),
             collator=PadCollator(pad_id(tokenizer)),
             tokenizer=tokenizer,

@@ -8,12 +8,12 @@ and saves (and resumes) checkpoints as Θ_C alone.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from fusekit.data.chat import LossOn, Renderer, is_conversational
 from fusekit.data.chat import chat_template as chat_template_for
+from fusekit.errors import DataError
 from fusekit.strategies.calm.io import WEIGHTS_NAME
 from fusekit.training.trainer import FusekitTrainer
 
@@ -68,7 +68,7 @@ class CalmTrainer(FusekitTrainer):
 
 def composition_dataset(
     model: Any,
-    records: Sequence[dict[str, Any]],
+    data: Any,
     seq_len: int,
     *,
     loss_on: LossOn | None = None,
@@ -76,23 +76,57 @@ def composition_dataset(
     anchor: str = "the anchor",
     source: str = "data",
 ) -> Any:
-    """Training examples in the form the composed model needs (see ``collate``);
-    conversations are rendered in ``chat_template``, else the anchor's own."""
-    from fusekit.data.causal_lm import CausalLMDataset
+    """Training examples in the form the composed model needs (see ``collate``), made
+    once and read from the Arrow cache; conversations are rendered in
+    ``chat_template``, else the anchor's own.  ``data`` is a data reference or records.
+
+    With a shared tokenizer they are the plain causal-LM examples
+    (``tokenized_examples``); with augments of their own tokenizers every model's
+    tokens of each example are kept, keyed by all the tokenizers besides the data.
+    """
+    from fusekit.data.causal_lm import load_records
+    from fusekit.data.chat import template_text
+    from fusekit.data.tokenized import (
+        cached_rows,
+        content_key,
+        parts,
+        tokenized_examples,
+        tokenizer_key,
+    )
 
     if all(model.shared_tokenizer):
-        return CausalLMDataset(records, model.anchor_tokenizer, seq_len, loss_on=loss_on,
-                               chat_template=chat_template, model=anchor, source=source)  # fmt: skip
-    from fusekit.strategies.calm.collate import OffsetsDataset
+        return tokenized_examples(data, model.anchor_tokenizer, seq_len, loss_on=loss_on,
+                                  chat_template=chat_template, model=anchor, source=source)  # fmt: skip
+    from fusekit.strategies.calm.collate import OFFSETS_SCHEMA, offsets_examples
 
-    renderer = None
-    if any(is_conversational(r) for r in records):
-        template = chat_template_for(model.anchor_tokenizer, chat_template, anchor)
-        renderer = Renderer(model.anchor_tokenizer, template)
-    return OffsetsDataset(
-        records, model.anchor_tokenizer, model.augment_tokenizers, model.shared_tokenizer,
-        seq_len, loss_on=loss_on, renderer=renderer, source=source,
-    )  # fmt: skip
+    def rows() -> Any:
+        records = load_records(data)
+        renderer = None
+        if any(is_conversational(r) for r in records):
+            template = chat_template_for(model.anchor_tokenizer, chat_template, anchor)
+            renderer = Renderer(model.anchor_tokenizer, template)
+        return offsets_examples(
+            records, model.anchor_tokenizer, model.augment_tokenizers, model.shared_tokenizer,
+            seq_len, loss_on=loss_on, renderer=renderer, source=source,
+        )  # fmt: skip
+
+    payload = {
+        "shape": "calm-offsets",
+        "data": [content_key(p) for p in parts(data)],
+        "anchor": tokenizer_key(model.anchor_tokenizer),
+        "augments": [
+            None if same else tokenizer_key(tok)
+            for tok, same in zip(model.augment_tokenizers, model.shared_tokenizer, strict=True)
+        ],
+        "chat_template": template_text(chat_template)
+        or getattr(model.anchor_tokenizer, "chat_template", None),
+        "seq_len": seq_len,
+        "loss_on": loss_on,
+    }
+    dataset = cached_rows(payload, rows, OFFSETS_SCHEMA, source=source)
+    if not len(dataset):
+        raise DataError("the training data produced no examples")
+    return dataset
 
 
 def composition_collator(model: Any) -> Any:
