@@ -313,11 +313,9 @@ def predicted_tokens(dataset: Any) -> int:
 
     Labels follow Hugging Face's convention (the model shifts them), so position 0
     is never predicted and ``-100`` is ignored; an example without labels (FuseLLM's)
-    is scored on every position.  Stops at the first example that predicts anything (a
-    stream, which has no length, is read from its start).
+    is scored on every position.  Stops at the first example that predicts anything.
     """
-    examples = (dataset[i] for i in range(len(dataset))) if hasattr(dataset, "__len__") else dataset
-    for example in examples:
+    for example in (dataset[i] for i in range(len(dataset))):
         labels = example.get("labels")
         if labels is None:
             labels = example["input_ids"]
@@ -430,15 +428,18 @@ class CausalLMDataset:
 
 
 class PadCollator:
-    """Right-pads a batch; padding is masked out of attention and loss."""
+    """Right-pads a batch; padding is masked out of attention and loss.  ``width`` pads
+    every batch to that many tokens at least: batches that several processes concatenate
+    (accelerate's dispatch of a stream) must be equally wide."""
 
-    def __init__(self, pad_token_id: int) -> None:
+    def __init__(self, pad_token_id: int, width: int | None = None) -> None:
         self.pad_token_id = pad_token_id
+        self.width = width
 
     def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, Any]:
         import torch
 
-        width = max(len(ex["input_ids"]) for ex in batch)
+        width = max([len(ex["input_ids"]) for ex in batch] + [self.width or 0])
         ids, labels, mask = [], [], []
         for ex in batch:
             pad = width - len(ex["input_ids"])

@@ -18,7 +18,10 @@ What a stream does differently from the cache, and why:
   uninterrupted training.  ``train.steps`` says how long to train.
 - **Left out.** An example with no trained token within ``seq_len`` is left out, as
   the cache leaves it out; the stream cannot count them up front, so it says so at
-  the end of the first pass.  A pass with no example at all is refused in one line.
+  the end of the first pass.  Data with no example that predicts a token is refused
+  in one line before training.
+- **Memory.** The shuffle buffer holds its examples as Python lists, about 36 bytes a
+  token (twice that for an example with labels): ``buffer × seq_len × 36`` bytes.
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ import torch
 from fusekit import log
 from fusekit.data.causal_lm import special_prefix, stream_records, trains_a_token
 from fusekit.data.chat import LossOn, is_conversational, template_text
-from fusekit.data.chat import chat_template as template_for
 from fusekit.data.tokenized import BATCH, Encoder, flat_record, parts
 from fusekit.errors import DataError
 
@@ -73,7 +75,9 @@ class StreamedExamples(torch.utils.data.IterableDataset):
         self.source = source
         self.seed = seed
         self.buffer = buffer
-        self.template = template_text(chat_template) or getattr(tokenizer, "chat_template", None)
+        self.template = (
+            template_text(chat_template) or getattr(tokenizer, "chat_template", None) or None
+        )
         self.encoder = Encoder(tokenizer, seq_len, loss_on, self.template, source)
 
     def __iter__(self) -> Iterator[Example]:
@@ -86,10 +90,13 @@ class StreamedExamples(torch.utils.data.IterableDataset):
                 raise DataError(f"{self.source}: the training data produced no examples")
 
     def first(self) -> Example:
-        """The first example of the first pass, or the one-line refusal of data that makes
-        none: checked before training, so a run never starts on an empty stream."""
+        """The first example of the corpus that predicts a token, or the one-line refusal
+        of data that has none: checked before training, so a run never starts on a
+        stream that trains nothing (an endless one would never say so)."""
         for example in self.one_pass(0, shuffle=False):
-            return example
+            scored = example["labels"] if example["labels"] is not None else example["input_ids"]
+            if any(label != -100 for label in scored[1:]):
+                return example
         raise DataError(
             f"{self.source}: the training data produced no examples (texts too short, or "
             f"every answer past train.seq_len={self.seq_len}?)"
@@ -155,7 +162,10 @@ class StreamedExamples(torch.utils.data.IterableDataset):
             if not chunk:
                 return
             if self.encoder.renderer is None and any(is_conversational(r) for r in chunk):
-                template_for(self.tokenizer, None, self.model)  # raises: no template
+                raise DataError(
+                    f"the data holds conversations but {self.model} has no chat template; "
+                    "set train.chat_template to a template file or string"
+                )
             rows = [flat_record(r) for r in chunk]
             yield start, {name: [row[name] for row in rows] for name in rows[0]}
 

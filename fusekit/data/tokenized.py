@@ -324,11 +324,20 @@ def tokenized_examples(
         _pack(tokens, tokenizer, seq_len, staged / "blocks.arrow", staged / "examples.arrow",
               source)  # fmt: skip
         del tokens, raw, raws
-        if not folder.exists():
-            os.replace(staged, folder)
+        _publish(staged, folder)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return _load(folder)
+
+
+def _publish(staged: Path, folder: Path) -> None:
+    """Rename a finished cache entry into place; another job that made the same entry
+    first wins (its files are the same), so a rename that finds it there is no error."""
+    try:
+        os.replace(staged, folder)
+    except OSError:
+        if not folder.is_dir():
+            raise
 
 
 def cached_rows(
@@ -365,8 +374,7 @@ def cached_rows(
             for chunk in iter(lambda: list(itertools.islice(made, BATCH)), [])
         )
         _write_arrow(staged / "examples.arrow", batches, schema)
-        if not folder.exists():
-            os.replace(staged, folder)
+        _publish(staged, folder)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return Dataset.from_file(str(file))

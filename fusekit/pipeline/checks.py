@@ -47,9 +47,9 @@ def check_data(recipe: BaseRecipe, strategy: Strategy | None = None) -> None:
     streaming = recipe.train is not None and recipe.train.streaming
     if strategy is not None and streaming and not strategy.takes_streaming:
         raise DataError(
-            f"train.streaming: {strategy.tag} reads its training data into memory (it "
-            "tokenises for several models at once); finetune, block_expansion and "
-            "depth_upscaling stream; drop train.streaming"
+            f"train.streaming: {strategy.tag} makes its examples for several models before "
+            "training (cached, not streamed); finetune, block_expansion and depth_upscaling "
+            "stream; drop train.streaming"
         )
     for value in recipe.chat_templates().values():
         template_text(value)  # a template path with a typo fails here, before any work

@@ -100,7 +100,8 @@ def fit(
 
     if spec.steps == 0:
         return TrainingRecord(trained=False)
-    if not predicted_tokens(built.dataset):
+    # a stream has no length: StreamedExamples.first() made this check when it was built
+    if hasattr(built.dataset, "__len__") and not predicted_tokens(built.dataset):
         raise DataError(
             f"{label}: the training data predicts no token (every example is a single token or "
             "fully masked); give longer documents or completions"

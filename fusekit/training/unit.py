@@ -42,6 +42,7 @@ def causal_lm_unit(
     ``load_causal_lm``'s.
     """
     import torch
+    import torch.distributed as dist
 
     from fusekit.data.causal_lm import PadCollator, pad_id
     from fusekit.data.streamed import StreamedExamples
@@ -73,10 +74,15 @@ def causal_lm_unit(
             seed=spec.seed,
             buffer=spec.shuffle_buffer,
         )
-        dataset.first()  # a stream that makes no example is refused before training
+        dataset.first()  # a stream that trains nothing is refused before training
         log.info(f"fusekit: {data_label(data)}: streamed, shuffled within "
                  f"{spec.shuffle_buffer:,} examples (no cache)")  # fmt: skip
-        collator = PadCollator(pad_id(tokenizer))
+        # Several processes: rank 0 reads a batch for every rank and accelerate joins them
+        # before it hands each rank its part, so every batch is padded to seq_len.  (The
+        # process group says how many; accelerate's PartialState does not, on CPU ranks
+        # started by torchrun: fusekit.pipeline.stages.rank.)
+        several = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        collator = PadCollator(pad_id(tokenizer), spec.seq_len if several else None)
     elif spec is not None and spec.steps != 0:
         dataset = tokenized_examples(
             data,

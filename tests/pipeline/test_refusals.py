@@ -429,7 +429,7 @@ RECIPE_CASES = {
         _streamed("finetune", steps=None, epochs=1), ("train", "streaming has no epochs", "steps")
     ),
     "streaming for CALM": Case(
-        _streamed("calm"), ("train.streaming", "calm", "into memory", "drop train.streaming")
+        _streamed("calm"), ("train.streaming", "calm", "before training", "drop train.streaming")
     ),
     "accelerate config not YAML": Case(
         _accelerate("distributed_type: [MULTI_CPU\n"), ("accel.yaml", "not valid YAML", "line")

@@ -65,19 +65,24 @@ def test_a_killed_stream_resumes_to_identical_weights(
 def test_two_ranks_split_one_stream_between_them(models: dict[str, Path], tmp_path: Path) -> None:
     """Rank 0 reads each batch for both ranks and hands each its half: two ranks of 4
     train as one process with batches of 8 (up to the order of float sums), which two
-    ranks each reading the stream whole would not."""
+    ranks each reading the stream whole would not.  Examples of every length (blocks and
+    completions) make batches of different widths, which the ranks must still join."""
     from tests.pipeline.test_distributed import two_cpu_ranks
 
     if shutil.which("accelerate") is None:
         pytest.skip("accelerate launcher not on PATH")
     config = two_cpu_ranks(tmp_path / "two.yaml")
-    two = _streamed("finetune", models, tmp_path, save_steps=100)
+    corpus = _small_corpus(tmp_path / "mixed.jsonl")
+    pairs = [{"prompt": " ".join(WORDS[: 2 + i % 5]), "completion": " " + WORDS[i % len(WORDS)]}
+             for i in range(12)]  # fmt: skip
+    corpus.write_text(corpus.read_text() + "".join(json.dumps(p) + "\n" for p in pairs))
+    two = _streamed("finetune", models, tmp_path, save_steps=100, data=str(corpus))
     proc = fusekit_cli("run", str(two), "-o", str(tmp_path / "two"), "--accelerate-config",
                        str(config))  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-12000:]
     record = json.loads((tmp_path / "two" / "fusekit.json").read_text())["training"]
     assert record["world_size"] == 2 and record["steps"] == 6
-    one = _streamed("finetune", models, tmp_path, save_steps=100, batch_size=8)
+    one = _streamed("finetune", models, tmp_path, save_steps=100, batch_size=8, data=str(corpus))
     assert fusekit_cli("run", str(one), "-o", str(tmp_path / "one")).returncode == 0
     expected, got = weights(tmp_path / "one"), weights(tmp_path / "two")
     assert expected.keys() == got.keys()
