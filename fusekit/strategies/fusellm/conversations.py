@@ -128,7 +128,8 @@ def source_example(
     read = ConversationExample(encoding, content_spans(renderer, where, conv, text))
     if scored is not None:
         inside = _inside(encoding.spans, read.content, scored)
-        if inside[1:].any():
+        inside[0] = False  # token 0 is never predicted (``Encoding.n_bytes``)
+        if inside.any():
             spans = encoding.spans
             encoding.counted = np.append(inside[1:], False)
             encoding.n_bytes = max(int((spans[inside, 1] - spans[inside, 0]).sum()), 1)

@@ -111,6 +111,8 @@ def source_outputs(
 
     batch, width = input_ids.shape
     present = attention_mask > 0
+    if counted is not None:
+        counted = counted.to(input_ids.device)
     # Keep every column up to a row's last real token (right padding is cut, nothing else).
     cols = torch.arange(1, width + 1, device=input_ids.device)
     ends = (present * cols).amax(dim=1).tolist() if width else [0] * batch
@@ -147,7 +149,7 @@ def source_outputs(
             valid = torch.zeros_like(mask, dtype=torch.bool)
             valid[:, :-1] = (mask[:, 1:] > 0) & (mask[:, :-1] > 0)
             if counted is not None:
-                valid &= counted[index, :w].to(valid.device)
+                valid &= counted[index, :w]
             nats[index] = (nll.view_as(gold) * valid).sum(dim=1)
             n_pred[index] = valid.sum(dim=1)
     return {"topk_ids": topk_ids, "topk_logits": topk_logits, "nats": nats, "n_pred": n_pred}
@@ -216,9 +218,12 @@ def _compute_shard(
     for start in range(0, len(rows), batch_size):
         part = rows[start : start + batch_size]
         inp, mask = _pad(part, pad_id)
-        keep = torch.from_numpy(_pad([c if c is not None else np.ones(len(r), dtype=np.int64)
-                                      for c, r in zip(counted[start : start + batch_size], part,
-                                                      strict=True)], 0)[0] > 0)  # fmt: skip
+        rows_counted = counted[start : start + batch_size]
+        keep = None
+        if any(c is not None for c in rows_counted):
+            keep = torch.from_numpy(_pad([c if c is not None else np.ones(len(r), dtype=np.int64)
+                                          for c, r in zip(rows_counted, part, strict=True)],
+                                         0)[0] > 0)  # fmt: skip
         out = source_outputs(
             model, torch.from_numpy(inp).to(device), torch.from_numpy(mask).to(device), top_k,
             counted=keep,
@@ -283,7 +288,8 @@ def extract_to_store(
         meta=meta,
         data=ids_hash(rows),
         n_bytes=hashlib.sha256(np.asarray(n_bytes, dtype=np.int64).tobytes()).hexdigest(),
-        counted=counted_hash(counted),
+        # stores of text alone keep the key they had before CE positions existed
+        **({"counted": c} if (c := counted_hash(counted)) else {}),
         top_k=top_k,
         rows_per_shard=rows_per_shard,
         batch_size=batch_size,

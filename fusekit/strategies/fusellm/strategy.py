@@ -362,7 +362,9 @@ def _extract(
     dtype = str(next(model.parameters()).dtype)
     meta = {"model": model_hash, "tokenizer": tokenizer_fingerprint(tokenizer), "dtype": dtype}
     counted = [e.counted for e in prepared.encodings]
-    key = store_key(meta=meta, data=ids_hash(rows), top_k=top_k, counted=counted_hash(counted))[:24]
+    positions = counted_hash(counted)  # text alone keeps the key it had before CE positions
+    extra = {"counted": positions} if positions else {}
+    key = store_key(meta=meta, data=ids_hash(rows), top_k=top_k, **extra)[:24]
     store_dir = cache / "fusellm_topk" / key
     extract_to_store(
         model,
