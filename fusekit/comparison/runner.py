@@ -9,6 +9,7 @@ files' content).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -130,9 +131,21 @@ def _changed_inputs(meta: dict[str, Any]) -> list[str]:
             gguf = record.get("converted_from") or {}
             if gguf.get("gguf_file") and gguf.get("sha256"):
                 file = Path(gguf["gguf_file"])
-                if not file.is_file() or file_hash(file) != gguf["sha256"]:
+                if not file.is_file() or _gguf_hash(file) != gguf["sha256"]:
                     changed.append(f"{name} ({file})")
     return changed
+
+
+def _gguf_hash(file: Path) -> str:
+    """A ``.gguf`` file's hash, read once per size and modification time: every cached run
+    of a compare names the same few files, each of them hundreds of megabytes."""
+    stat = file.stat()
+    return _hash_of(str(file), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _hash_of(path: str, size: int, mtime_ns: int) -> str:
+    return file_hash(Path(path))
 
 
 def _cached(out: Path) -> tuple[bool, list[str]]:
