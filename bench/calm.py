@@ -10,7 +10,10 @@ Training (batch 64 x 16 tokens):
     the same block through full masked attention (128 heads, null key: the
     KV-arithmetic quick-start's setting).
 
-``--real`` measures the same decoding and training ratios on the real pair instead:
+``--real`` measures the same decoding and training ratios on the real pair instead, and
+the training step on answers (the last 16 of 128 anchor tokens labelled) with the output
+layer run where the loss looks only (``loss_only``, what training does) against the full
+output layer (``--real-training``: these training figures alone):
 Gemma-3-270M as anchor composed with SmolLM2-135M-Instruct (different tokenizers, so
 the augment follows the anchor's decoded text), ``every=6`` (5 layer pairs), batch 1
 decoding and a training step on 4 x 128 anchor tokens of library source; needs the
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from timing import best_time
@@ -129,22 +133,27 @@ def bench_diagonal_block(batch: int = 64, length: int = 16, repeat: int = 50) ->
 PROMPT = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'
 
 
-def bench_real(new_tokens: int) -> None:
-    """Decoding and training ratios with Gemma-3-270M + SmolLM2-135M (cross-tokenizer)."""
+def bench_real(new_tokens: int | None) -> None:
+    """Decoding and training ratios with Gemma-3-270M + SmolLM2-135M (cross-tokenizer);
+    ``new_tokens=None`` measures training only."""
     from real_models import folders
 
     from fusekit.strategies.calm.build import compose_from_paths
-    from fusekit.strategies.calm.collate import CalmCollator, encode_offsets_example
-    from fusekit.strategies.calm.modeling import causal_lm_loss
 
     paths = folders()
     model = compose_from_paths(paths["gemma3"], [paths["smollm2"]], every=6)
     for block in (b for bl in model.composition.blocks for b in bl):  # not the identity
         torch.nn.init.normal_(block.o_proj.weight, std=0.02)
-    anchor, augment = model.anchor, model.augments[0]
-    a_tok, g_tok = model.anchor_tokenizer, model.augment_tokenizers[0]
     print(f"anchor Gemma-3-270M, augment SmolLM2-135M, "
           f"{sum(len(a.pairs) for a in model.composition_config.augments)} layer pairs")  # fmt: skip
+    if new_tokens is not None:
+        _real_decoding(model, new_tokens)
+    _real_training(model)
+
+
+def _real_decoding(model: Any, new_tokens: int) -> None:
+    anchor, augment = model.anchor, model.augments[0]
+    a_tok, g_tok = model.anchor_tokenizer, model.augment_tokenizers[0]
     a_ids = a_tok(PROMPT, return_tensors="pt").input_ids
     g_ids = g_tok(PROMPT, return_tensors="pt").input_ids
     composed = best_time(
@@ -162,6 +171,13 @@ def bench_real(new_tokens: int) -> None:
           f"{alone_a:.2f} s + augment {alone_g:.2f} s ({aug_new} tokens) -> composed/alone "
           f"x{composed / (alone_a + alone_g):.2f}")  # fmt: skip
 
+
+def _real_training(model: Any) -> None:
+    from fusekit.strategies.calm.collate import CalmCollator, encode_offsets_example
+    from fusekit.strategies.calm.modeling import causal_lm_loss
+
+    anchor, augment = model.anchor, model.augments[0]
+    a_tok, g_tok = model.anchor_tokenizer, model.augment_tokenizers[0]
     source = Path(argparse.__file__).read_text(encoding="utf-8")
     texts = [source[i * 600 : (i + 1) * 600] for i in range(4)]
     collate = CalmCollator(a_tok.pad_token_id or 0, [g_tok.pad_token_id or 0])
@@ -192,6 +208,23 @@ def bench_real(new_tokens: int) -> None:
     print(f"train step (4 x {batch['input_ids'].shape[1]} anchor tokens): composed "
           f"{1000 * t_composed:.0f} ms vs anchor f+b + augment f {1000 * t_plain:.0f} ms "
           f"-> ratio x{t_composed / t_plain:.2f}")  # fmt: skip
+    answers = dict(batch, labels=batch["labels"].clone())
+    answers["labels"][:, : answers["labels"].shape[1] - 16] = -100  # an answer: 16 tokens
+
+    def answer_step(loss_only: bool) -> Callable[[], None]:
+        def step() -> None:
+            loss = model(**answers, loss_only=loss_only)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        return step
+
+    t_sparse = best_time(answer_step(True), 2, warmup=True)
+    t_full = best_time(answer_step(False), 2, warmup=True)
+    print(f"train step on answers (16 of {answers['labels'].shape[1]} tokens labelled): "
+          f"output layer where scored {1000 * t_sparse:.0f} ms vs everywhere "
+          f"{1000 * t_full:.0f} ms -> x{t_full / t_sparse:.2f} faster")  # fmt: skip
 
 
 def main() -> None:
@@ -199,10 +232,11 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--real", action="store_true", help="Gemma-3-270M + SmolLM2-135M")
+    parser.add_argument("--real-training", action="store_true", help="--real, training only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.real:
-        bench_real(args.new_tokens)
+    if args.real or args.real_training:
+        bench_real(None if args.real_training else args.new_tokens)
         return
     from fusekit.strategies.calm.build import compose
 

@@ -265,3 +265,35 @@ def test_examples_for_augments_with_their_own_tokenizers_are_cached_as_arrow(
     said.clear()
     composition_dataset(other, records, 48)
     assert said == ["fusekit: data: tokenising"]
+
+
+@pytest.mark.parametrize("augments", [["augment"], ["augment", "meta"]])
+def test_the_output_layer_runs_where_the_loss_looks_only(
+    bases: dict[str, Path], augments: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Training's ``loss_only`` forward gives the loss and Θ_C's gradients of the full
+    forward, with the anchor's output layer run at the scored positions only."""
+    model = compose_from_paths(bases["anchor"], [bases[a] for a in augments], every=2,
+                               mask="causal")  # fmt: skip
+    for block in (b for bl in model.composition.blocks for b in bl):  # not the identity
+        torch.nn.init.normal_(block.o_proj.weight, std=0.05)
+    records = [{"prompt": t[:30], "completion": t[30:]} for t in TEXTS]
+    dataset = composition_dataset(model, records, 48)
+    batch = composition_collator(model)([dataset[i] for i in range(len(dataset))])
+    head = model.anchor.get_output_embeddings()
+    rows: list[int] = []
+    monkeypatch.setattr(head, "forward", lambda x, f=head.forward: (rows.append(x.shape[1]),
+                                                                      f(x))[1])  # fmt: skip
+    params = list(model.trainable_parameters())
+    results = []
+    for loss_only in (False, True):
+        out = model(**batch, loss_only=loss_only)
+        results.append((out.loss, torch.autograd.grad(out.loss, params), out.logits))
+    (full, full_grads, logits), (sparse, sparse_grads, none) = results
+    assert none is None and logits is not None
+    width = batch["input_ids"].shape[1]
+    scored = int((batch["labels"][:, 1:] != -100).any(dim=0).sum())
+    assert rows == [width, scored] and scored < width - 1
+    torch.testing.assert_close(sparse, full)
+    for a, b in zip(sparse_grads, full_grads, strict=True):
+        torch.testing.assert_close(a, b)

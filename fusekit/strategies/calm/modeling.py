@@ -341,8 +341,10 @@ class ComposedModel(nn.Module):
         q_keys: torch.Tensor,
         q_valid: torch.Tensor,
         past_key_values: Any = None,
+        logits_to_keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Anchor logits with every pair's cross-attention injected; ``None`` memory = skip."""
+        """Anchor logits with every pair's cross-attention injected; ``None`` memory = skip.
+        ``logits_to_keep`` (positions) runs the output layer there only."""
         inject: dict[int, list[Any]] = {}
         kind = self.composition_config.mask
         for k, mem in enumerate(memories):
@@ -361,6 +363,7 @@ class ComposedModel(nn.Module):
                 attention_mask=attention_mask,
                 position_ids=position_ids,
                 **cache_kwargs(self.anchor, past_key_values),
+                **({} if logits_to_keep is None else {"logits_to_keep": logits_to_keep}),
             )
         finally:
             self._inject = {}
@@ -376,12 +379,17 @@ class ComposedModel(nn.Module):
         anchor_keys: torch.Tensor | None = None,
         augment_inputs: Sequence[dict[str, torch.Tensor] | None] | None = None,
         prompt_chars: torch.Tensor | None = None,
+        loss_only: bool = False,
         **unused: Any,
     ) -> CausalLMOutputWithPast:
         """Teacher-forced composed forward; ``loss`` when ``labels`` are given.
 
         Returns a ``CausalLMOutputWithPast`` like any transformers causal LM, so
-        ``out.logits`` and ``out["logits"]`` both work.
+        ``out.logits`` and ``out["logits"]`` both work.  ``loss_only`` (training) runs the
+        anchor's output layer only at the positions whose next token is labelled and
+        returns no logits: with a large vocabulary (Gemma-3's 262k) that layer is most of
+        the step, and on answers or assistant turns most positions are not scored.  The
+        loss is the same mean over the same tokens.
 
         ``augment_inputs[k]`` (different-tokenizer augments only) holds that
         model's own ``input_ids``, ``attention_mask`` and character-end ``keys``/
@@ -424,17 +432,34 @@ class ComposedModel(nn.Module):
             states = self.augment_states(k, ids, mask, pos)
             memories.append(self.memory(k, states, keys, valid))
         q_keys = anchor_keys if anchor_keys is not None else positions
+        keep = scored_columns(labels) if loss_only and labels is not None else None
         logits = self.anchor_forward(
-            input_ids, attention_mask, positions, memories, q_keys, attention_mask.bool()
-        )
-        loss = causal_lm_loss(logits, labels) if labels is not None else None
-        return CausalLMOutputWithPast(loss=loss, logits=logits)
+            input_ids, attention_mask, positions, memories, q_keys, attention_mask.bool(),
+            logits_to_keep=keep,
+        )  # fmt: skip
+        if keep is not None:
+            assert labels is not None
+            loss = F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]),
+                labels[:, keep + 1].reshape(-1),
+                ignore_index=-100,
+            )
+            return CausalLMOutputWithPast(loss=loss, logits=None)
+        full = causal_lm_loss(logits, labels) if labels is not None else None
+        return CausalLMOutputWithPast(loss=full, logits=logits)
 
     def generate(self, input_ids: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         """Iterative decoding with separate caches; see ``generation.generate``."""
         from fusekit.strategies.calm.generation import generate
 
         return generate(self, input_ids, **kwargs)
+
+
+def scored_columns(labels: torch.Tensor) -> torch.Tensor | None:
+    """Positions ``t`` where some row's token ``t + 1`` is labelled; None when that is
+    every position (nothing to save) or none (the full loss says what it says)."""
+    cols = torch.nonzero((labels[:, 1:] != -100).any(dim=0)).squeeze(1)
+    return cols if 0 < len(cols) < labels.shape[1] - 1 else None
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

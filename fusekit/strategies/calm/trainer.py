@@ -38,7 +38,8 @@ class CalmTrainer(FusekitTrainer):
         return_outputs: bool = False,
         num_items_in_batch: Any = None,
     ) -> Any:
-        outputs = model(**inputs)
+        # the output layer runs where the loss looks only (``ComposedModel.forward``)
+        outputs = model(**inputs, loss_only=not return_outputs)
         loss = outputs["loss"]
         return (loss, outputs) if return_outputs else loss
 
@@ -111,7 +112,8 @@ def composition_dataset(
         )  # fmt: skip
 
     payload = {
-        "shape": "calm-offsets",
+        # bumped when encode_offsets_example makes other examples from the same inputs
+        "shape": "calm-offsets-1",
         "data": [content_key(p) for p in parts(data)],
         "anchor": tokenizer_key(model.anchor_tokenizer),
         "augments": [
@@ -125,7 +127,7 @@ def composition_dataset(
     }
     dataset = cached_rows(payload, rows, OFFSETS_SCHEMA, source=source)
     if not len(dataset):
-        raise DataError("the training data produced no examples")
+        raise DataError(f"{source}: the training data produced no examples")
     return dataset
 
 
