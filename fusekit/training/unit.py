@@ -62,39 +62,26 @@ def causal_lm_unit(
         # eval and a user's apply_chat_template then render conversations as training did.
         tokenizer.chat_template = template_text(spec.chat_template)
     dataset = collator = None
-    if spec is not None and spec.steps != 0 and spec.streaming:
-        dataset = StreamedExamples(
-            data,
-            tokenizer,
-            spec.seq_len,
-            loss_on=spec.loss_on,
-            chat_template=spec.chat_template,
-            model=str(model_dir),
-            source=data_label(data),
-            seed=spec.seed,
-            buffer=spec.shuffle_buffer,
-        )
-        dataset.first()  # a stream that trains nothing is refused before training
-        log.info(f"fusekit: {data_label(data)}: streamed, shuffled within "
-                 f"{spec.shuffle_buffer:,} examples (no cache)")  # fmt: skip
-        # Several processes: rank 0 reads a batch for every rank and accelerate joins them
-        # before it hands each rank its part, so every batch is padded to seq_len.  (The
-        # process group says how many; accelerate's PartialState does not, on CPU ranks
-        # started by torchrun: fusekit.pipeline.stages.rank.)
-        several = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        collator = PadCollator(pad_id(tokenizer), spec.seq_len if several else None)
-    elif spec is not None and spec.steps != 0:
-        dataset = tokenized_examples(
-            data,
-            tokenizer,
-            spec.seq_len,
-            loss_on=spec.loss_on,
-            chat_template=spec.chat_template,
-            model=str(model_dir),
-            source=data_label(data),
-            num_proc=spec.num_proc,
-        )
-        collator = PadCollator(pad_id(tokenizer))
+    if spec is not None and spec.steps != 0:
+        source = data_label(data)
+        common: dict[str, Any] = {"loss_on": spec.loss_on, "chat_template": spec.chat_template,
+                                  "model": str(model_dir), "source": source}  # fmt: skip
+        if spec.streaming:
+            dataset = StreamedExamples(data, tokenizer, spec.seq_len, seed=spec.seed,
+                                       buffer=spec.shuffle_buffer, **common)  # fmt: skip
+            dataset.first()  # a stream that trains nothing is refused before training
+            log.info(f"fusekit: {source}: streamed, shuffled within "
+                     f"{spec.shuffle_buffer:,} examples (no cache)")  # fmt: skip
+            # Several processes: rank 0 reads a batch for every rank and accelerate joins
+            # them before it hands each rank its part, so every batch is padded to seq_len.
+            # (The process group says how many; accelerate's PartialState does not, on CPU
+            # ranks started by torchrun: fusekit.pipeline.stages.rank.)
+            several = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+            collator = PadCollator(pad_id(tokenizer), spec.seq_len if several else None)
+        else:
+            dataset = tokenized_examples(data, tokenizer, spec.seq_len, num_proc=spec.num_proc,
+                                         **common)  # fmt: skip
+            collator = PadCollator(pad_id(tokenizer))
     if lora is not None:
         from peft import LoraConfig, get_peft_model
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fusekit.data.chat import LossOn, Renderer, is_conversational
+from fusekit.data.chat import LossOn, Renderer, is_conversational, template_text
 from fusekit.data.chat import chat_template as chat_template_for
 from fusekit.errors import DataError
 from fusekit.strategies.calm.io import WEIGHTS_NAME
@@ -86,7 +86,6 @@ def composition_dataset(
     tokens of each example are kept, keyed by all the tokenizers besides the data.
     """
     from fusekit.data.causal_lm import load_records
-    from fusekit.data.chat import template_text
     from fusekit.data.tokenized import (
         cached_rows,
         content_key,
