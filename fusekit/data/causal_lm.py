@@ -315,10 +315,8 @@ def predicted_tokens(dataset: Any) -> int:
     is never predicted and ``-100`` is ignored; an example without labels (FuseLLM's)
     is scored on every position.  Stops at the first example that predicts anything.
     """
-    for example in (dataset[i] for i in range(len(dataset))):
-        labels = example.get("labels")
-        if labels is None:
-            labels = example["input_ids"]
+    for i in range(len(dataset)):
+        labels = example_labels(dataset[i])
         n = sum(1 for t in list(labels)[1:] if int(t) != -100)
         if n:
             return n
@@ -340,6 +338,12 @@ def left_out(count: int, total: int, seq_len: int, source: str, *, anything_left
         f"train.seq_len={seq_len} tokens (their answers lie past it) and are left out; "
         "raise train.seq_len to train on them"
     )
+
+
+def example_labels(example: Mapping[str, Any]) -> Any:
+    """An example's labels; a packed block carries none, as every position is scored."""
+    labels = example.get("labels")
+    return example["input_ids"] if labels is None else labels
 
 
 def trains_a_token(labels: Sequence[int]) -> bool:
@@ -443,9 +447,8 @@ class PadCollator:
         ids, labels, mask = [], [], []
         for ex in batch:
             pad = width - len(ex["input_ids"])
-            scored = ex.get("labels")  # None: a packed block, every position scored
             ids.append(ex["input_ids"] + [self.pad_token_id] * pad)
-            labels.append((ex["input_ids"] if scored is None else scored) + [-100] * pad)
+            labels.append(list(example_labels(ex)) + [-100] * pad)
             mask.append([1] * len(ex["input_ids"]) + [0] * pad)
         return {
             "input_ids": torch.tensor(ids),

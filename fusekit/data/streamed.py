@@ -35,8 +35,14 @@ import numpy as np
 import torch
 
 from fusekit import log
-from fusekit.data.causal_lm import special_prefix, stream_records, trains_a_token
+from fusekit.data.causal_lm import (
+    example_labels,
+    special_prefix,
+    stream_records,
+    trains_a_token,
+)
 from fusekit.data.chat import LossOn, is_conversational, template_text
+from fusekit.data.chat import chat_template as template_for
 from fusekit.data.tokenized import BATCH, Encoder, flat_record, parts
 from fusekit.errors import DataError
 
@@ -94,8 +100,7 @@ class StreamedExamples(torch.utils.data.IterableDataset):
         of data that has none: checked before training, so a run never starts on a
         stream that trains nothing (an endless one would never say so)."""
         for example in self.one_pass(0, shuffle=False):
-            scored = example["labels"] if example["labels"] is not None else example["input_ids"]
-            if any(label != -100 for label in scored[1:]):
+            if trains_a_token(example_labels(example)):
                 return example
         raise DataError(
             f"{self.source}: the training data produced no examples (texts too short, or "
@@ -162,10 +167,8 @@ class StreamedExamples(torch.utils.data.IterableDataset):
             if not chunk:
                 return
             if self.encoder.renderer is None and any(is_conversational(r) for r in chunk):
-                raise DataError(
-                    f"the data holds conversations but {self.model} has no chat template; "
-                    "set train.chat_template to a template file or string"
-                )
+                # no template to render them in: the shared one-line refusal says so
+                template_for(self.tokenizer, None, self.model)
             rows = [flat_record(r) for r in chunk]
             yield start, {name: [row[name] for row in rows] for name in rows[0]}
 

@@ -30,6 +30,7 @@ from typing import Any
 import pyarrow as pa
 import torch
 
+from fusekit.data.causal_lm import example_labels
 from fusekit.data.chat import LossOn, Renderer, conversation, is_conversational
 from fusekit.errors import DataError
 from fusekit.strategies.calm.masks import offset_keys
@@ -164,10 +165,6 @@ def _augment_batch(rows: list[dict[str, Any]], pad: int) -> dict[str, Any]:
     }
 
 
-def _labels(example: Example) -> Any:
-    return example["input_ids"] if example.get("labels") is None else example["labels"]
-
-
 class CalmCollator:
     """Right-pads anchor ids, labels and (if present) each augment's own inputs."""
 
@@ -180,7 +177,7 @@ class CalmCollator:
         out: dict[str, Any] = {
             "input_ids": _pad(ids, self.pad_token_id),
             # a packed block of the shared-tokenizer cache has no labels: every token scores
-            "labels": _pad([_labels(ex) for ex in batch], -100),
+            "labels": _pad([example_labels(ex) for ex in batch], -100),
             "attention_mask": _pad([[1] * len(r) for r in ids], 0),
         }
         if "augments" not in batch[0]:
