@@ -43,7 +43,7 @@ from fusekit.data.causal_lm import (
 )
 from fusekit.data.chat import LossOn, is_conversational, template_text
 from fusekit.data.chat import chat_template as template_for
-from fusekit.data.tokenized import BATCH, Encoder, flat_record, parts
+from fusekit.data.tokenized import BATCH, Encoder, fill_blocks, flat_record, parts
 from fusekit.errors import DataError
 
 #: Examples the shuffle buffer holds by default.
@@ -138,12 +138,9 @@ class StreamedExamples(torch.utils.data.IterableDataset):
                 encoded["ids"], encoded["labels"], encoded["packed"], strict=True
             ):
                 if packed:
-                    carry = np.concatenate([carry, np.asarray(ids, dtype=np.int64)])
-                    while len(carry) >= content:
-                        blocks += 1
-                        yield {"input_ids": [*prefix.tolist(), *carry[:content].tolist()],
-                               "labels": None}  # fmt: skip
-                        carry = carry[content:]
+                    rows, carry = fill_blocks(carry, np.asarray(ids), prefix, content)
+                    blocks += len(rows)
+                    yield from ({"input_ids": row.tolist(), "labels": None} for row in rows)
                 elif ids:
                     made += 1
                     if trains_a_token(labels):

@@ -94,16 +94,35 @@ def cache_key(
     data: Any, tokenizer: Any, seq_len: int, loss_on: LossOn | None, chat_template: str | None
 ) -> str:
     """The cache folder's name: a hash of everything that decides the examples."""
-    payload = {
-        "layout": LAYOUT,
-        "fusekit": __version__,
+    return _entry_key({
         "data": [content_key(p) for p in parts(data)],
         "tokenizer": tokenizer_key(tokenizer),
         "chat_template": template_text(chat_template) or getattr(tokenizer, "chat_template", None),
         "seq_len": seq_len,
         "loss_on": loss_on,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    })  # fmt: skip
+
+
+def _entry_key(payload: dict[str, Any]) -> str:
+    """A cache entry's name: ``payload`` with the layout and fusekit's version, hashed."""
+    text = json.dumps({"layout": LAYOUT, "fusekit": __version__, **payload}, sort_keys=True,
+                      default=str)  # fmt: skip
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def _building(folder: Path) -> Iterator[Path]:
+    """A scratch folder beside cache entry ``folder``: what the block writes into its
+    ``examples`` subfolder becomes the entry, renamed into place whole once the block
+    ends without error; the scratch is removed either way."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name[:12]}-", dir=folder.parent))
+    try:
+        (scratch / "examples").mkdir()
+        yield scratch
+        _publish(scratch / "examples", folder)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _raw(part: Any, scratch: Path) -> Dataset:
@@ -204,6 +223,18 @@ def _lists(values: np.ndarray, width: int) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.int32()))
 
 
+def fill_blocks(
+    carry: np.ndarray, stream: np.ndarray, prefix: np.ndarray, content: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``stream`` appended to ``carry``, cut into blocks of ``content`` tokens, each behind
+    ``prefix``: the blocks (one a row) and the tokens left over for the next ones."""
+    carry = np.concatenate([carry, stream.astype(carry.dtype)])
+    n = (len(carry) // content) * content
+    body = carry[:n].reshape(-1, content)
+    rows = np.concatenate([np.broadcast_to(prefix, (len(body), len(prefix))), body], 1)
+    return rows, carry[n:]
+
+
 def _pack(
     tokens: Dataset, tokenizer: Any, seq_len: int, blocks: Path, examples: Path, source: str
 ) -> None:
@@ -219,13 +250,9 @@ def _pack(
         for batch in table.to_batches(max_chunksize=BATCH * 8):
             mask = batch.column("packed")
             stream = pc.filter(batch.column("ids"), mask).flatten().to_numpy()
-            carry = np.concatenate([carry, stream.astype(np.int32)])
-            n = (len(carry) // content) * content
-            if n == 0:
+            rows, carry = fill_blocks(carry, stream, prefix, content)
+            if not len(rows):
                 continue
-            body = carry[:n].reshape(-1, content)
-            carry = carry[n:]
-            rows = np.concatenate([np.broadcast_to(prefix, (len(body), len(prefix))), body], 1)
             wrote += len(rows)
             yield pa.record_batch(
                 [
@@ -303,9 +330,7 @@ def tokenized_examples(
     if (folder / "examples.arrow").is_file():
         log.info(f"fusekit: {source}: tokenised examples read from the cache ({folder.name[:12]})")
         return _load(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name[:12]}-", dir=folder.parent))
-    try:
+    with _building(folder) as scratch:
         raws = [_raw(part, scratch) for part in parts(data)]
         raw = concatenate_datasets(raws) if len(raws) > 1 else raws[0]
         template = template_for(tokenizer, chat_template, model) if _any_talk(raw) else None
@@ -320,13 +345,9 @@ def tokenized_examples(
             new_fingerprint=folder.name[:40], desc="tokenising",
         )  # fmt: skip
         staged = scratch / "examples"
-        staged.mkdir()
         _pack(tokens, tokenizer, seq_len, staged / "blocks.arrow", staged / "examples.arrow",
               source)  # fmt: skip
         del tokens, raw, raws
-        _publish(staged, folder)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return _load(folder)
 
 
@@ -353,30 +374,20 @@ def cached_rows(
     rows (it names the folder, with the layout and fusekit's version); the file is
     written a batch at a time into a scratch folder and renamed into place whole.
     """
-    key = hashlib.sha256(
-        json.dumps({"layout": LAYOUT, "fusekit": __version__, **payload}, sort_keys=True,
-                   default=str).encode()
-    ).hexdigest()  # fmt: skip
+    key = _entry_key(payload)
     folder = cache_root() / "data" / key
     file = folder / "examples.arrow"
     if file.is_file():
         log.info(f"fusekit: {source}: tokenised examples read from the cache ({key[:12]})")
         return Dataset.from_file(str(file))
     log.info(f"fusekit: {source}: tokenising")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=folder.parent))
-    try:
-        staged = scratch / "examples"
-        staged.mkdir()
+    with _building(folder) as scratch:
         made = iter(rows())
         batches = (
             pa.RecordBatch.from_pylist(chunk, schema=schema)
             for chunk in iter(lambda: list(itertools.islice(made, BATCH)), [])
         )
-        _write_arrow(staged / "examples.arrow", batches, schema)
-        _publish(staged, folder)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        _write_arrow(scratch / "examples" / "examples.arrow", batches, schema)
     return Dataset.from_file(str(file))
 
 
@@ -396,6 +407,7 @@ __all__ = [
     "cache_key",
     "cached_rows",
     "content_key",
+    "fill_blocks",
     "flat_record",
     "parts",
     "tokenized_examples",
