@@ -11,7 +11,8 @@ left-padded row decodes like the same prompt alone.
 A prediction is the generated text up to the first EOS (the tokenizer's, plus
 any the model's generation config names), decoded without special tokens,
 cut at the first ``stop`` string if any are given, and compared with the
-reference after both are stripped of surrounding whitespace.  Generation
+reference after both are stripped of surrounding whitespace; a one-line
+reference is compared with the prediction's first line.  Generation
 stops at EOS or after ``max_new_tokens`` — by default the longest reference's
 token count plus ``margin``: a prediction that needs more tokens than that
 cannot match anyway.

@@ -47,8 +47,16 @@ def clean_prediction(text: str, stop: Sequence[str] = ()) -> str:
 
 
 def is_exact_match(prediction: str, reference: str, stop: Sequence[str] = ()) -> bool:
-    """Equal after ``clean_prediction`` and stripping the reference's surrounding whitespace."""
-    return clean_prediction(prediction, stop) == reference.strip()
+    """Equal after ``clean_prediction`` and stripping the reference's surrounding whitespace.
+
+    A one-line reference is compared with the prediction's first line: a base model
+    prompted with demonstrations, one per line, answers and then starts the next
+    line, which EOS never ends (lm-evaluation-harness stops such tasks at a newline).
+    """
+    answer, expected = clean_prediction(prediction, stop), reference.strip()
+    if "\n" not in expected:
+        answer = answer.split("\n", 1)[0].rstrip()
+    return answer == expected
 
 
 def choice_scores(logprob: float, n_bytes: int) -> tuple[float, float]:

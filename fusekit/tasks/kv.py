@@ -31,6 +31,16 @@ is the whole example; with the KV tokenizer the split falls on a token boundary
 An example ends where the answer ends: training code appends EOS after the
 completion and generation stops at EOS.
 
+**The text style, for real tokenizers.** ``style="text"`` writes the same tasks
+the way a pretrained model reads them: keys are made-up lowercase words
+(``"bavom"``; seeded, distinct, no digits inside, so a key never looks like a
+number to a tokenizer that splits digits), numbers are written plainly
+(``"12"``, ``"-4"``), and every prompt is preceded by ``shots`` fixed numeric
+demonstrations, one per line (``"3 + 4 = 7\n"``), so a base model that knows
+arithmetic only few-shot can be scored on it: the anchor's own skill is then
+its few-shot skill, and the composition is scored on the same prompts. The
+``kv`` word-level tokenizer reads the token style only.
+
 **Operands.** 2–3 operands (``min_operands``/``max_operands``); the first has no
 sign, each further one is preceded by ``+`` or ``-`` with equal probability.
 Operand keys are drawn uniformly with replacement from the chosen key pool;
@@ -74,7 +84,7 @@ import functools
 import random
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from fusekit.errors import DataError
@@ -92,6 +102,9 @@ KV_TASKS: tuple[str, ...] = (
 )
 KEY_POOLS: tuple[str, ...] = ("all", "held_in", "held_out")
 OPERATORS: tuple[str, ...] = ("+", "-")
+KV_STYLES: tuple[str, ...] = ("tokens", "text")
+_CONSONANTS = "bdfgklmnprstvz"
+_VOWELS = "aeiou"
 
 
 @dataclass(frozen=True)
@@ -100,6 +113,7 @@ class KVConfig:
 
     ``value_max=9`` is the quick-start tier (one digit per value); ``99`` is the
     harder tier. ``held_in_fraction`` of the keys (rounded) form the held-in pool.
+    ``style`` and ``shots``: see "The text style" in the module doc.
     """
 
     num_keys: int = 300
@@ -108,9 +122,17 @@ class KVConfig:
     max_operands: int = 3
     held_in_fraction: float = 0.2
     seed: int = 0
+    # Out of the repr, which seeds the example streams: the token style's examples
+    # stay what they were before the text style existed.
+    style: str = field(default="tokens", repr=False)
+    shots: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
+        if self.style not in KV_STYLES:
+            raise DataError(f"kv.style must be one of {', '.join(KV_STYLES)}, got {self.style!r}")
         for f in fields(self):
+            if f.name == "style":
+                continue
             value = getattr(self, f.name)
             expected = float if f.name == "held_in_fraction" else int
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -132,6 +154,18 @@ class KVConfig:
                 f"kv.held_in_fraction={self.held_in_fraction} leaves no held-in or no held-out "
                 f"keys among {self.num_keys}; use a fraction strictly between 0 and 1"
             )
+        if self.shots < 0:
+            raise DataError(f"kv.shots must be at least 0, got {self.shots}")
+        if self.shots and self.style != "text":
+            raise DataError(
+                "kv.shots needs kv.style: text (the token style has no line breaks to "
+                "separate demonstrations)"
+            )
+        if self.style == "text" and self.num_keys > _WORD_KEYS:
+            raise DataError(
+                f"kv.num_keys={self.num_keys} exceeds the {_WORD_KEYS} distinct word keys "
+                "of the text style; use fewer keys"
+            )
 
     @classmethod
     def from_value(cls, value: KVConfig | Mapping[str, Any] | None) -> KVConfig:
@@ -151,9 +185,22 @@ class KVConfig:
         raise DataError(f"kv must be a KVConfig or a mapping of its fields, got {value!r}")
 
 
+_WORD_KEYS = (len(_CONSONANTS) * len(_VOWELS)) ** 2 * len(_CONSONANTS)
+
+
+@functools.lru_cache(maxsize=64)
 def key_names(cfg: KVConfig) -> tuple[str, ...]:
-    """All keys, ``k0`` … ``k{num_keys-1}``, in index order."""
-    return tuple(f"k{i}" for i in range(cfg.num_keys))
+    """All keys in index order: ``k0`` … ``k{num_keys-1}``, or in the text style
+    ``num_keys`` distinct consonant-vowel words of five letters (``"bavom"``),
+    drawn by ``cfg.seed``."""
+    if cfg.style == "tokens":
+        return tuple(f"k{i}" for i in range(cfg.num_keys))
+    rng = random.Random(f"kv-words|{cfg.seed}")
+    words: dict[str, None] = {}
+    while len(words) < cfg.num_keys:
+        letters = [rng.choice(_VOWELS if i % 2 else _CONSONANTS) for i in range(5)]
+        words.setdefault("".join(letters))
+    return tuple(words)
 
 
 @functools.lru_cache(maxsize=64)
@@ -174,8 +221,11 @@ def key_split(cfg: KVConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return held_in, held_out
 
 
-def number_text(value: int) -> str:
-    """A signed integer written digit by digit: ``-12`` → ``"- 1 2"``, ``7`` → ``"7"``."""
+def number_text(value: int, style: str = "tokens") -> str:
+    """A signed integer written digit by digit: ``-12`` → ``"- 1 2"``, ``7`` → ``"7"``;
+    in the text style plainly: ``-12`` → ``"-12"``."""
+    if style == "text":
+        return str(value)
     digits = " ".join(str(abs(value)))
     return f"- {digits}" if value < 0 else digits
 
@@ -192,6 +242,21 @@ def _signed_sum(values: list[int], signs: list[str]) -> int:
     for value, sign in zip(values[1:], signs[1:], strict=True):
         total = total + value if sign == "+" else total - value
     return total
+
+
+@functools.lru_cache(maxsize=64)
+def demonstrations(cfg: KVConfig) -> str:
+    """The ``cfg.shots`` numeric examples every text-style prompt starts with, one per
+    line; drawn by ``cfg.seed`` from their own stream, so they never change with ``n``."""
+    rng = random.Random(f"kv-shots|{cfg}|{cfg.shots}")
+    lines = []
+    for _ in range(cfg.shots):
+        count = rng.randint(cfg.min_operands, cfg.max_operands)
+        signs = [""] + [rng.choice(OPERATORS) for _ in range(count - 1)]
+        values = [rng.randint(0, cfg.value_max) for _ in range(count)]
+        expression = _expression((str(v) for v in values), signs)
+        lines.append(f"{expression} = {_signed_sum(values, signs)}\n")
+    return "".join(lines)
 
 
 def _pool(cfg: KVConfig, keys: str) -> tuple[str, ...]:
@@ -233,7 +298,13 @@ def _examples(task: str, n: int, *, cfg: KVConfig, keys: str, stream: str) -> li
         )
     pool = _pool(cfg, keys)
     table = key_values(cfg)
-    rng = random.Random(f"kv-examples|{task}|{keys}|{stream}|{cfg}")
+    text = f"|{cfg.style}|{cfg.shots}" if cfg.style != "tokens" else ""
+    rng = random.Random(f"kv-examples|{task}|{keys}|{stream}|{cfg}{text}")
+    shots = demonstrations(cfg)
+
+    def num(value: int) -> str:
+        return number_text(value, cfg.style)
+
     out: list[dict[str, str]] = []
     for _ in range(n):
         low = 1 if task == "kv_lookup" else cfg.min_operands  # a key may be the first operand
@@ -241,23 +312,23 @@ def _examples(task: str, n: int, *, cfg: KVConfig, keys: str, stream: str) -> li
         signs = [""] + [rng.choice(OPERATORS) for _ in range(count - 1)]
         if task == "numeric_arithmetic":
             values = [rng.randint(0, cfg.value_max) for _ in range(count)]
-            prompt = _expression((number_text(v) for v in values), signs) + " ="
-            answer = number_text(_signed_sum(values, signs))
-            out.append({"prompt": prompt, "completion": " " + answer})
+            prompt = _expression((num(v) for v in values), signs) + " ="
+            answer = num(_signed_sum(values, signs))
+            out.append({"prompt": shots + prompt, "completion": " " + answer})
             continue
         operands = [rng.choice(pool) for _ in range(count)]
         keyed = _expression(operands, signs)
         values = [table[k] for k in operands]
         if task == "key_exposure":
-            out.append({"prompt": "", "completion": keyed})
+            out.append({"prompt": shots, "completion": keyed})
         elif task == "kv_lookup":
-            out.append({"prompt": keyed, "completion": " " + number_text(values[-1])})
+            out.append({"prompt": shots + keyed, "completion": " " + num(values[-1])})
         elif task == "kv_substitution":
-            substituted = _expression((number_text(v) for v in values), signs)
-            out.append({"prompt": keyed + " =", "completion": " " + substituted})
+            substituted = _expression((num(v) for v in values), signs)
+            out.append({"prompt": shots + keyed + " =", "completion": " " + substituted})
         else:  # kv_arithmetic
-            answer = number_text(_signed_sum(values, signs))
-            out.append({"prompt": keyed + " =", "completion": " " + answer})
+            answer = num(_signed_sum(values, signs))
+            out.append({"prompt": shots + keyed + " =", "completion": " " + answer})
     return out
 
 
@@ -311,6 +382,11 @@ def kv_tokenizer(cfg: KVConfig | None = None) -> PreTrainedTokenizerFast:
     from transformers import PreTrainedTokenizerFast
 
     cfg = cfg or KVConfig()
+    if cfg.style != "tokens":
+        raise DataError(
+            "the kv tokenizer reads kv.style: tokens only; text-style KV data is for a "
+            "pretrained model's own tokenizer"
+        )
     backend = Tokenizer.from_str(_kv_tokenizer_json(cfg))
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK

@@ -50,6 +50,15 @@ def test_stop_strings_cut_the_prediction() -> None:
     assert is_exact_match(" paris. rome", "paris", stop=["."])
 
 
+def test_a_one_line_reference_is_compared_with_the_first_line() -> None:
+    # a base model answers a demonstration-prompted question, then starts the next line
+    assert is_exact_match(" 11\n7 + 2 = 9", "11")
+    assert not is_exact_match(" 12\n11", "11")
+    assert is_exact_match("\n11\n3", " 11")  # surrounding whitespace goes first
+    assert is_exact_match("a\nb\nc", "a\nb\nc")
+    assert not is_exact_match("a\nb\nd", "a\nb\nc")  # a multi-line reference is whole
+
+
 def test_choice_scores_normalise_by_bytes() -> None:
     assert choice_scores(-6.0, 3) == (-6.0, -2.0)
     assert choice_scores(-6.0, len("é".encode())) == (-6.0, -3.0)

@@ -286,3 +286,65 @@ def test_bad_arguments_raise_data_error():
     with pytest.raises(DataError, match="non-negative"):
         kv_examples("kv_arithmetic", -1)
     assert kv_examples("kv_arithmetic", 0) == []
+
+
+TEXT = KVConfig(style="text", shots=3, num_keys=60, min_operands=2, max_operands=2)
+
+
+def test_text_style_keys_are_distinct_words_without_digits():
+    keys = key_values(TEXT)
+    assert len(keys) == 60
+    assert all(re.fullmatch(r"[a-z]{5}", key) for key in keys)
+    assert list(keys) != list(key_values(KVConfig(style="text", num_keys=60, seed=1)))
+
+
+def test_text_style_writes_numbers_plainly_after_the_same_demonstrations():
+    table = key_values(TEXT)
+    shots: set[str] = set()
+    for ex in kv_examples("kv_arithmetic", 300, cfg=TEXT, seed=2):
+        *demos, question = ex["prompt"].split("\n")
+        shots.add("\n".join(demos))
+        assert len(demos) == 3
+        for line in demos:  # each demonstration is a correct numeric sum
+            left, right = line.split(" = ")
+            a, sign, b = left.split()
+            assert int(right) == int(a) + (int(b) if sign == "+" else -int(b))
+        first, sign, second = question.removesuffix(" =").split()
+        expected = table[first] + (table[second] if sign == "+" else -table[second])
+        assert ex["completion"] == f" {expected}"  # "-4", not "- 4"
+    assert len(shots) == 1  # one fixed prefix for every example
+
+
+def test_text_style_lookup_and_numeric_prompts_share_the_prefix():
+    prefix = kv_examples("numeric_arithmetic", 1, cfg=TEXT)[0]["prompt"].rsplit("\n", 1)[0]
+    lookup = kv_examples("kv_lookup", 50, cfg=TEXT)
+    assert all(ex["prompt"].startswith(prefix + "\n") for ex in lookup)
+    assert kv_examples("key_exposure", 1, cfg=TEXT)[0]["prompt"] == prefix + "\n"
+
+
+def test_token_style_streams_do_not_depend_on_the_text_fields():
+    # the text fields are out of the seed, so the token style's data never moved
+    assert kv_examples("kv_arithmetic", 3) == [
+        {"prompt": "k1 - k263 =", "completion": " - 2"},
+        {"prompt": "k144 + k23 =", "completion": " 8"},
+        {"prompt": "k40 - k183 =", "completion": " - 2"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"style": "words"}, r"kv\.style"),
+        ({"shots": 2}, r"kv\.shots needs kv\.style: text"),
+        ({"style": "text", "shots": -1}, r"kv\.shots"),
+        ({"style": "text", "num_keys": 10**6}, "distinct word keys"),
+    ],
+)
+def test_bad_text_style_settings(kwargs, match):
+    with pytest.raises(DataError, match=match):
+        KVConfig(**kwargs)
+
+
+def test_the_kv_tokenizer_refuses_the_text_style():
+    with pytest.raises(DataError, match=r"kv\.style: tokens"):
+        kv_tokenizer(TEXT)
