@@ -15,7 +15,9 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -30,8 +32,26 @@ from fusekit.strategies.base import Prepared, Strategy
 WORKER_ENV = "FUSEKIT_TRAINING_WORKER"
 
 
+@dataclass(frozen=True)
+class AccelerateConfig:
+    """An ``--accelerate-config`` file as it was read and checked, once: every later
+    decision (sharding checks, the memory estimate, which machine this is) uses these
+    settings, so a file edited during a run cannot make them disagree."""
+
+    path: Path
+    settings: dict[str, Any]
+
+    @property
+    def machine_rank(self) -> int:
+        return int(self.settings.get("machine_rank") or 0)
+
+    @property
+    def num_processes(self) -> int:
+        return int(self.settings.get("num_processes") or 1)
+
+
 def run_distributed(
-    strategy: Strategy, prepared: Prepared, ctx: StageContext, config: Path
+    strategy: Strategy, prepared: Prepared, ctx: StageContext, config: AccelerateConfig
 ) -> StageResult | None:
     """``run_stages`` on every rank of ``accelerate launch --config_file config``.
 
@@ -52,7 +72,7 @@ def run_distributed(
             )
         )
         cmd = [
-            sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+            sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config.path),
             "-m", "fusekit.pipeline.worker", str(job),
         ]  # fmt: skip
         proc = subprocess.Popen(cmd, env={**os.environ, WORKER_ENV: "1"})
@@ -78,19 +98,19 @@ def run_distributed(
         return StageResult.model_validate_json(result.read_text()) if result.is_file() else None
 
 
-def check_sharding(config: Path, recipe: BaseRecipe) -> None:
+def check_sharding(config: AccelerateConfig, recipe: BaseRecipe) -> None:
     """Refuse settings of the accelerate config that clash with the recipe's, before any
     work: ``train.eval_steps`` with several processes (the curve scores the whole model
     on rank 0 while the other ranks would wait on it; sharded weights are not whole on
     any one rank), and FSDP's own ``fsdp_activation_checkpointing`` together with
     ``train.gradient_checkpointing`` would recompute activations twice, and
     transformers' Trainer refuses the pair only once every rank has loaded its models."""
-    doc = load_yaml(config.read_text(encoding="utf-8"))
+    doc = config.settings
     fsdp = doc.get("fsdp_config") or {}
     train = recipe.train
-    if train is not None and train.eval_steps and int(doc.get("num_processes") or 1) > 1:
+    if train is not None and train.eval_steps and config.num_processes > 1:
         raise FusekitError(
-            f"accelerate config {config}: train.eval_steps scores the whole model in one "
+            f"accelerate config {config.path}: train.eval_steps scores the whole model in one "
             "process, and this config trains in several; drop train.eval_steps (the output "
             "is scored on data.eval after training) or train in one process"
         )
@@ -101,18 +121,13 @@ def check_sharding(config: Path, recipe: BaseRecipe) -> None:
         and train.gradient_checkpointing
     ):
         raise FusekitError(
-            f"accelerate config {config}: fsdp_activation_checkpointing and the recipe's "
+            f"accelerate config {config.path}: fsdp_activation_checkpointing and the recipe's "
             "train.gradient_checkpointing both recompute activations; keep one (drop "
             "train.gradient_checkpointing to let FSDP2 checkpoint its wrapped blocks)"
         )
 
 
-def machine_rank(config: Path) -> int:
-    """The ``machine_rank`` of an accelerate config that ``check_accelerate_config`` accepted."""
-    return int(load_yaml(config.read_text(encoding="utf-8")).get("machine_rank") or 0)
-
-
-def check_accelerate_config(path: str | Path) -> Path:
+def check_accelerate_config(path: str | Path) -> AccelerateConfig:
     """The ``--accelerate-config`` file, read and checked before any work.
 
     ``accelerate launch`` reads it only after fusekit has prepared the run, and
@@ -176,4 +191,4 @@ def check_accelerate_config(path: str | Path) -> Path:
             "weights cannot be saved from rank 0); shard with FSDP2 (distributed_type: FSDP, "
             "fsdp_version: 2)"
         )
-    return file
+    return AccelerateConfig(file, doc)

@@ -9,7 +9,6 @@ from fusekit.estimates import device_memory, memory_advice, sharded, sharding_ki
 from fusekit.pipeline.checks import checked
 from fusekit.pipeline.distributed import check_accelerate_config, check_sharding
 from fusekit.pipeline.run import RecipeSource, as_recipe
-from fusekit.recipe.loading import load_yaml
 
 
 def plan(
@@ -30,7 +29,7 @@ def plan(
     plan = {"strategy": recipe.strategy, **strategy.plan()}
     memory = plan.get("training_memory_bytes")
     if memory is not None:
-        settings = load_yaml(config.read_text()) if config is not None else {}
+        settings = config.settings if config is not None else {}
         if config is not None:
             memory = plan["training_memory_bytes"] = sharded(memory, settings)
         name, capacity = device_memory()

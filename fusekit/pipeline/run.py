@@ -33,9 +33,9 @@ from fusekit.pipeline.checkpoints import (
 )
 from fusekit.pipeline.checks import checked, file_data
 from fusekit.pipeline.distributed import (
+    AccelerateConfig,
     check_accelerate_config,
     check_sharding,
-    machine_rank,
     run_distributed,
 )
 from fusekit.pipeline.stages import StageContext, run_stages, unit_fingerprint, unit_label
@@ -140,7 +140,7 @@ def run(
     recipe, strategy = checked(recipe)  # every folder and data file, before any work
     if config is not None:
         check_sharding(config, recipe)
-    if config is not None and machine_rank(config) > 0:
+    if config is not None and config.machine_rank > 0:
         _run_other_machine(strategy, recipe, recipe_dict, out, config, resume)
         return None
     root = checkpoint_root(out)
@@ -248,7 +248,7 @@ def _run_other_machine(
     recipe: BaseRecipe,
     recipe_dict: dict[str, Any],
     out: Path,
-    config: Path,
+    config: AccelerateConfig,
     resume: bool,
 ) -> None:
     """This machine's ranks of a run whose output machine 0 writes (``machine_rank`` > 0).

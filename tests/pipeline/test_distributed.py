@@ -100,3 +100,28 @@ def test_two_ranks_tokenise_the_data_once_and_a_second_run_not_at_all(
     assert first.count("tokenised examples read from the cache") == 1
     assert "tokenising" not in second and second.count("read from the cache") == 2
     assert len(list((tmp_path / "cache" / "data").iterdir())) == 1
+
+
+def test_the_accelerate_config_is_read_once(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checks, the sharded memory estimate and the machine's rank all use the one
+    reading the checks made: a file edited meanwhile cannot make them disagree."""
+    from fusekit.pipeline.distributed import check_accelerate_config
+    from fusekit.pipeline.plan import plan
+
+    data = write_corpus(tmp_path / "corpus.jsonl")
+    config = two_cpu_ranks(tmp_path / "two_cpu_ranks.yaml")
+    reads: list[Path] = []
+    real = Path.read_text
+
+    def counted(self: Path, *args: object, **kwargs: object) -> str:
+        if self.name == config.name:
+            reads.append(self)
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "read_text", counted)
+    answer = plan(recipe_for("finetune", models, data), accelerate_config=config)
+    assert len(reads) == 1 and answer["training_memory_bytes"]["total"] > 0
+    checked = check_accelerate_config(config)
+    assert (checked.path, checked.num_processes, checked.machine_rank) == (config, 2, 0)
