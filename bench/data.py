@@ -15,14 +15,20 @@ in-process) and the same number of processes:
   read, tokenised and packed as training asks, shuffled within 1,000 examples, nothing
   written), in one process as training reads it.
 
+With ``--fusellm`` the table is FuseLLM's instead: its examples (``fusekit.strategies.
+fusellm.examples``: the corpus cut into ``seq_len``-token chunks, each tokenised by the
+target and by a source with another tokenizer (SentencePiece-style, trained in-process)
+and aligned by offsets) built into an empty cache, in one process, then read again.
+
 Peak memory is the largest sum of the resident sets of the child and its workers,
 sampled every 50 ms (``psutil``), and in brackets the same for private memory (resident
 minus file-backed pages: the memory-mapped Arrow files a reader touches count as
 resident but are the page cache's to drop).  Time is the child's wall clock around
 the call.  The claims: fusekit's time is within 1.5x the plain map's, and its private
-memory does not grow with the corpus; neither does a stream's resident memory.
+memory does not grow with the corpus; neither does a stream's resident memory, nor
+FuseLLM's while it builds its examples.
 
-Run: ``python bench/data.py [--sizes-mb 64,256,1024] [--workdir DIR] [--procs 2]``.
+Run: ``python bench/data.py [--sizes-mb 64,256,1024] [--workdir DIR] [--procs 2] [--fusellm]``.
 """
 
 from __future__ import annotations
@@ -65,9 +71,11 @@ def write_corpus(path: Path, megabytes: float, seed: int = 0) -> int:
 
 
 def save_tokenizer(folder: Path) -> None:
+    """The target's tokenizer (byte-level BPE), and beside it a source's (SentencePiece-style)."""
     from fusekit.tasks import task_tokenizer
 
     task_tokenizer("code", kind="bpe").save_pretrained(folder)
+    task_tokenizer("code", kind="metaspace").save_pretrained(folder.with_name("source-tokenizer"))
 
 
 def _peak_rss(pid: int, stop: threading.Event, peak: list[int]) -> None:
@@ -118,6 +126,8 @@ def child(kind: str, corpus: str, tokenizer_dir: str, procs: int) -> None:
             lambda batch: tokenizer(batch["text"], add_special_tokens=False),
             batched=True, num_proc=procs if procs > 1 else None, remove_columns=["text"],
         ))  # fmt: skip
+    elif kind == "fusellm":
+        rows = len(fusellm_examples(corpus, tokenizer, tokenizer_dir))
     elif kind == "stream":
         from fusekit.data.streamed import StreamedExamples
 
@@ -131,11 +141,48 @@ def child(kind: str, corpus: str, tokenizer_dir: str, procs: int) -> None:
     print(json.dumps({"seconds": seconds, "rows": rows}))
 
 
+def fusellm_examples(corpus: str, tokenizer: object, tokenizer_dir: str) -> object:
+    """FuseLLM's examples of the corpus for the target and one source, from the cache."""
+    from transformers import AutoTokenizer
+
+    from fusekit.data.tokenized import cached_rows
+    from fusekit.strategies.fusellm.examples import Reader, example_rows, schema
+    from fusekit.strategies.fusellm.vocab import map_vocab, token_table
+
+    source = AutoTokenizer.from_pretrained(Path(tokenizer_dir).with_name("source-tokenizer"))
+    target = Reader(tokenizer, token_table(tokenizer), SEQ_LEN, str)
+    reader = Reader(source, token_table(source), 4 * SEQ_LEN, str,
+                    vocab_map=map_vocab(source, tokenizer, "mined"))  # fmt: skip
+    return cached_rows(
+        {"bench": "fusellm", "corpus": corpus},
+        lambda: example_rows(corpus, target, [reader], align="offsets", seq_len=SEQ_LEN,
+                             loss_on=None),
+        schema(1),
+        source="fusellm",
+    )  # fmt: skip
+
+
+def fusellm_table(sizes: list[float], work: Path) -> None:
+    print("| corpus | FuseLLM examples | cached rerun | peak (private) |")
+    print("|---|---|---|---|")
+    for size in sizes:
+        corpus = work / f"corpus-{size:g}mb.jsonl"
+        if not corpus.is_file():
+            write_corpus(corpus, size)
+        cache = Path(tempfile.mkdtemp(prefix="cache-", dir=work))
+        built = measure("fusellm", corpus, work / "tokenizer", cache, 1)
+        again = measure("fusellm", corpus, work / "tokenizer", cache, 1)
+        print(f"| {corpus.stat().st_size / 1e6:,.0f} MB | {built['seconds']:.1f} s | "
+              f"{again['seconds']:.2f} s | {built['peak_mb']:,.0f} MB "
+              f"({built['private_mb']:,.0f} MB) |", flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes-mb", default="64,256,1024")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--procs", type=int, default=min(os.cpu_count() or 1, 8))
+    parser.add_argument("--fusellm", action="store_true", help="FuseLLM's examples instead")
     parser.add_argument("--child", nargs=4, metavar=("KIND", "CORPUS", "TOKENIZER", "PROCS"))
     args = parser.parse_args()
     if args.child:
@@ -150,10 +197,14 @@ def main() -> None:
     save_tokenizer(work / "tokenizer")
     print(f"# {os.cpu_count()} CPUs, {args.procs} processes; torch {torch.__version__}, "
           f"datasets {datasets.__version__}; seq_len {SEQ_LEN}")  # fmt: skip
+    sizes = [float(s) for s in args.sizes_mb.split(",")]
+    if args.fusellm:
+        fusellm_table(sizes, work)
+        return
     print("| corpus | fusekit | cached rerun | datasets.map | time ratio | fusekit peak "
           "(private) | datasets.map peak (private) | stream pass | stream peak |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
-    for size in [float(s) for s in args.sizes_mb.split(",")]:
+    for size in sizes:
         corpus = work / f"corpus-{size:g}mb.jsonl"
         if not corpus.is_file():
             write_corpus(corpus, size)

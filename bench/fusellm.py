@@ -287,8 +287,9 @@ def bench_online(
     from transformers import TrainingArguments
 
     from fusekit.data.causal_lm import pad_id
-    from fusekit.strategies.fusellm.batching import FusionCollator, FusionDataset, SourceExamples
+    from fusekit.strategies.fusellm.batching import FusionCollator, FusionDataset
     from fusekit.strategies.fusellm.data import chunk_texts, encode_chunks
+    from fusekit.strategies.fusellm.examples import in_memory
     from fusekit.strategies.fusellm.extract import source_outputs
     from fusekit.strategies.fusellm.fusion import FusionConfig
     from fusekit.strategies.fusellm.prepare import prepare_source
@@ -297,16 +298,16 @@ def bench_online(
     batch, seq, max_len, reps = shape
     chunks = chunk_texts(docs, tok, seq)[: batch * reps]
     target_encs = encode_chunks(tok, chunks, seq)
-    sources, examples, vmaps = [], [], []
+    sources, read, vmaps = [], [], []
     for stok, smodel in pairs:
         prep = prepare_source(
             stok, tok, chunks, target_encs, align="offsets", max_len=max_len, progress=False
         )
-        examples.append(SourceExamples(prep.encodings, prep.align, None, pad_id(stok)))
+        read.append((prep.encodings, prep.align))
         vmaps.append(prep.vocab_map)
         sources.append(smodel.eval())
-    data = FusionDataset(target_encs, examples)
-    collate = FusionCollator(pad_id(tok), [e.pad_id for e in examples])
+    data = FusionDataset(in_memory(target_encs, read), [None] * len(read))
+    collate = FusionCollator(pad_id(tok), [pad_id(stok) for stok, _ in pairs])
     batches = [collate([data[i] for i in range(b * batch, (b + 1) * batch)]) for b in range(reps)]
     model.train()
     with tempfile.TemporaryDirectory() as tmp:

@@ -105,6 +105,17 @@ def stream_records(ref: Any) -> Iterator[Record]:
         yield dict(rec)
 
 
+class RecordStream:
+    """A data reference's records, read anew, one at a time, on every iteration: for
+    code that passes over the data more than once without holding it."""
+
+    def __init__(self, ref: Any) -> None:
+        self.ref = ref
+
+    def __iter__(self) -> Iterator[Record]:
+        return stream_records(self.ref)
+
+
 def load_records(ref: Any) -> list[Record]:
     """Records for a data reference (``located_records``), all of them in a list."""
     return list(stream_records(ref))
@@ -157,43 +168,69 @@ def segments(text: str, size: int | None = None) -> Iterator[str]:
 def chunk_texts(
     texts: Iterable[str], tokenizer: Any, seq_len: int, separator: str = "\n\n", batch: int = 256
 ) -> list[str]:
+    """``iter_chunks`` as a list."""
+    return list(iter_chunks(texts, tokenizer, seq_len, separator, batch))
+
+
+def iter_chunks(
+    texts: Iterable[str], tokenizer: Any, seq_len: int, separator: str = "\n\n", batch: int = 256
+) -> Iterator[str]:
     """Join documents with ``separator`` and cut the stream into pieces of ~``seq_len`` tokens.
 
     The text-level sibling of ``pack_texts``, for training that tokenises the same
     text with several tokenizers (FuseLLM's sources, CALM's augments): pieces are
     text, not ids.  Cuts fall on ``tokenizer``'s token starts, so no text is lost or
-    duplicated; a trailing piece shorter than a quarter block is dropped unless
-    it is the only one.
+    duplicated; a trailing piece shorter than a quarter block joins the one before it
+    unless it is the only one.  Documents are read as the pieces are wanted, about a
+    megabyte at a time, and at most two pieces' worth of text waits to be cut: memory
+    does not grow with the corpus.
     """
     content = max(1, seq_len - tokenizer.num_special_tokens_to_add(pair=False))
-    stream: list[str] = []
-    found: list[np.ndarray] = []
-    base = 0
-    docs = [t for t in texts if t]
-    pieces = [doc + (separator if k < len(docs) - 1 else "") for k, doc in enumerate(docs)]
-    for part in _batches([seg for piece in pieces for seg in segments(piece)], batch):
+    text = ""  # what is not yet cut off, from the current piece's first character
+    starts = np.zeros(0, dtype=np.int64)  # its token starts, relative to ``text``
+    for part in _batches(_segments_of(texts, separator), batch):
         enc = tokenizer(part, add_special_tokens=False, return_offsets_mapping=True)
+        found = [starts]
         for piece, offsets in zip(part, enc["offset_mapping"], strict=True):
-            found.append(base + np.asarray([a for a, _ in offsets], dtype=np.int64))
-            stream.append(piece)
-            base += len(piece)
-    text = "".join(stream)
-    starts = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
-    cuts = starts[::content].tolist()
-    if cuts:
-        cuts[0] = 0  # whatever precedes the first token (e.g. trimmed spaces) stays in
-    chunks: list[str] = []
-    for k, a in enumerate(cuts):
-        b = cuts[k + 1] if k + 1 < len(cuts) else len(text)
-        n_tokens = min(content, len(starts) - k * content)
-        if k > 0 and k == len(cuts) - 1 and n_tokens < content // 4:
-            chunks[-1] += text[a:b]  # a short tail joins the previous piece (truncated later)
+            found.append(len(text) + np.asarray([a for a, _ in offsets], dtype=np.int64))
+            text += piece
+        starts = np.concatenate(found)
+        # A piece is final once the one after it is not the last (which could be a
+        # short tail to join it): two further cuts must exist.
+        low, first = 0, 0  # the current piece's first character and token
+        while len(starts) - first > 2 * content:
+            cut = int(starts[first + content])
+            if text[low:cut].strip():
+                yield text[low:cut]
+            low, first = cut, first + content
+        text, starts = text[low:], starts[first:] - low
+    if len(starts) > content:
+        cut = int(starts[content])
+        head, tail = text[:cut], text[cut:]
+        if len(starts) - content < content // 4:
+            head, tail = head + tail, ""  # a short tail joins the piece before it
+        for piece in (head, tail):
+            if piece.strip():
+                yield piece
+    elif text.strip():
+        yield text
+
+
+def _segments_of(texts: Iterable[str], separator: str) -> Iterator[str]:
+    """The non-empty documents, each but the last followed by ``separator``, in
+    ``segments``: one document is held back to know whether it is the last."""
+    held: str | None = None
+    for doc in texts:
+        if not doc:
             continue
-        chunks.append(text[a:b])
-    return [c for c in chunks if c.strip()]
+        if held is not None:
+            yield from segments(held + separator)
+        held = doc
+    if held is not None:
+        yield from segments(held)
 
 
-def _batches(pieces: list[str], most: int) -> Iterator[list[str]]:
+def _batches(pieces: Iterable[str], most: int) -> Iterator[list[str]]:
     """Consecutive pieces, at most ``most`` of them and about ``SEGMENT_CHARS`` characters
     a batch: one tokenizer call each, its memory bounded like a single segment's."""
     batch: list[str] = []

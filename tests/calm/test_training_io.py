@@ -186,6 +186,23 @@ def test_offsets_dataset_cuts_long_texts_instead_of_truncating() -> None:
     assert max(anchor_ids) <= 32 and sum(anchor_ids[:-1]) >= n_tokens * 0.9
 
 
+def test_offsets_examples_read_a_file_as_they_go(tmp_path: Path) -> None:
+    """Over a file, the records are read in two passes, one at a time (``RecordStream``),
+    and make the examples the records held in a list make."""
+    from fusekit.data.causal_lm import RecordStream
+    from fusekit.strategies.calm.collate import offsets_examples
+    from tests.calm.conftest import VOCAB, make_tokenizer
+
+    anchor, augment = make_tokenizer(VOCAB, "bytelevel"), make_tokenizer(VOCAB, "metaspace")
+    records = [{"text": f"document {i}: " + "some words here. " * (i % 7 + 1)} for i in range(40)]
+    records.insert(5, {"prompt": "q:", "completion": " a"})
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    streamed = list(offsets_examples(RecordStream(str(path)), anchor, [augment], [False], 24))
+    assert streamed == list(offsets_examples(records, anchor, [augment], [False], 24))
+    assert streamed[-1]["prompt_chars"] == 2 and len(streamed) > 10
+
+
 def test_forward_returns_a_transformers_output(saved) -> None:
     """``load_composed(dir)(input_ids=ids).logits`` as for any transformers causal LM."""
     from transformers.modeling_outputs import CausalLMOutputWithPast

@@ -6,8 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from fusekit.strategies.fusellm.batching import FusionCollator, FusionDataset, SourceExamples
+from fusekit.strategies.fusellm.batching import FusionCollator, FusionDataset
 from fusekit.strategies.fusellm.data import chunk_texts, encode_chunks
+from fusekit.strategies.fusellm.examples import in_memory
 from tests.fusellm.conftest import CORPUS
 
 
@@ -49,7 +50,7 @@ def test_collator_pads_target_and_sources(bpe: Any, sp: Any) -> None:
     tgt = encode_chunks(bpe, chunks, 24)
     src = encode_chunks(sp, chunks, 96)
     align = [np.full(len(t), -1) for t in tgt]
-    ds = FusionDataset(tgt, [SourceExamples(src, align, None, pad_id=0)])
+    ds = FusionDataset(in_memory(tgt, [(src, align)]), [None])
     batch = FusionCollator(pad_id=0, source_pad_ids=[0])([ds[i] for i in range(3)])
     width = max(len(t) for t in tgt)
     assert batch["input_ids"].shape == (3, width)

@@ -155,7 +155,8 @@ def test_online_step_builds_the_same_target_as_stored_top_k(bpe: Any, sp: Any) -
     """The trainer's online path (top-k at aligned positions only) equals the full top-k route."""
     from types import SimpleNamespace
 
-    from fusekit.strategies.fusellm.batching import FusionCollator, FusionDataset, SourceExamples
+    from fusekit.strategies.fusellm.batching import FusionCollator, FusionDataset
+    from fusekit.strategies.fusellm.examples import in_memory
     from fusekit.strategies.fusellm.losses import next_token_mask
     from fusekit.strategies.fusellm.prepare import prepare_source
     from fusekit.strategies.fusellm.trainer import FuseLLMTrainer
@@ -166,7 +167,7 @@ def test_online_step_builds_the_same_target_as_stored_top_k(bpe: Any, sp: Any) -
     prep = prepare_source(
         sp, bpe, chunks, target_encs, align="offsets", max_len=160, progress=False
     )
-    data = FusionDataset(target_encs, [SourceExamples(prep.encodings, prep.align, None, 0)])
+    data = FusionDataset(in_memory(target_encs, [(prep.encodings, prep.align)]), [None])
     batch = FusionCollator(0, [0])([data[i] for i in range(len(data))])
     src = batch["sources"][0]
     vmaps = [torch.from_numpy(prep.vocab_map)]

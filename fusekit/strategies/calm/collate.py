@@ -24,7 +24,7 @@ default), so a token that straddles a span's start counts as inside it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -118,7 +118,7 @@ OFFSETS_SCHEMA = pa.schema([
 
 
 def offsets_examples(
-    records: Sequence[dict[str, Any]],
+    records: Iterable[dict[str, Any]],
     anchor_tokenizer: Any,
     augment_tokenizers: Sequence[Any],
     shared: Sequence[bool],
@@ -129,24 +129,32 @@ def offsets_examples(
     source: str = "data",
 ) -> Iterator[Example]:
     """Examples for a composition with at least one different-tokenizer augment: the
-    text pieces first, then the other records in order."""
-    from fusekit.data.causal_lm import chunk_texts
+    text pieces first, then the other records in order.  ``records`` is read twice, a
+    record at a time (a list, or ``RecordStream`` over a file): the text is cut into
+    pieces as it is read, never held whole."""
+    from fusekit.data.causal_lm import iter_chunks
 
-    for i, rec in enumerate(records):
-        if "text" not in rec and "completion" not in rec and "messages" not in rec:
-            raise DataError(
-                f"{source}: record {i} has neither 'text', 'prompt'/'completion' nor 'messages'"
-            )
-    # Plain text is cut into anchor-sized pieces (as the shared-tokenizer path packs
-    # it): encoding each document whole would keep only its first seq_len tokens.
-    texts = [r["text"] for r in records if "text" in r]
-    pieces = [{"text": t} for t in chunk_texts(texts, anchor_tokenizer, seq_len)]
-    others = [(i, r) for i, r in enumerate(records) if "text" not in r]
-    for where, rec in [*(("text", p) for p in pieces),
-                       *((f"{source}: record {i}", r) for i, r in others)]:  # fmt: skip
-        yield encode_offsets_example(
+    def texts() -> Iterator[str]:
+        for i, rec in enumerate(records):
+            if "text" not in rec and "completion" not in rec and "messages" not in rec:
+                raise DataError(
+                    f"{source}: record {i} has neither 'text', 'prompt'/'completion' nor 'messages'"
+                )
+            if "text" in rec:
+                yield rec["text"]
+
+    def encode(rec: dict[str, Any], where: str) -> Example:
+        return encode_offsets_example(
             rec, anchor_tokenizer, augment_tokenizers, shared, seq_len, loss_on, renderer, where
         )
+
+    # Plain text is cut into anchor-sized pieces (as the shared-tokenizer path packs
+    # it): encoding each document whole would keep only its first seq_len tokens.
+    for piece in iter_chunks(texts(), anchor_tokenizer, seq_len):
+        yield encode({"text": piece}, "text")
+    for i, rec in enumerate(records):
+        if "text" not in rec:
+            yield encode(rec, f"{source}: record {i}")
 
 
 def _pad(rows: Sequence[Sequence[Any]], value: Any) -> torch.Tensor:

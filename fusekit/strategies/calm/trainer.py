@@ -85,7 +85,7 @@ def composition_dataset(
     (``tokenized_examples``); with augments of their own tokenizers every model's
     tokens of each example are kept, keyed by all the tokenizers besides the data.
     """
-    from fusekit.data.causal_lm import load_records
+    from fusekit.data.causal_lm import RecordStream
     from fusekit.data.tokenized import (
         cached_rows,
         content_key,
@@ -100,7 +100,7 @@ def composition_dataset(
     from fusekit.strategies.calm.collate import OFFSETS_SCHEMA, offsets_examples
 
     def rows() -> Any:
-        records = load_records(data)
+        records = RecordStream(data)
         renderer = None
         if any(is_conversational(r) for r in records):
             template = chat_template_for(model.anchor_tokenizer, chat_template, anchor)

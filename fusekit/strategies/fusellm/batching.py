@@ -1,9 +1,9 @@
 """Training examples and batches: the target's tokens plus, per source, what fusion needs.
 
-An example is one text chunk.  For every source it carries the alignment
-(source position per target position, ``-1`` for none) and either the
-source's stored top-k rows (offline) or the source's own token ids, which the
-trainer runs through the in-memory source model (online).  The collator pads
+An example is one text chunk or conversation (``examples``).  For every source it
+carries the alignment (source position per target position, ``-1`` for none) and
+either the source's stored top-k rows (offline) or the source's own token ids, which
+the trainer runs through the in-memory source model (online).  The collator pads
 everything; the fused target itself is built in the training step, on the
 training device, by the same ``fusion.fuse`` in both modes.
 """
@@ -11,63 +11,49 @@ training device, by the same ``fusion.fuse`` in both modes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from fusekit.strategies.fusellm.data import Encoding
-
-
-@dataclass
-class SourceExamples:
-    """Everything about one source that examples need."""
-
-    encodings: list[Encoding]  # the source's tokenisation of every chunk
-    align: list[np.ndarray]  # per chunk: source position per target position, -1 = none
-    store: Any = None  # a StoreReader (offline) or None (online)
-    pad_id: int = 0
-
 
 class FusionDataset:
-    """A torch-compatible map dataset over text chunks."""
+    """A torch-compatible map dataset over the cached examples (``examples.schema``):
+    rows of the memory-mapped Arrow file, plus each offline source's top-k store."""
 
-    def __init__(
-        self,
-        target: list[Encoding],
-        sources: Sequence[SourceExamples],
-        scored: Sequence[np.ndarray | None] | None = None,
-    ) -> None:
-        for s in sources:
-            if len(s.encodings) != len(target) or len(s.align) != len(target):
-                raise ValueError("every source needs an encoding and an alignment per chunk")
-        self.target = target
-        self.sources = list(sources)
-        # per chunk, which target tokens carry the loss (None: all); the collator turns
-        # the rest into -100 labels, and both losses (CLM and fusion) follow the labels
-        self.scored = list(scored) if scored is not None else [None] * len(target)
+    def __init__(self, rows: Any, stores: Sequence[Any]) -> None:
+        self.rows = rows
+        # a StoreReader (offline) or None (online) per source
+        self.stores = list(stores)
+        if any(store is not None and len(store) != len(rows) for store in stores):
+            raise ValueError("every source's store needs a row per example")
 
     def __len__(self) -> int:
-        return len(self.target)
+        return len(self.rows)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        enc = self.target[i]
+        row = self.rows[int(i)]
+        # per chunk, which target tokens carry the loss (None: all); the collator turns
+        # the rest into -100 labels, and both losses (CLM and fusion) follow the labels
         item: dict[str, Any] = {
-            "input_ids": enc.ids,
-            "n_bytes": enc.n_bytes,
-            "scored": self.scored[i],
+            "input_ids": np.asarray(row["input_ids"], dtype=np.int64),
+            "n_bytes": row["n_bytes"],
+            "scored": _array(row["scored"], bool),
             "sources": [],
         }
-        for s in self.sources:
-            entry: dict[str, Any] = {"align": s.align[i]}
-            if s.store is not None:
-                entry.update(s.store.row(i))
+        for n, store in enumerate(self.stores):
+            entry: dict[str, Any] = {"align": np.asarray(row[f"s{n}_align"], dtype=np.int64)}
+            if store is not None:
+                entry.update(store.row(int(i)))
             else:
-                entry["input_ids"] = s.encodings[i].ids
-                entry["n_bytes"] = s.encodings[i].n_bytes
-                entry["counted"] = s.encodings[i].counted
+                entry["input_ids"] = np.asarray(row[f"s{n}_ids"], dtype=np.int64)
+                entry["n_bytes"] = row[f"s{n}_n_bytes"]
+                entry["counted"] = _array(row[f"s{n}_counted"], bool)
             item["sources"].append(entry)
         return item
+
+
+def _array(values: Any, dtype: Any) -> np.ndarray | None:
+    return None if values is None else np.asarray(values, dtype=dtype)
 
 
 def _pad2(rows: Sequence[np.ndarray], value: int, width: int | None = None) -> np.ndarray:

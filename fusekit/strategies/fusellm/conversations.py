@@ -201,21 +201,31 @@ def align_conversation(source: ConversationExample, target: ConversationExample)
     return np.where(keep, hits, -1)
 
 
-def _loss_positions(n: int, scored: np.ndarray | None) -> np.ndarray:
-    """Positions ``t`` whose prediction (of token ``t + 1``) carries the loss."""
-    if scored is None:
-        return np.arange(max(n - 1, 0))
-    return np.flatnonzero(np.asarray(scored[1:n], dtype=bool))
+def content_next(target: ConversationExample) -> np.ndarray:
+    """Per target position, whether the token after it lies inside a message's content."""
+    return _content_next(placed(target.encoding.spans, target.content, target.content))
+
+
+def aligned_counts(
+    align: np.ndarray, scored: np.ndarray | None, content: np.ndarray | None = None
+) -> np.ndarray:
+    """``[[hits, total], ...]`` over the target's positions with a next token, those whose
+    prediction carries the loss (``scored``, None: all), and — with ``content``
+    (``content_next``) — those of the loss's that predict a content token (not the
+    template's end of turn, which no other template writes); a hit has a source position."""
+    n = len(align)
+    every = np.arange(max(n - 1, 0))
+    loss = every if scored is None else np.flatnonzero(np.asarray(scored[1:n], dtype=bool))
+    on_content = loss[np.asarray(content, dtype=bool)[loss]] if content is not None else loss[:0]
+    hit = np.asarray(align) >= 0
+    return np.array([[int(hit[w].sum()), len(w)] for w in (every, loss, on_content)])
 
 
 def loss_share(aligned: Sequence[np.ndarray], scored: Sequence[np.ndarray | None]) -> float:
     """Share of the target's loss positions that have a source position."""
-    hits = total = 0
-    for a, mask in zip(aligned, scored, strict=True):
-        where = _loss_positions(len(a), mask)
-        hits += int((a[where] >= 0).sum())
-        total += len(where)
-    return hits / max(total, 1)
+    none = np.zeros(2, dtype=np.int64)
+    hits, total = sum((aligned_counts(a, m)[1] for a, m in zip(aligned, scored, strict=True)), none)
+    return int(hits) / max(int(total), 1)
 
 
 def content_share(
@@ -223,14 +233,10 @@ def content_share(
     targets: Sequence[ConversationExample],
     scored: Sequence[np.ndarray | None],
 ) -> float:
-    """Share of the loss positions that predict a content token (not the template's end of
-    turn, which no other template writes) that have a source position: what the templates
-    cost the alignment, comparable with the share on the same contents as plain text."""
-    hits = total = 0
-    for a, target, mask in zip(aligned, targets, scored, strict=True):
-        places = placed(target.encoding.spans, target.content, target.content)
-        where = _loss_positions(len(a), mask)
-        where = where[_content_next(places)[where]]
-        hits += int((a[where] >= 0).sum())
-        total += len(where)
-    return hits / max(total, 1)
+    """Share of the loss positions that predict a content token that have a source
+    position: what the templates cost the alignment, comparable with the share on the
+    same contents as plain text."""
+    counts = (aligned_counts(a, m, content_next(t))[2]
+              for a, t, m in zip(aligned, targets, scored, strict=True))  # fmt: skip
+    hits, total = sum(counts, np.zeros(2, dtype=np.int64))
+    return int(hits) / max(int(total), 1)

@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fusekit.data.chat import (
-    Renderer,
     chat_template,
-    conversation,
     is_conversational,
     template_text,
 )
@@ -32,39 +30,6 @@ from fusekit.models.resolve import model_inputs
 from fusekit.recipe.common import TrainSpec, own_load
 from fusekit.strategies.base import Built, Prepared, Strategy
 from fusekit.strategies.fusellm.recipe import FuseLLMRecipe
-
-
-def _chunks(
-    recipe: FuseLLMRecipe, tokenizer: Any
-) -> tuple[list[str], list[int], list[tuple[str, Any]]]:
-    """The text chunks every model reads, how many characters of each are prompt, and the
-    conversations (with their record's place), which each model reads in its own template.
-
-    Text records are joined and cut into pieces of about ``seq_len`` target tokens
-    (``chunk_texts``); a prompt/completion record is one chunk, prompt then completion,
-    whose prompt carries neither loss (unless ``train.loss_on: all``), as in plain
-    fine-tuning: the target learns to answer, not to write questions.
-    """
-    from fusekit.data.causal_lm import located_records
-    from fusekit.strategies.fusellm.data import chunk_texts
-
-    texts, pairs, talks = [], [], []
-    for where, rec in located_records(recipe.train_data()):
-        if is_conversational(rec):
-            talks.append((where, conversation(where, rec)))
-        elif "text" in rec:
-            texts.append(rec["text"])
-        elif isinstance(rec.get("completion"), str):
-            pairs.append((rec["prompt"], rec["completion"]))
-    if not texts and not pairs and not talks:
-        raise DataError("fusellm: the training data holds no text records")
-    chunks = chunk_texts(texts, tokenizer, recipe.train.seq_len) if texts else []
-    prompt = [0] * len(chunks)
-    keep_prompt = recipe.train.loss_on == "all"
-    for p, c in pairs:
-        chunks.append(p + c)
-        prompt.append(0 if keep_prompt else len(p))
-    return chunks, prompt, talks
 
 
 def fusion_config_of(recipe: FuseLLMRecipe) -> Any:
@@ -158,14 +123,11 @@ class FuseLLMStrategy(Strategy[FuseLLMRecipe]):
         return [self.main_unit]  # steps: 0 still saves the target, unchanged
 
     def build(self, prepared: Prepared, unit: str) -> Built:
-        from fusekit.data.causal_lm import left_out
+        from fusekit.data.causal_lm import pad_id
         from fusekit.strategies.fusellm.batching import FusionCollator, FusionDataset
-        from fusekit.strategies.fusellm.conversations import (
-            content_share,
-            loss_share,
-            target_example,
-        )
-        from fusekit.strategies.fusellm.data import encode_chunks, scored_positions
+        from fusekit.strategies.fusellm.examples import summary
+        from fusekit.strategies.fusellm.trainer import FuseLLMTrainer
+        from fusekit.strategies.fusellm.vocab import mapping_stats
 
         r, spec = self.recipe, self.recipe.train
         target = prepared.inputs["target"]
@@ -179,77 +141,49 @@ class FuseLLMStrategy(Strategy[FuseLLMRecipe]):
         save_dtype = config_dtype(target.path)
         if spec.steps == 0:
             return Built(model, None, None, tokenizer=tokenizer, save_dtype=save_dtype)
-        chunks, prompt_chars, talks = _chunks(r, tokenizer)
-        encs = encode_chunks(tokenizer, chunks, spec.seq_len)
-        masks = [scored_positions(e, c, n) for e, c, n in zip(encs, chunks, prompt_chars,
-                                                              strict=True)]  # fmt: skip
-        # a completion cut off by seq_len leaves a row without a label (a 0/0 loss)
-        learns = [m is None or bool(m[1:].any()) for m in masks]
-        made = len(chunks) + len(talks)
-        chunks = [c for c, keep in zip(chunks, learns, strict=True) if keep]
-        target_encs = [e for e, keep in zip(encs, learns, strict=True) if keep]
-        scored = [m for m, keep in zip(masks, learns, strict=True) if keep]
-        talk_targets, kept = [], []
-        if talks:
-            renderer = Renderer(
-                tokenizer, chat_template(tokenizer, spec.chat_template, target.path)
-            )
-            for where, conv in talks:
-                loss_on = spec.loss_on or conv.default_loss_on
-                example, mask = target_example(renderer, where, conv, loss_on, spec.seq_len)
-                if mask[1:].any():  # else its trained turns lie past seq_len
-                    kept.append((where, conv))
-                    talk_targets.append(example)
-                    target_encs.append(example.encoding)
-                    scored.append(mask)
-        talks = kept
-        left_out(made - len(target_encs), made, spec.seq_len, "fusellm",
-                 anything_left=bool(target_encs))  # fmt: skip
-        if not target_encs:
-            raise DataError("fusellm: the training data produced no text chunks")
         sources = [m for name, m in prepared.inputs.items() if name.startswith("source_")]
-        examples, vocab_maps, models, stats = [], [], [], []
-        for n, source in enumerate(sources):
-            example, vocab_map, smodel, stat = self._source(
-                n,
-                source,
-                tokenizer,
-                chunks,
-                target_encs,
-                (talks, talk_targets, scored[len(chunks) :]),
-                prepared,
+        readers = [self._reader(n, source, tokenizer, prepared) for n, source in enumerate(sources)]
+        rows = self._examples(target, tokenizer, readers, prepared)
+        found = summary(rows, len(sources))
+        stores, models, stats = [], [], []
+        for n, (source, reader) in enumerate(zip(sources, readers, strict=True)):
+            smodel = load_causal_lm(
+                source.path,
+                allow_pickle=source.allow_pickle,
+                trust_remote_code=source.trust_remote_code,
+                **r.source_load(source.load).loader_kwargs(),
             )
-            stat["aligned_loss_positions"] = loss_share(example.align, scored)
-            if talks:
-                stat["aligned_content_positions"] = content_share(
-                    example.align[len(chunks) :], talk_targets, scored[len(chunks) :]
-                )
-            examples.append(example)
-            vocab_maps.append(vocab_map)
-            stats.append({**stat, "is_target": prepared.state["source_is_target"][n]})
-            if smodel is not None:
+            if r.mode == "offline":
+                shash = folder_hash(source.path)
+                stores.append(_extract(smodel, reader.tokenizer, rows, n, shash, r.top_k, spec))
+            else:
+                stores.append(None)
                 models.append(smodel)
-        from fusekit.data.causal_lm import pad_id
-        from fusekit.strategies.fusellm.trainer import FuseLLMTrainer
-
+            assert reader.vocab_map is not None  # every source's reader has one
+            stats.append({
+                "path": source.path,
+                **found.shares[n],
+                "vocab": mapping_stats(reader.vocab_map, reader.tokenizer, tokenizer),
+                "is_target": prepared.state["source_is_target"][n],
+            })  # fmt: skip
         return Built(
             model=model,
-            dataset=FusionDataset(target_encs, examples, scored),
-            collator=FusionCollator(pad_id(tokenizer), [e.pad_id for e in examples]),
+            dataset=FusionDataset(rows, stores),
+            collator=FusionCollator(pad_id(tokenizer), [pad_id(rd.tokenizer) for rd in readers]),
             tokenizer=tokenizer,
             trainer_class=FuseLLMTrainer,
             trainer_kwargs={
                 "lam": r.lam,
                 "fusion_config": fusion_config_of(r),
-                "vocab_maps": vocab_maps,
+                "vocab_maps": [rd.vocab_map for rd in readers],
                 "top_k": r.top_k,
                 "source_models": models if r.mode == "online" else None,
             },
             after_fit=lambda trainer: {"fusion": trainer.fusion_summary()},
             save_dtype=save_dtype,
             details={
-                "chunks": len(chunks),
-                "conversations": len(talks),
+                "chunks": found.chunks,
+                "conversations": found.conversations,
                 "mode": r.mode,
                 "align": r.align,
                 "sources": stats,
@@ -257,97 +191,101 @@ class FuseLLMStrategy(Strategy[FuseLLMRecipe]):
             },
         )
 
-    def _source(
-        self,
-        n: int,
-        source: Any,
-        tokenizer: Any,
-        chunks: list[str],
-        target_encs: list[Any],
-        talks: tuple[list[tuple[str, Any]], list[Any], list[Any]],
-        state: Prepared,
-    ) -> tuple[Any, Any, Any, dict[str, Any]]:
-        """One source: tokenizer, vocabulary map, alignment (text chunks, then the
-        conversations in its own template), and its model or top-k store."""
-        from fusekit.data.causal_lm import pad_id
-        from fusekit.strategies.fusellm.batching import SourceExamples
-        from fusekit.strategies.fusellm.conversations import (
-            align_conversation,
-            scored_messages,
-            source_example,
-        )
-        from fusekit.strategies.fusellm.prepare import aligned_share, prepare_source
+    def _reader(self, n: int, source: Any, tokenizer: Any, state: Prepared) -> Any:
+        """Source ``n``'s side of the data: its tokenizer, its vocabulary map onto the
+        target's, how many tokens it may read, and its chat template (when asked for)."""
+        from transformers import AutoConfig
 
-        r, spec = self.recipe, self.recipe.train
+        from fusekit.strategies.fusellm.examples import Reader
+        from fusekit.strategies.fusellm.vocab import map_vocab, token_table
+
         stok = load_tokenizer(source.path, trust_remote_code=source.trust_remote_code)
         if not getattr(stok, "is_fast", False):
             raise FusekitError(f"source {source.path}: fusellm needs a fast (tokenizers) tokenizer")
-        smodel = load_causal_lm(
-            source.path,
-            allow_pickle=source.allow_pickle,
-            trust_remote_code=source.trust_remote_code,
-            **r.source_load(source.load).loader_kwargs(),
-        )
-        max_len = _source_max_len(smodel, spec.seq_len)
-        prepared = prepare_source(
+        config = AutoConfig.from_pretrained(source.path, trust_remote_code=source.trust_remote_code)
+        return Reader(
             stok,
-            tokenizer,
-            chunks,
-            target_encs[: len(chunks)],
-            align=r.align,
-            max_len=max_len,
-            cache_dir=cache_root() / "vocab_maps",
-            desc=f"align source {n}",
-        )
-        if talks[0]:
-            renderer = Renderer(stok, self._source_template(n, source, stok, state))
-            for (where, conv), target, mask in zip(*talks, strict=True):
-                read = source_example(renderer, where, conv, max_len, scored_messages(target, mask))
-                prepared.encodings.append(read.encoding)
-                prepared.align.append(align_conversation(read, target))
-            prepared.stats["aligned_positions"] = aligned_share(prepared.align)
-        store = None
-        if r.mode == "offline":
-            shash = folder_hash(source.path)
-            store = _extract(smodel, stok, prepared, shash, r.top_k, spec, cache_root(), n)
-            smodel = None
-        example = SourceExamples(prepared.encodings, prepared.align, store, pad_id(stok))
-        return example, prepared.vocab_map, smodel, {"path": source.path, **prepared.stats}
+            token_table(stok),
+            _source_max_len(config, self.recipe.train.seq_len),
+            lambda: self._source_template(n, source, stok, state),
+            vocab_map=map_vocab(stok, tokenizer, "em" if self.recipe.align == "em" else "mined",
+                                cache_dir=cache_root() / "vocab_maps"),
+        )  # fmt: skip
+
+    def _examples(self, target: Any, tokenizer: Any, readers: list[Any], state: Prepared) -> Any:
+        """The examples every model reads (``examples``), from the data cache."""
+        from fusekit.data.causal_lm import located_records
+        from fusekit.data.tokenized import cached_rows, content_key, parts, tokenizer_key
+        from fusekit.strategies.fusellm.examples import SHAPE, Reader, example_rows, schema
+        from fusekit.strategies.fusellm.vocab import token_table
+
+        r, spec = self.recipe, self.recipe.train
+        reader = Reader(tokenizer, token_table(tokenizer), spec.seq_len,
+                        lambda: chat_template(tokenizer, spec.chat_template, target.path))  # fmt: skip
+        data = r.train_data()
+        own = template_text(spec.chat_template) or getattr(tokenizer, "chat_template", None)
+        theirs = [self._template_of(n, rd.tokenizer, state) for n, rd in enumerate(readers)]
+        if not (own and all(theirs)) and any(
+            is_conversational(r) for _, r in located_records(data)
+        ):
+            for side in (reader, *readers):
+                side.renderer()  # a missing template is refused before any tokenising
+        payload = {
+            "shape": SHAPE,
+            "data": [content_key(p) for p in parts(data)],
+            "target": tokenizer_key(tokenizer),
+            "target_template": own,
+            "sources": [
+                [tokenizer_key(rd.tokenizer), rd.max_len, template]
+                for rd, template in zip(readers, theirs, strict=True)
+            ],
+            "align": r.align,
+            "seq_len": spec.seq_len,
+            "loss_on": spec.loss_on,
+        }
+        return cached_rows(
+            payload,
+            lambda: example_rows(data, reader, readers, align=r.align, seq_len=spec.seq_len,
+                                 loss_on=spec.loss_on),
+            schema(len(readers)),
+            source="fusellm",
+        )  # fmt: skip
 
     def _source_template(self, n: int, source: Any, tokenizer: Any, state: Prepared) -> str:
-        """The template source ``n`` reads conversations in: the recipe's entry for it,
-        else (a source that is the target) the target's, else its tokenizer's own."""
-
-        given = state.state["source_templates"][n]
-        if given is None and state.state["source_is_target"][n]:
-            given = self.recipe.train.chat_template
-        template = template_text(given) or getattr(tokenizer, "chat_template", None)
+        """The template source ``n`` reads conversations in (``_template_of``); refused in
+        one line when it has none."""
+        template = self._template_of(n, tokenizer, state)
         if not template:
             raise DataError(
                 f"the data holds conversations but source {source.path} has no chat template; "
                 "give it one in source_chat_templates (a file or the template, one entry per "
                 "source, null for a source's own)"
             )
-        return str(template)
+        return template
+
+    def _template_of(self, n: int, tokenizer: Any, state: Prepared) -> str | None:
+        """The recipe's entry for source ``n``, else (a source that is the target) the
+        target's, else its tokenizer's own; None when there is none (text needs none)."""
+        given = state.state["source_templates"][n]
+        if given is None and state.state["source_is_target"][n]:
+            given = self.recipe.train.chat_template
+        template = template_text(given) or getattr(tokenizer, "chat_template", None)
+        return str(template) if template else None
 
 
-def _source_max_len(model: Any, seq_len: int) -> int:
+def _source_max_len(config: Any, seq_len: int) -> int:
     """Sources may cut the same text into more tokens; allow up to 4x, within their context."""
-    limit = getattr(model.config, "max_position_embeddings", None) or 4 * seq_len
+    limit = getattr(config, "max_position_embeddings", None) or 4 * seq_len
     return int(min(4 * seq_len, limit))
 
 
 def _extract(
-    model: Any,
-    tokenizer: Any,
-    prepared: Any,
-    model_hash: str,
-    top_k: int,
-    spec: TrainSpec,
-    cache: Path,
-    n: int,
+    model: Any, tokenizer: Any, rows: Any, n: int, model_hash: str, top_k: int, spec: TrainSpec
 ) -> Any:
+    """Source ``n``'s top-k at every position of its reading of the cached examples, in
+    a resumable store of the cache; the rows are read from the Arrow file a shard at a time."""
     from fusekit.data.causal_lm import pad_id
+    from fusekit.strategies.fusellm.examples import Column
     from fusekit.strategies.fusellm.extract import (
         StoreReader,
         counted_hash,
@@ -357,19 +295,19 @@ def _extract(
     )
     from fusekit.strategies.fusellm.vocab import tokenizer_fingerprint
 
-    rows = [e.ids for e in prepared.encodings]
+    ids = Column(rows, f"s{n}_ids")
+    counted = Column(rows, f"s{n}_counted", dtype=bool)
     # The dtype the source ran in changes its logits, so a store is kept per dtype.
     dtype = str(next(model.parameters()).dtype)
     meta = {"model": model_hash, "tokenizer": tokenizer_fingerprint(tokenizer), "dtype": dtype}
-    counted = [e.counted for e in prepared.encodings]
     positions = counted_hash(counted)  # text alone keeps the key it had before CE positions
     extra = {"counted": positions} if positions else {}
-    key = store_key(meta=meta, data=ids_hash(rows), top_k=top_k, **extra)[:24]
-    store_dir = cache / "fusellm_topk" / key
+    key = store_key(meta=meta, data=ids_hash(ids), top_k=top_k, **extra)[:24]
+    store_dir = cache_root() / "fusellm_topk" / key
     extract_to_store(
         model,
-        rows,
-        [e.n_bytes for e in prepared.encodings],
+        ids,
+        rows.data.column(f"s{n}_n_bytes").to_numpy(),
         store_dir,
         top_k=top_k,
         pad_id=pad_id(tokenizer),
