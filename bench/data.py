@@ -162,14 +162,19 @@ def fusellm_examples(corpus: str, tokenizer: object, tokenizer_dir: str) -> obje
     )  # fmt: skip
 
 
+def _corpus(work: Path, size: float) -> tuple[Path, Path]:
+    """The corpus of ``size`` MB (written once per work folder) and an empty cache."""
+    corpus = work / f"corpus-{size:g}mb.jsonl"
+    if not corpus.is_file():
+        write_corpus(corpus, size)
+    return corpus, Path(tempfile.mkdtemp(prefix="cache-", dir=work))
+
+
 def fusellm_table(sizes: list[float], work: Path) -> None:
     print("| corpus | FuseLLM examples | cached rerun | peak (private) |")
     print("|---|---|---|---|")
     for size in sizes:
-        corpus = work / f"corpus-{size:g}mb.jsonl"
-        if not corpus.is_file():
-            write_corpus(corpus, size)
-        cache = Path(tempfile.mkdtemp(prefix="cache-", dir=work))
+        corpus, cache = _corpus(work, size)
         built = measure("fusellm", corpus, work / "tokenizer", cache, 1)
         again = measure("fusellm", corpus, work / "tokenizer", cache, 1)
         print(f"| {corpus.stat().st_size / 1e6:,.0f} MB | {built['seconds']:.1f} s | "
@@ -205,10 +210,7 @@ def main() -> None:
           "(private) | datasets.map peak (private) | stream pass | stream peak |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
     for size in sizes:
-        corpus = work / f"corpus-{size:g}mb.jsonl"
-        if not corpus.is_file():
-            write_corpus(corpus, size)
-        cache = Path(tempfile.mkdtemp(prefix="cache-", dir=work))
+        corpus, cache = _corpus(work, size)
         ours = measure("fusekit", corpus, work / "tokenizer", cache, args.procs)
         again = measure("fusekit", corpus, work / "tokenizer", cache, args.procs)
         plain = measure("datasets", corpus, work / "tokenizer", Path(tempfile.mkdtemp(

@@ -367,12 +367,14 @@ def cached_rows(
     schema: pa.Schema,
     *,
     source: str = "data",
+    before: Callable[[], None] | None = None,
 ) -> Dataset:
     """Examples made once by ``rows()`` and kept as one Arrow file in the data cache,
     read memory-mapped: for examples of another shape than ``tokenized_examples``' (CALM's
-    for augments with their own tokenizers).  ``payload`` is everything that decides the
-    rows (it names the folder, with the layout and fusekit's version); the file is
-    written a batch at a time into a scratch folder and renamed into place whole.
+    for augments with their own tokenizers, FuseLLM's).  ``payload`` is everything that
+    decides the rows (it names the folder, with the layout and fusekit's version); the
+    file is written a batch at a time into a scratch folder and renamed into place whole.
+    ``before`` runs first when the rows must be made (checks that would refuse them).
     """
     key = _entry_key(payload)
     folder = cache_root() / "data" / key
@@ -380,6 +382,8 @@ def cached_rows(
     if file.is_file():
         log.info(f"fusekit: {source}: tokenised examples read from the cache ({key[:12]})")
         return Dataset.from_file(str(file))
+    if before is not None:
+        before()
     log.info(f"fusekit: {source}: tokenising")
     with _building(folder) as scratch:
         made = iter(rows())

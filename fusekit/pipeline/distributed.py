@@ -35,8 +35,9 @@ WORKER_ENV = "FUSEKIT_TRAINING_WORKER"
 @dataclass(frozen=True)
 class AccelerateConfig:
     """An ``--accelerate-config`` file as it was read and checked, once: every later
-    decision (sharding checks, the memory estimate, which machine this is) uses these
-    settings, so a file edited during a run cannot make them disagree."""
+    decision (sharding checks, the memory estimate, which machine this is) and the
+    launch itself use these settings, so a file edited during a run cannot make them
+    disagree."""
 
     path: Path
     settings: dict[str, Any]
@@ -71,8 +72,11 @@ def run_distributed(
                 }
             )
         )
+        # the settings the checks read, not the file as it may be now
+        settings = Path(folder) / "accelerate.yaml"
+        settings.write_text(yaml.safe_dump(config.settings))
         cmd = [
-            sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config.path),
+            sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(settings),
             "-m", "fusekit.pipeline.worker", str(job),
         ]  # fmt: skip
         proc = subprocess.Popen(cmd, env={**os.environ, WORKER_ENV: "1"})

@@ -10,9 +10,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fusekit.api import run
-from fusekit.data.causal_lm import iter_chunks
+from fusekit.data.causal_lm import iter_chunks, segments
 from fusekit.strategies.fusellm.data import chunk_texts, encode_chunks, scored_positions
 from fusekit.strategies.fusellm.examples import (
     Column,
@@ -26,11 +28,46 @@ from fusekit.strategies.fusellm.prepare import aligned_share, prepare_source
 from fusekit.strategies.fusellm.recipe import FuseLLMRecipe
 from fusekit.strategies.fusellm.vocab import map_vocab, token_table
 from tests.fusellm.conftest import CORPUS
+from tests.training.test_chat import CHATML, GEMMA, TALK
 
 
-def _reader(tokenizer: Any, max_len: int, target: Any = None) -> Reader:
+def _reader(tokenizer: Any, max_len: int, target: Any = None, template: str = "") -> Reader:
     vmap = map_vocab(tokenizer, target, "mined") if target is not None else None
-    return Reader(tokenizer, token_table(tokenizer), max_len, lambda: "", vocab_map=vmap)
+    return Reader(tokenizer, token_table(tokenizer), max_len, lambda: template, vocab_map=vmap)
+
+
+def reference_chunks(texts: list[str], tokenizer: Any, seq_len: int) -> list[str]:
+    """The whole stream at once, as pieces were cut before they were cut as read: the
+    documents joined by a blank line, every token start found, a cut every ``content``
+    tokens, a last piece under a quarter block joined to the one before."""
+    content = max(1, seq_len - tokenizer.num_special_tokens_to_add(pair=False))
+    docs = [t for t in texts if t]
+    text, starts = "", []
+    for k, doc in enumerate(docs):
+        for seg in segments(doc + ("\n\n" if k < len(docs) - 1 else "")):
+            found = tokenizer(seg, add_special_tokens=False, return_offsets_mapping=True)
+            starts += [len(text) + a for a, _ in found["offset_mapping"]]
+            text += seg
+    cuts = [0, *starts[content::content]] if starts else []
+    pieces: list[str] = []
+    for k, a in enumerate(cuts):
+        b = cuts[k + 1] if k + 1 < len(cuts) else len(text)
+        if k > 0 and k == len(cuts) - 1 and len(starts) - k * content < content // 4:
+            pieces[-1] += text[a:b]
+        else:
+            pieces.append(text[a:b])
+    return [piece for piece in pieces if piece.strip()]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    docs=st.lists(st.text(alphabet="ab é\n.\t", max_size=60), max_size=12),
+    seq_len=st.integers(2, 20),
+)
+def test_pieces_cut_as_read_are_the_pieces_of_the_whole_stream(
+    bpe: Any, docs: list[str], seq_len: int
+) -> None:
+    assert list(iter_chunks(docs, bpe, seq_len, batch=3)) == reference_chunks(docs, bpe, seq_len)
 
 
 def test_the_rows_are_the_in_memory_examples(bpe: Any, sp: Any) -> None:
@@ -54,6 +91,46 @@ def test_the_rows_are_the_in_memory_examples(bpe: Any, sp: Any) -> None:
         assert row["s0_align"] == source.align[k].tolist()
         assert row["s0_n_bytes"] == source.encodings[k].n_bytes and not row["talk"]
     assert sum(r["scored"] is not None for r in rows) == len(pairs)
+
+
+def test_a_record_with_text_is_text_whatever_else_it_holds(bpe: Any, sp: Any) -> None:
+    texts = [{"text": t} for t in CORPUS[:3]]
+    mixed = [{**texts[0], "prompt": "q: ", "completion": "a"}, {**texts[1], "completion": "x"},
+             texts[2]]  # fmt: skip
+    args = (_reader(bpe, 32), [_reader(sp, 128, bpe)])
+    made = list(example_rows(mixed, *args, align="offsets", seq_len=32, loss_on=None))
+    assert made == list(example_rows(texts, *args, align="offsets", seq_len=32, loss_on=None))
+
+
+def test_the_rows_do_not_depend_on_the_batch(
+    model_dirs: dict, bpe: Any, sp: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Text, prompt/completion and conversations (each model in its own template) make the
+    same rows a few at a time as all at once."""
+    import fusekit.strategies.fusellm.examples as examples
+
+    talks = [TALK, {"messages": [{"role": "user", "content": "2 + 2?"},
+                                 {"role": "assistant", "content": "4"}]}]  # fmt: skip
+    records = [{"text": t} for t in CORPUS[:6]] + [{"prompt": "q: ", "completion": "a b"}] + talks
+    target, sources = _reader(bpe, 256, template=CHATML), [_reader(sp, 1024, bpe, template=GEMMA)]
+
+    def rows() -> list[dict[str, Any]]:
+        return list(example_rows(records, target, sources, align="offsets", seq_len=256,
+                                 loss_on=None))  # fmt: skip
+
+    whole = rows()
+    monkeypatch.setattr(examples, "BATCH", 3)
+    assert rows() == whole
+    assert [r["talk"] for r in whole][-2:] == [True, True] and not whole[0]["talk"]
+    found = summary(in_memory_rows(whole), 1)
+    assert found.conversations == 2 and "aligned_content_positions" in found.shares[0]
+
+
+def in_memory_rows(rows: list[dict[str, Any]]) -> Any:
+    import pyarrow as pa
+    from datasets import Dataset
+
+    return Dataset(pa.Table.from_pylist(rows, schema=schema(1)))
 
 
 def test_the_summary_counts_what_the_list_shares_count(bpe: Any, sp: Any) -> None:
@@ -93,8 +170,9 @@ def test_pieces_are_cut_as_the_documents_are_read(bpe: Any) -> None:
     assert first == chunk_texts(CORPUS * 40, bpe, 32)[:20]
 
 
-def _recipe(models: dict, data: Path, **fields: Any) -> FuseLLMRecipe:
-    train = {"data": str(data), "steps": 2, "lr": 1e-3, "batch_size": 4, "seq_len": 32}
+def _recipe(models: dict, data: Path, loss_on: str | None = None, **fields: Any) -> FuseLLMRecipe:
+    train = {"data": str(data), "steps": 2, "lr": 1e-3, "batch_size": 4, "seq_len": 32,
+             "loss_on": loss_on}  # fmt: skip
     return FuseLLMRecipe(strategy="fusellm", target=str(models["target"]),
                          sources=[str(models["sp"])], train=train, **fields)  # fmt: skip
 
@@ -103,7 +181,7 @@ def test_a_second_run_reads_the_examples_from_the_cache(
     model_dirs: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A sweep over what does not shape the examples (``lam``) tokenises and aligns once;
-    another alignment makes other examples."""
+    another alignment, or another ``loss_on``, makes other examples."""
     import fusekit.data.tokenized as tokenized
 
     said: list[str] = []
@@ -121,3 +199,5 @@ def test_a_second_run_reads_the_examples_from_the_cache(
     assert first.training is not None and second.training is not None
     run(_recipe(model_dirs, data, align="em"), output=tmp_path / "three")
     assert sum(s == "fusekit: fusellm: tokenising" for s in said) == 2, said
+    run(_recipe(model_dirs, data, loss_on="all"), output=tmp_path / "four")
+    assert sum(s == "fusekit: fusellm: tokenising" for s in said) == 3, said

@@ -126,7 +126,12 @@ def _items(data: Any, tokenizer: Any, seq_len: int, keep_prompt: bool) -> Iterat
              if not is_conversational(r) and "text" in r)  # fmt: skip
     yield from (("chunk", chunk, 0) for chunk in iter_chunks(texts, tokenizer, seq_len))
     for _, rec in located_records(data):
-        if not is_conversational(rec) and isinstance(rec.get("completion"), str):
+        # a record with text is text, whatever else it holds (as in plain fine-tuning)
+        if (
+            not is_conversational(rec)
+            and "text" not in rec
+            and isinstance(rec.get("completion"), str)
+        ):
             prompt = rec["prompt"]
             yield "chunk", prompt + rec["completion"], 0 if keep_prompt else len(prompt)
     for where, rec in located_records(data):

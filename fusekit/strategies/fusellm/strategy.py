@@ -156,6 +156,7 @@ class FuseLLMStrategy(Strategy[FuseLLMRecipe]):
             if r.mode == "offline":
                 shash = folder_hash(source.path)
                 stores.append(_extract(smodel, reader.tokenizer, rows, n, shash, r.top_k, spec))
+                del smodel  # offline, one source is in memory at a time
             else:
                 stores.append(None)
                 models.append(smodel)
@@ -206,7 +207,8 @@ class FuseLLMStrategy(Strategy[FuseLLMRecipe]):
         return Reader(
             stok,
             token_table(stok),
-            _source_max_len(config, self.recipe.train.seq_len),
+            # the text model's context (a multimodal config holds it in its text part)
+            _source_max_len(config.get_text_config(), self.recipe.train.seq_len),
             lambda: self._source_template(n, source, stok, state),
             vocab_map=map_vocab(stok, tokenizer, "em" if self.recipe.align == "em" else "mined",
                                 cache_dir=cache_root() / "vocab_maps"),
@@ -225,11 +227,15 @@ class FuseLLMStrategy(Strategy[FuseLLMRecipe]):
         data = r.train_data()
         own = template_text(spec.chat_template) or getattr(tokenizer, "chat_template", None)
         theirs = [self._template_of(n, rd.tokenizer, state) for n, rd in enumerate(readers)]
-        if not (own and all(theirs)) and any(
-            is_conversational(r) for _, r in located_records(data)
-        ):
-            for side in (reader, *readers):
-                side.renderer()  # a missing template is refused before any tokenising
+
+        def templates() -> None:
+            """A missing template is refused before any tokenising."""
+            if not (own and all(theirs)) and any(
+                is_conversational(rec) for _, rec in located_records(data)
+            ):
+                for side in (reader, *readers):
+                    side.renderer()
+
         payload = {
             "shape": SHAPE,
             "data": [content_key(p) for p in parts(data)],
@@ -249,6 +255,7 @@ class FuseLLMStrategy(Strategy[FuseLLMRecipe]):
                                  loss_on=spec.loss_on),
             schema(len(readers)),
             source="fusellm",
+            before=templates,
         )  # fmt: skip
 
     def _source_template(self, n: int, source: Any, tokenizer: Any, state: Prepared) -> str:
