@@ -144,6 +144,26 @@ def test_the_summary_counts_what_the_list_shares_count(bpe: Any, sp: Any) -> Non
     assert "aligned_content_positions" not in found.shares[0]
 
 
+def test_a_cache_entry_keeps_its_summary(
+    bpe: Any, sp: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counting walks every row: a cache entry, which never changes, is counted once."""
+    import fusekit.strategies.fusellm.examples as examples
+    from fusekit.data.tokenized import cached_rows
+
+    records = [{"text": t} for t in CORPUS[:6]]
+    rows = cached_rows(
+        {"test": "summary"},
+        lambda: example_rows(records, _reader(bpe, 32), [_reader(sp, 128, bpe)],
+                             align="offsets", seq_len=32, loss_on=None),
+        schema(1),
+    )  # fmt: skip
+    first = summary(rows, 1)
+    assert first.chunks == len(rows) > 0
+    monkeypatch.setattr(examples, "_count", lambda *_: pytest.fail("counted again"))
+    assert summary(rows, 1) == first
+
+
 def test_a_column_reads_arrays_and_slices_from_the_file(bpe: Any, sp: Any) -> None:
     chunks = chunk_texts(CORPUS[:4], bpe, 24)
     target = encode_chunks(bpe, chunks, 24)

@@ -18,8 +18,11 @@ were keyed by before the cache existed, so existing stores stay valid.
 from __future__ import annotations
 
 import itertools
+import json
+import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -252,7 +255,21 @@ class Summary:
 
 
 def summary(rows: Any, n_sources: int) -> Summary:
-    """``Summary`` of the cached examples, read a batch at a time."""
+    """``Summary`` of the examples: for a cache entry, kept beside its Arrow file once
+    counted (the entry never changes, and counting walks every row); else counted."""
+    files = getattr(rows, "cache_files", None)
+    kept = Path(files[0]["filename"]).with_name("summary.json") if files else None
+    if kept is not None and kept.is_file():
+        return Summary(**json.loads(kept.read_text()))
+    found = _count(rows, n_sources)
+    if kept is not None:
+        staged = kept.with_name(f".summary-{os.getpid()}.json")
+        staged.write_text(json.dumps(asdict(found)))
+        os.replace(staged, kept)  # whole or absent, whichever rank writes it
+    return found
+
+
+def _count(rows: Any, n_sources: int) -> Summary:
     counts = np.zeros((n_sources, 3, 2), dtype=np.int64)
     talks = 0
     columns = ["scored", "content", *(f"s{n}_align" for n in range(n_sources))]
