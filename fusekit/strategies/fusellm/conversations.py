@@ -221,13 +221,6 @@ def aligned_counts(
     return np.array([[int(hit[w].sum()), len(w)] for w in (every, loss, on_content)])
 
 
-def loss_share(aligned: Sequence[np.ndarray], scored: Sequence[np.ndarray | None]) -> float:
-    """Share of the target's loss positions that have a source position."""
-    none = np.zeros(2, dtype=np.int64)
-    hits, total = sum((aligned_counts(a, m)[1] for a, m in zip(aligned, scored, strict=True)), none)
-    return int(hits) / max(int(total), 1)
-
-
 def content_share(
     aligned: Sequence[np.ndarray],
     targets: Sequence[ConversationExample],

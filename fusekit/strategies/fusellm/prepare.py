@@ -36,6 +36,7 @@ import numpy as np
 
 from fusekit.log import bars_disabled
 from fusekit.strategies.fusellm.align import dtw_align, match_positions, offsets_match
+from fusekit.strategies.fusellm.conversations import aligned_counts
 from fusekit.strategies.fusellm.data import Encoding
 from fusekit.strategies.fusellm.vocab import TokenTable, map_vocab, mapping_stats, token_table
 
@@ -123,9 +124,9 @@ def prepare_source(
 
 def aligned_share(aligned: Sequence[np.ndarray]) -> float:
     """Share of target positions with a next token that have a usable source position."""
-    usable = sum(int((a[:-1] >= 0).sum()) for a in aligned)
-    total = sum(max(len(a) - 1, 0) for a in aligned)
-    return usable / max(total, 1)
+    counts = (aligned_counts(a, None)[0] for a in aligned)
+    usable, total = sum(counts, np.zeros(2, dtype=np.int64))
+    return int(usable) / max(int(total), 1)
 
 
 def alignment_stats(
