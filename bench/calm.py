@@ -74,7 +74,7 @@ def bench_decoding(model: object, new_tokens: int, batch: int) -> dict[str, floa
 
 
 def bench_training(model: object, steps: int = 10) -> dict[str, float]:
-    from fusekit.strategies.calm.modeling import causal_lm_loss
+    from fusekit.training.columns import causal_lm_loss
 
     ids = torch.randint(3, 317, (64, 16))
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3)
@@ -174,7 +174,7 @@ def _real_decoding(model: Any, new_tokens: int) -> None:
 
 def _real_training(model: Any) -> None:
     from fusekit.strategies.calm.collate import CalmCollator, encode_offsets_example
-    from fusekit.strategies.calm.modeling import causal_lm_loss
+    from fusekit.training.columns import causal_lm_loss
 
     anchor, augment = model.anchor, model.augments[0]
     a_tok, g_tok = model.anchor_tokenizer, model.augment_tokenizers[0]

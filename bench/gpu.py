@@ -130,7 +130,7 @@ def timed(fn: Callable[[], object], device: str, repeat: int = 3) -> float:
 
 def calm_ratios(anchor: Any, augment: Any, size: dict[str, Any], device: str) -> dict[str, float]:
     from fusekit.strategies.calm.build import compose
-    from fusekit.strategies.calm.modeling import causal_lm_loss
+    from fusekit.training.columns import causal_lm_loss
 
     composed = compose(anchor, [augment], every=3)
     for block in (b for blocks in composed.composition.blocks for b in blocks):

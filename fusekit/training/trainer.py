@@ -1,12 +1,14 @@
 """The shared trainer: ``transformers.Trainer`` plus a freeze mask and a finite-loss guard.
 
 Strategies that only need next-token loss (depth up-scaling, block expansion,
-from-scratch parents) use this class as is; CALM and FuseLLM subclass it and
-override ``compute_loss`` with their pure loss functions.
+LoRA, from-scratch parents) use this class as is, and its loss runs the output layer
+only where labels look (``fusekit.training.columns``); CALM and FuseLLM subclass it
+and override ``compute_loss`` with their pure loss functions.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -15,6 +17,7 @@ from transformers import Trainer
 
 from fusekit import log
 from fusekit.errors import FusekitError, NonFiniteLossError, PlanError
+from fusekit.training.columns import kept_columns_loss, scored_columns
 from fusekit.training.sharding import PlainCopy, enable_cpu_fsdp, sharded_units
 
 Trainable = Callable[[str], bool] | Iterable[str] | None
@@ -169,6 +172,41 @@ class FusekitTrainer(Trainer):
         optimizer.step = guarded_step  # type: ignore[method-assign]
         return optimizer
 
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        """``Trainer``'s next-token loss, with the output layer run only at the columns whose
+        next token is labelled when some are not (answers, assistant turns).
+
+        The same tokens weigh the same: a mean, or a sum over ``num_items_in_batch``
+        where ``Trainer`` counts tokens across accumulation and ranks.  Where outputs
+        are wanted, or a label smoother or custom loss is set, ``Trainer`` computes it.
+        """
+        labels = inputs.get("labels")
+        keep = None
+        if (
+            not return_outputs
+            and labels is not None
+            and self.label_smoother is None
+            and self.compute_loss_func is None
+            and _keeps_logits(self.accelerator.unwrap_model(model))
+        ):
+            keep = scored_columns(labels)
+        if keep is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        assert labels is not None
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=keep)
+        counted = num_items_in_batch if self.model_accepts_loss_kwargs else None
+        loss = kept_columns_loss(outputs["logits"], labels, keep, counted)
+        if self.args.average_tokens_across_devices and counted is not None:
+            # as ``Trainer.compute_loss``: the count spans every rank, the mean is per rank
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        return loss
+
     def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
         """One micro-step, refused when its loss or its gradient is not finite.
 
@@ -199,3 +237,9 @@ class FusekitTrainer(Trainer):
         if not self.skipped_steps or self.skipped_steps[-1] != step:
             self.skipped_steps.append(step)
         return torch.zeros_like(loss.detach())
+
+
+def _keeps_logits(model: Any) -> bool:
+    """Whether ``model`` (a peft wrapper's base model for LoRA) takes ``logits_to_keep``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(type(base).forward).parameters

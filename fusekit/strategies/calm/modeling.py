@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -25,6 +24,7 @@ from fusekit.strategies.calm.composition import Composition, CrossBlock, Memory,
 from fusekit.strategies.calm.config import AUGMENT_MODES, AugmentLink, CompositionConfig
 from fusekit.strategies.calm.layers import EMBED, config_facts, decoder_layers
 from fusekit.strategies.calm.masks import cross_mask
+from fusekit.training.columns import causal_lm_loss, kept_columns_loss, scored_columns
 
 __all__ = [
     "AUGMENT_MODES",
@@ -35,7 +35,6 @@ __all__ = [
     "CrossBlock",
     "Memory",
     "RMSNorm",
-    "causal_lm_loss",
 ]
 
 
@@ -439,11 +438,7 @@ class ComposedModel(nn.Module):
         )  # fmt: skip
         if keep is not None:
             assert labels is not None
-            loss = F.cross_entropy(
-                logits.float().reshape(-1, logits.shape[-1]),
-                labels[:, keep + 1].reshape(-1),
-                ignore_index=-100,
-            )
+            loss = kept_columns_loss(logits, labels, keep)
             return CausalLMOutputWithPast(loss=loss, logits=None)
         full = causal_lm_loss(logits, labels) if labels is not None else None
         return CausalLMOutputWithPast(loss=full, logits=logits)
@@ -453,21 +448,3 @@ class ComposedModel(nn.Module):
         from fusekit.strategies.calm.generation import generate
 
         return generate(self, input_ids, **kwargs)
-
-
-def scored_columns(labels: torch.Tensor) -> torch.Tensor | None:
-    """Positions ``t`` where some row's token ``t + 1`` is labelled; None when that is
-    every position (nothing to save) or none (the full loss says what it says)."""
-    cols = torch.nonzero((labels[:, 1:] != -100).any(dim=0)).squeeze(1)
-    return cols if 0 < len(cols) < labels.shape[1] - 1 else None
-
-
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over supervised positions (labels == -100 are skipped)."""
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
-    return F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]),
-        shift_labels.reshape(-1),
-        ignore_index=-100,
-    )
