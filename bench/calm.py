@@ -13,7 +13,8 @@ Training (batch 64 x 16 tokens):
 ``--real`` measures the same decoding and training ratios on the real pair instead, and
 the training step on answers (the last 16 of 128 anchor tokens labelled) with the output
 layer run where the loss looks only (``loss_only``, what training does) against the full
-output layer (``--real-training``: these training figures alone):
+output layer, and the same for a LoRA of the anchor (the shared trainer's loss against
+``Trainer``'s) (``--real-training``: these training figures alone):
 Gemma-3-270M as anchor composed with SmolLM2-135M-Instruct (different tokenizers, so
 the augment follows the anchor's decoded text), ``every=6`` (5 layer pairs), batch 1
 decoding and a training step on 4 x 128 anchor tokens of library source; needs the
@@ -225,6 +226,40 @@ def _real_training(model: Any) -> None:
     print(f"train step on answers (16 of {answers['labels'].shape[1]} tokens labelled): "
           f"output layer where scored {1000 * t_sparse:.0f} ms vs everywhere "
           f"{1000 * t_full:.0f} ms -> x{t_full / t_sparse:.2f} faster")  # fmt: skip
+    _lora_answers(anchor, answers, sum(p.numel() for p in model.trainable_parameters()))
+
+
+def _lora_answers(anchor: Any, answers: dict[str, Any], budget: int) -> None:
+    """CALM's LoRA control on the same answers: the shared trainer's loss (output layer
+    at the labelled columns) against ``Trainer``'s own (the full output layer)."""
+    import tempfile
+
+    from transformers import Trainer
+
+    from fusekit.recipe import TrainSpec
+    from fusekit.strategies.calm.baselines import lora_model
+    from fusekit.training.args import to_training_arguments
+    from fusekit.training.trainer import FusekitTrainer
+
+    lora, info = lora_model(anchor, budget)
+    lora.train()
+    inputs = {k: answers[k] for k in ("input_ids", "attention_mask", "labels")}
+    with tempfile.TemporaryDirectory() as tmp:
+        args = to_training_arguments(TrainSpec(steps=1), Path(tmp))
+        trainer = FusekitTrainer(model=lora, args=args, train_dataset=[])
+
+    def step(compute: Callable[..., Any]) -> Callable[[], None]:
+        def run() -> None:
+            compute(trainer, lora, inputs).backward()
+            lora.zero_grad(set_to_none=True)
+
+        return run
+
+    t_kept = best_time(step(FusekitTrainer.compute_loss), 2, warmup=True)
+    t_full = best_time(step(Trainer.compute_loss), 2, warmup=True)
+    print(f"LoRA step of the anchor (rank {info['rank']}) on the same answers: fusekit's loss "
+          f"{1000 * t_kept:.0f} ms vs Trainer's {1000 * t_full:.0f} ms -> x{t_full / t_kept:.2f} "
+          "faster")  # fmt: skip
 
 
 def main() -> None:

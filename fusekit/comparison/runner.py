@@ -4,7 +4,9 @@ Each run's output folder is keyed by a hash of its full recipe, so a second
 ``fusekit compare`` reuses finished runs and cached scores and takes seconds; a
 changed knob re-runs only that run, and so does a changed input (a run's recorded
 model and data hashes are checked before it is reused; scores are keyed by the eval
-files' content).
+files' content).  A run's saved baselines (CALM's LoRA of the anchor) are scored on
+the same sets beside it, as ``<run> · <baseline>``: the control the claim is made
+against belongs in the same table.
 """
 
 from __future__ import annotations
@@ -243,6 +245,14 @@ def compare(
         runs[run.name] = {"kind": "run", "path": str(out), "strategy": recipe["strategy"],
                           "training": meta.get("training")}  # fmt: skip
         results += _scores(root, out, run.name, spec)
+        for unit, record in (meta.get("baselines") or {}).items():
+            folder = out / "baselines" / unit
+            if not folder.is_dir():  # a control kept inside the run (random augment, encoder)
+                continue
+            label = f"{run.name} · {unit}"
+            runs[label] = {"kind": "baseline", "path": str(folder), "of": run.name,
+                           "strategy": unit, "training": record}  # fmt: skip
+            results += _scores(root, folder, label, spec)
     table = ComparisonTable(spec.name, results, runs)
     (root / "results.md").write_text(table.to_markdown() + "\n")
     (root / "results.json").write_text(table.to_json() + "\n")

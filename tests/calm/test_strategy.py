@@ -182,3 +182,30 @@ def test_table_one_names_rows_as_the_paper_does() -> None:
     )
     table = table_one({"kv_substitution:heldout": {"calm": 0.5}})
     assert table.splitlines()[2] == "| KV-substitution | 50.0 |"
+
+
+def test_compare_scores_a_runs_lora_baseline_beside_it(
+    bases: dict[str, Path], data, tmp_path: Path
+) -> None:
+    """The control the composition is judged against is in the comparison table."""
+    import yaml
+
+    from fusekit.comparison.recipe import load_compare
+    from fusekit.comparison.runner import compare
+    from fusekit.evaluation.sets import evaluate_sets
+
+    recipe = _recipe(bases, data, baselines=["lora", "encoder"])
+    evals = recipe["data"].pop("eval")
+    spec = {"name": "calm", "output": str(tmp_path / "cmp"), "base": recipe,
+            "parents": [{"name": "anchor", "model": str(bases["anchor"])}],
+            "runs": [{"name": "calm", "recipe": {}}], "eval": evals}  # fmt: skip
+    path = tmp_path / "compare.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    table = compare(path)
+    assert table.models() == ["anchor", "calm", "calm · lora"]  # encoder: scored in the run
+    lora = Path(table.runs["calm · lora"]["path"])
+    assert lora.name == "lora" and table.runs["calm · lora"]["kind"] == "baseline"
+    assert table.runs["calm · lora"]["training"]["steps"] == 2
+    direct = evaluate_sets(lora, load_compare(path).eval)[0]["value"]
+    assert table.value("calm · lora", "eval") == direct
+    assert "calm · lora" in (tmp_path / "cmp" / "results.md").read_text()
