@@ -72,6 +72,9 @@ class PlainCopy:
             for p in model.parameters()
         }
         self.skeleton = copy.deepcopy(model, memo)
+        #: (step, rank 0's gathered module) of a checkpoint saved at the last step: the
+        #: weights cannot change after it, and gathering a large model twice costs minutes
+        self.kept: tuple[int, Any] | None = None
 
     def gather(self, model: Any) -> Any:
         """The sharded ``model``'s full weights as a plain module on rank 0 (CPU), else None.
@@ -97,14 +100,17 @@ class PlainCopy:
                 setattr(plain.get_submodule(owner), leaf, plain.get_parameter(first))
         return plain
 
-    def restore(self, model: Any) -> None:
-        """After training: on rank 0 ``model`` becomes the plain module, in place.
+    def restore(self, model: Any, step: int) -> None:
+        """After training (at ``step``): on rank 0 ``model`` becomes the plain module, in place.
 
         ``built.model`` is the object the pipeline saves and scores, so it takes over
         the gathered module's class and attributes; the other ranks keep their
-        shards, which nothing reads after training.
+        shards, which nothing reads after training.  The gather of a checkpoint saved
+        at ``step`` is reused (every rank kept it at the same step, so no rank waits in
+        a collective the others skip).
         """
-        plain = self.gather(model)
+        kept, self.kept = self.kept, None
+        plain = kept[1] if kept is not None and kept[0] == step else self.gather(model)
         if plain is not None:
             model.__class__ = plain.__class__
             model.__dict__ = plain.__dict__

@@ -108,11 +108,13 @@ class FusekitTrainer(Trainer):
         self.plain_copy = PlainCopy(model) if self.is_fsdp_enabled else None
         result = super().train(*args, **kwargs)
         if self.plain_copy is not None:
-            units = sharded_units(model)
+            units, step = sharded_units(model), self.state.global_step
+            kept = self.plain_copy.kept is not None and self.plain_copy.kept[0] == step
             if self.is_world_process_zero():
+                how = "the last checkpoint's gathered weights" if kept else "gathering the weights"
                 log.info(f"fusekit: trained with FSDP2: {units} unit(s) sharded over "
-                         f"{self.args.world_size} ranks; gathering the weights on rank 0")  # fmt: skip
-            self.plain_copy.restore(model)
+                         f"{self.args.world_size} ranks; {how} on rank 0")  # fmt: skip
+            self.plain_copy.restore(model, step)
         return result
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
@@ -127,6 +129,8 @@ class FusekitTrainer(Trainer):
             super().save_model(output_dir, _internal_call)
             return
         plain = self.plain_copy.gather(self.model)
+        if self.state.global_step >= self.state.max_steps:  # the last step: ``train`` reuses it
+            self.plain_copy.kept = (self.state.global_step, plain)
         if plain is not None:
             sharded, self.model = self.model, plain
             try:

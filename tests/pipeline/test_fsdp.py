@@ -93,6 +93,8 @@ def test_fsdp2_on_two_cpu_ranks_writes_what_one_process_writes(
     # sharded, not the DDP fallback: the trainer counts the modules FSDP2 made units
     assert "fusekit: trained with FSDP2:" in proc.stderr
     assert "sharded over 2 ranks" in proc.stderr
+    # the checkpoint at the last step gathered the weights; training's end reuses them
+    assert "the last checkpoint's gathered weights on rank 0" in proc.stderr
     record = json.loads((out / "fusekit.json").read_text())
     assert record["training"]["world_size"] == 2 and record["training"]["steps"] == 2
     assert (out / "README.md").is_file()

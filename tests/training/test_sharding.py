@@ -44,7 +44,10 @@ def test_the_gathered_module_is_the_trained_one_with_its_ties(tmp_path: Path) ->
         with torch.no_grad():
             logits = model(input_ids=ids).logits
 
-        plain.restore(model)
+        # a checkpoint's gather at another step is not reused for the end of training
+        plain.kept = (1, "stale")
+        plain.restore(model, step=2)
+        assert plain.kept is None
 
         assert sharded_units(model) == 0
         assert not any(isinstance(p, DTensor) for p in model.parameters())
@@ -56,5 +59,34 @@ def test_the_gathered_module_is_the_trained_one_with_its_ties(tmp_path: Path) ->
         assert all(torch.equal(state[k], trained[k]) for k in trained)
         with torch.no_grad():  # buffers (rotary frequencies) came along: the same outputs
             torch.testing.assert_close(model(input_ids=ids).logits, logits)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_gather_kept_at_the_last_step_is_reused(tmp_path: Path) -> None:
+    """Every rank skips the end's collective when the last checkpoint already gathered."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from fusekit.training import sharding
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        cfg = LlamaConfig(vocab_size=24, hidden_size=16, intermediate_size=32,
+                          num_hidden_layers=1, num_attention_heads=2)  # fmt: skip
+        model = LlamaForCausalLM(cfg)
+        plain = sharding.PlainCopy(model)
+        fully_shard(model)
+        gathered = plain.gather(model)
+        plain.kept = (5, gathered)
+        calls: list[int] = []
+        original = plain.gather
+        plain.gather = lambda m: calls.append(1) or original(m)  # type: ignore[method-assign]
+        plain.restore(model, step=5)
+        assert calls == [] and model.__dict__ is gathered.__dict__ and plain.kept is None
+        assert sharding.sharded_units(model) == 0
     finally:
         dist.destroy_process_group()
