@@ -189,3 +189,23 @@ def test_top_k_only_at_requested_positions() -> None:
     want = torch.where(keep, full["topk_logits"].gather(1, where), 0)
     assert torch.allclose(got["topk_logits"], want, atol=1e-5)
     assert torch.equal(got["nats"], full["nats"]) and torch.equal(got["n_pred"], full["n_pred"])
+
+
+def test_digests_given_are_not_computed_again(
+    rows: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller that hashed the rows for its store's folder passes the hashes on: the
+    rows are not walked again, and the store's key is the one computed from them."""
+    from fusekit.strategies.fusellm import extract
+
+    model = tiny_llama(400, seed=9)
+    first = _extract(model, rows, tmp_path / "s")
+    digests = (extract.ids_hash(rows[0]), extract.counted_hash(None))
+
+    def walked(*args: Any) -> str:
+        raise AssertionError("the rows were hashed again")
+
+    monkeypatch.setattr(extract, "ids_hash", walked)
+    monkeypatch.setattr(extract, "counted_hash", walked)
+    again = _extract(model, rows, tmp_path / "s", digests=digests)
+    assert again["key"] == first["key"] and again["shards"] == first["shards"]

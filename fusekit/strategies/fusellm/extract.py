@@ -267,14 +267,17 @@ def extract_to_store(
     desc: str = "extract",
     on_shard: Callable[[int], None] | None = None,
     counted: Sequence[np.ndarray | None] | None = None,
+    digests: tuple[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """Run ``model`` over token-id ``rows`` and store top-k per position; resumes a partial store.
 
     ``meta`` (model/tokenizer hashes, names) goes into the manifest and into its
     ``key``; a store whose key differs is cleared and rebuilt.  ``on_shard(i)``
     is called after shard ``i`` is committed.  ``counted`` (per row, ``source_outputs``'
-    ``counted``; None: every position) sets what each row's cross-entropy sums.  Returns
-    the manifest.
+    ``counted``; None: every position) sets what each row's cross-entropy sums.
+    ``digests`` is ``(ids_hash(rows), counted_hash(counted))`` where the caller already
+    walked the rows for them (each walk reads every row of a corpus).  Returns the
+    manifest.
     """
     from safetensors.numpy import save_file
     from tqdm.auto import tqdm
@@ -284,12 +287,13 @@ def extract_to_store(
     if rows_per_shard % batch_size:
         rows_per_shard += batch_size - rows_per_shard % batch_size
     meta = dict(meta or {})
+    data, positions = digests if digests is not None else (ids_hash(rows), counted_hash(counted))
     key = store_key(
         meta=meta,
-        data=ids_hash(rows),
+        data=data,
         n_bytes=hashlib.sha256(np.asarray(n_bytes, dtype=np.int64).tobytes()).hexdigest(),
         # stores of text alone keep the key they had before CE positions existed
-        **({"counted": c} if (c := counted_hash(counted)) else {}),
+        **({"counted": positions} if positions else {}),
         top_k=top_k,
         rows_per_shard=rows_per_shard,
         batch_size=batch_size,

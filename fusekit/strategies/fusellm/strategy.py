@@ -307,9 +307,9 @@ def _extract(
     # The dtype the source ran in changes its logits, so a store is kept per dtype.
     dtype = str(next(model.parameters()).dtype)
     meta = {"model": model_hash, "tokenizer": tokenizer_fingerprint(tokenizer), "dtype": dtype}
-    positions = counted_hash(counted)  # text alone keeps the key it had before CE positions
-    extra = {"counted": positions} if positions else {}
-    key = store_key(meta=meta, data=ids_hash(ids), top_k=top_k, **extra)[:24]
+    data, positions = ids_hash(ids), counted_hash(counted)
+    extra = {"counted": positions} if positions else {}  # text alone keeps its older key
+    key = store_key(meta=meta, data=data, top_k=top_k, **extra)[:24]
     store_dir = cache_root() / "fusellm_topk" / key
     extract_to_store(
         model,
@@ -322,6 +322,7 @@ def _extract(
         meta=meta,
         desc=f"extract source {n}",
         counted=counted,
+        digests=(data, positions),
     )
     return StoreReader(store_dir)
 
