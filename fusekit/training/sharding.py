@@ -72,9 +72,18 @@ class PlainCopy:
             for p in model.parameters()
         }
         self.skeleton = copy.deepcopy(model, memo)
-        #: (step, rank 0's gathered module) of a checkpoint saved at the last step: the
-        #: weights cannot change after it, and gathering a large model twice costs minutes
-        self.kept: tuple[int, Any] | None = None
+        #: the step and rank 0's gathered module of a checkpoint saved at the last step:
+        #: the weights cannot change after it, and gathering a large model twice costs minutes
+        self.kept_step: int | None = None
+        self.kept_model: Any = None
+
+    def keep(self, step: int, plain: Any) -> None:
+        """Keep a checkpoint's gather (``plain``: None off rank 0) for ``restore`` at ``step``."""
+        self.kept_step, self.kept_model = step, plain
+
+    def kept_at(self, step: int) -> bool:
+        """Whether a checkpoint's gather at ``step`` was kept; the same on every rank."""
+        return self.kept_step == step
 
     def gather(self, model: Any) -> Any:
         """The sharded ``model``'s full weights as a plain module on rank 0 (CPU), else None.
@@ -109,8 +118,8 @@ class PlainCopy:
         at ``step`` is reused (every rank kept it at the same step, so no rank waits in
         a collective the others skip).
         """
-        kept, self.kept = self.kept, None
-        plain = kept[1] if kept is not None and kept[0] == step else self.gather(model)
+        plain = self.kept_model if self.kept_at(step) else self.gather(model)
+        self.kept_step = self.kept_model = None
         if plain is not None:
             model.__class__ = plain.__class__
             model.__dict__ = plain.__dict__

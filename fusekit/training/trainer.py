@@ -109,8 +109,8 @@ class FusekitTrainer(Trainer):
         result = super().train(*args, **kwargs)
         if self.plain_copy is not None:
             units, step = sharded_units(model), self.state.global_step
-            kept = self.plain_copy.kept is not None and self.plain_copy.kept[0] == step
             if self.is_world_process_zero():
+                kept = self.plain_copy.kept_at(step)
                 how = "the last checkpoint's gathered weights" if kept else "gathering the weights"
                 log.info(f"fusekit: trained with FSDP2: {units} unit(s) sharded over "
                          f"{self.args.world_size} ranks; {how} on rank 0")  # fmt: skip
@@ -130,7 +130,7 @@ class FusekitTrainer(Trainer):
             return
         plain = self.plain_copy.gather(self.model)
         if self.state.global_step >= self.state.max_steps:  # the last step: ``train`` reuses it
-            self.plain_copy.kept = (self.state.global_step, plain)
+            self.plain_copy.keep(self.state.global_step, plain)
         if plain is not None:
             sharded, self.model = self.model, plain
             try:

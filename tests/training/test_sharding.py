@@ -45,9 +45,9 @@ def test_the_gathered_module_is_the_trained_one_with_its_ties(tmp_path: Path) ->
             logits = model(input_ids=ids).logits
 
         # a checkpoint's gather at another step is not reused for the end of training
-        plain.kept = (1, "stale")
+        plain.keep(1, "stale")
         plain.restore(model, step=2)
-        assert plain.kept is None
+        assert not plain.kept_at(1)
 
         assert sharded_units(model) == 0
         assert not any(isinstance(p, DTensor) for p in model.parameters())
@@ -81,12 +81,12 @@ def test_a_gather_kept_at_the_last_step_is_reused(tmp_path: Path) -> None:
         plain = sharding.PlainCopy(model)
         fully_shard(model)
         gathered = plain.gather(model)
-        plain.kept = (5, gathered)
+        plain.keep(5, gathered)
         calls: list[int] = []
         original = plain.gather
         plain.gather = lambda m: calls.append(1) or original(m)  # type: ignore[method-assign]
         plain.restore(model, step=5)
-        assert calls == [] and model.__dict__ is gathered.__dict__ and plain.kept is None
+        assert calls == [] and model.__dict__ is gathered.__dict__ and not plain.kept_at(5)
         assert sharding.sharded_units(model) == 0
     finally:
         dist.destroy_process_group()
