@@ -14,6 +14,20 @@ def token_ids(batch: int = 2, length: int = 12, seed: int = 0) -> torch.Tensor:
     return torch.randint(4, 300, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
+def own_memory(model: Any) -> Any:
+    """``model`` with every parameter copied into memory of its own.
+
+    Weights loaded from safetensors may sit at any offset of the mapped file, and on
+    some CPUs a kernel's summation order follows the pointer's alignment: Qwen2-MoE's
+    one-output shared-expert gate then differs by one float32 ulp between two equal
+    weights loaded from two files, in single-token decoding only. Fresh allocations
+    are aligned alike, so an exact comparison tests the surgery, not the file layout.
+    """
+    for param in model.parameters():
+        param.data = param.data.clone()
+    return model
+
+
 @torch.no_grad()
 def uncached_logits(model: Any, ids: torch.Tensor) -> torch.Tensor:
     return model(ids, use_cache=False).logits

@@ -18,7 +18,13 @@ from fusekit.strategies.block_expansion.freeze import new_layer_param_filter, tr
 from fusekit.strategies.block_expansion.plan import expansion_plan
 from fusekit.strategies.block_expansion.surgery import expand
 from fusekit.surgery.config import load_full_config
-from tests.structural.helpers import cached_logits, greedy, token_ids, uncached_logits
+from tests.structural.helpers import (
+    cached_logits,
+    greedy,
+    own_memory,
+    token_ids,
+    uncached_logits,
+)
 from tests.tiny import ARCHS, EXTRA_ARCHS
 
 PLAN = expansion_plan(4, 2)  # copies of layers 1 and 3 at new indices 2 and 5
@@ -157,7 +163,7 @@ def test_identity_on_other_families(arch: str, tiny: Callable[..., Path], tmp_pa
     base = tiny(arch)
     expand(base, PLAN, tmp_path / "out", progress=False)
     ids = token_ids()
-    a, b = load_causal_lm(tmp_path / "out"), load_causal_lm(base)
+    a, b = own_memory(load_causal_lm(tmp_path / "out")), own_memory(load_causal_lm(base))
     assert (uncached_logits(a, ids) - uncached_logits(b, ids)).abs().max().item() == 0.0
     assert (cached_logits(a, ids) - cached_logits(b, ids)).abs().max().item() == 0.0
 
