@@ -114,6 +114,7 @@ class KVConfig:
     ``value_max=9`` is the quick-start tier (one digit per value); ``99`` is the
     harder tier. ``held_in_fraction`` of the keys (rounded) form the held-in pool.
     ``style`` and ``shots``: see "The text style" in the module doc.
+    ``balanced_split`` draws the held-in keys value by value (see ``key_split``).
     """
 
     num_keys: int = 300
@@ -126,12 +127,17 @@ class KVConfig:
     # stay what they were before the text style existed.
     style: str = field(default="tokens", repr=False)
     shots: int = field(default=0, repr=False)
+    # Out of the repr too: the table, the demonstrations and every stream over all keys
+    # stay what they were, so a model trained on the whole table serves both splits.
+    balanced_split: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.style not in KV_STYLES:
             raise DataError(f"kv.style must be one of {', '.join(KV_STYLES)}, got {self.style!r}")
+        if not isinstance(self.balanced_split, bool):
+            raise DataError(f"kv.balanced_split must be true or false, got {self.balanced_split!r}")
         for f in fields(self):
-            if f.name == "style":
+            if f.name in ("style", "balanced_split"):
                 continue
             value = getattr(self, f.name)
             expected = float if f.name == "held_in_fraction" else int
@@ -212,10 +218,31 @@ def key_values(cfg: KVConfig) -> dict[str, int]:
 
 @functools.lru_cache(maxsize=64)
 def key_split(cfg: KVConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(held_in, held_out): a seeded, disjoint partition of the keys, each in index order."""
+    """(held_in, held_out): a seeded, disjoint partition of the keys, each in index order.
+
+    A plain split draws the held-in keys uniformly. With few held-in keys that can
+    leave values out: 20 of 100 keys over the values 0–9 may hold no 7 and no 8, and a
+    composition trained on them has never read those values from the augment, so
+    held-out keys with them test extrapolation, not lookup. ``balanced_split`` draws
+    the held-in keys value by value, in rounds (one key of each value per round, the
+    values in a seeded order), so every value is held in as evenly as the table allows.
+    """
     keys = key_names(cfg)
     n_in = round(cfg.num_keys * cfg.held_in_fraction)
-    chosen = set(random.Random(f"kv-split|{cfg.seed}").sample(range(cfg.num_keys), n_in))
+    if not cfg.balanced_split:
+        chosen = set(random.Random(f"kv-split|{cfg.seed}").sample(range(cfg.num_keys), n_in))
+    else:
+        rng = random.Random(f"kv-split-balanced|{cfg.seed}")
+        table = key_values(cfg)
+        by_value: dict[int, list[int]] = {}
+        for i, key in enumerate(keys):
+            by_value.setdefault(table[key], []).append(i)
+        for members in by_value.values():
+            rng.shuffle(members)
+        order = sorted(by_value)
+        rng.shuffle(order)
+        picks = [by_value[v][r] for r in range(cfg.num_keys) for v in order if r < len(by_value[v])]
+        chosen = set(picks[:n_in])
     held_in = tuple(k for i, k in enumerate(keys) if i in chosen)
     held_out = tuple(k for i, k in enumerate(keys) if i not in chosen)
     return held_in, held_out

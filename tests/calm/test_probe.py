@@ -10,10 +10,11 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from fusekit.errors import DataError
 from fusekit.recipe.common import ScratchSpec
-from fusekit.strategies.calm.probe import probe_kv_augment
+from fusekit.strategies.calm.probe import _text_key_tokens, probe_kv_augment
 from fusekit.strategies.calm.strategy import probe_kv_augments
 from fusekit.tasks import KVConfig, kv_tokenizer
-from fusekit.tasks.kv import key_values
+from fusekit.tasks.kv import key_values, kv_examples
+from fusekit.tasks.tokenizers import train_tokenizer
 
 KV = KVConfig(num_keys=120, value_max=3)  # every value among the held-in keys
 
@@ -76,3 +77,24 @@ def test_strategy_warns_when_no_paired_layer_holds_the_values(capsys) -> None:
 def test_probe_needs_prompts() -> None:
     with pytest.raises(DataError, match="at least one prompt"):
         probe_kv_augment(_model(0, value_rows=True), kv_tokenizer(KV), KV, n=0)
+
+
+def test_text_style_probes_the_token_that_ends_each_word_key() -> None:
+    """Word keys span several tokens of a real tokenizer; the probe reads the last one."""
+    text = KVConfig(style="text", shots=1, num_keys=40, min_operands=2, max_operands=2)
+    prompts = [r["prompt"] for r in kv_examples("kv_arithmetic", 60, cfg=text)]
+    tok = train_tokenizer("bpe", prompts, 300)
+    table = key_values(text)
+    encoded, found = _text_key_tokens(tok, prompts, table)
+    for prompt, ids, hits in zip(prompts, encoded, found, strict=True):
+        keys = [w for w in prompt.split() if w in table]
+        assert [name for _, name in hits] == keys  # every key, once, in order
+        for pos, name in hits:
+            assert tok.decode(ids[: pos + 1]).endswith(name)  # the word is complete there
+            assert not tok.decode(ids[:pos]).endswith(name)  # and not before
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    rows = probe_kv_augment(LlamaForCausalLM(config).eval(), tok, text, n=100)
+    assert [r["layer"] for r in rows] == [-1, 0, 1]

@@ -12,6 +12,7 @@ from fusekit.errors import DataError
 from fusekit.tasks.kv import (
     KV_TASKS,
     KVConfig,
+    demonstrations,
     key_split,
     key_values,
     kv_examples,
@@ -78,6 +79,25 @@ def test_key_split_is_disjoint_twenty_percent_and_seeded():
     assert key_split(KVConfig()) == (held_in, held_out)
     assert key_split(KVConfig(seed=3))[0] != held_in
     assert len(key_split(KVConfig(num_keys=10, held_in_fraction=0.5))[0]) == 5
+
+
+def test_balanced_split_holds_every_value_evenly_and_keeps_the_rest():
+    text = {"style": "text", "shots": 2, "num_keys": 100, "min_operands": 2, "max_operands": 2}
+    plain, balanced = KVConfig(**text), KVConfig(**text, balanced_split=True)
+    table = key_values(plain)
+    # the plain draw of 20 of these 100 keys misses values: the case the knob is for
+    assert set(table[k] for k in key_split(plain)[0]) != set(range(10))
+    held_in, held_out = key_split(balanced)
+    assert len(held_in) == 20 and set(held_in) | set(held_out) == set(table)
+    assert not set(held_in) & set(held_out)
+    assert sorted(Counter(table[k] for k in held_in).values()) == [2] * 10
+    # the table, the demonstrations and every stream over all keys are unchanged
+    assert key_values(balanced) == table and demonstrations(balanced) == demonstrations(plain)
+    assert kv_examples("kv_lookup", 30, cfg=balanced) == kv_examples("kv_lookup", 30, cfg=plain)
+    assert key_split(KVConfig(**text, balanced_split=True, seed=1))[0] != held_in
+    # 60 held-in keys of 300 over ten values: six of each
+    wide = KVConfig(balanced_split=True)
+    assert Counter(key_values(wide)[k] for k in key_split(wide)[0]) == dict.fromkeys(range(10), 6)
 
 
 @pytest.mark.parametrize("task", KV_TASKS)
@@ -262,6 +282,7 @@ def test_majority_baseline():
         {"held_in_fraction": 1.0},
         {"num_keys": 2.5},
         {"seed": True},
+        {"balanced_split": 1},
     ],
 )
 def test_bad_config_raises_data_error(kwargs):

@@ -10,6 +10,7 @@ trained on held-in keys must exploit on held-out ones.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -122,12 +123,19 @@ def probe_kv_augment(
     cfg = KVConfig.from_value(kv)
     table, held_in = key_values(cfg), set(key_split(cfg)[0])
     records = kv_examples("kv_arithmetic", n, cfg=cfg, seed=seed)
-    encoded = [list(tokenizer(r["prompt"])["input_ids"]) for r in records]
+    if cfg.style == "text":
+        encoded, found = _text_key_tokens(tokenizer, [r["prompt"] for r in records], table)
+    else:
+        encoded = [list(tokenizer(r["prompt"])["input_ids"]) for r in records]
+        found = [
+            [(pos, name) for pos, name in enumerate(tokenizer.convert_ids_to_tokens(e))]
+            for e in encoded
+        ]
     width = max(len(e) for e in encoded)
     ids = torch.tensor([e + [tokenizer.pad_token_id] * (width - len(e)) for e in encoded])
     where, values, inside = [], [], []
-    for row, e in enumerate(encoded):
-        for pos, name in enumerate(tokenizer.convert_ids_to_tokens(e)):
+    for row, tokens in enumerate(found):
+        for pos, name in tokens:
             if name in table:
                 where.append((row, pos))
                 values.append(table[name])
@@ -141,3 +149,25 @@ def probe_kv_augment(
         cfg.value_max + 1,
         layers=layers,
     )
+
+
+def _text_key_tokens(
+    tokenizer: Any, prompts: Sequence[str], table: dict[str, int]
+) -> tuple[list[list[int]], list[list[tuple[int, str]]]]:
+    """Ids of each prompt, and (position, key) for each key word of it.
+
+    A word key spans several tokens of a real tokenizer; the probe point is the token
+    that ends the word, the first position where the whole key has been read (and
+    where an augment trained on ``kv_lookup`` predicts its value).
+    """
+    encoded, found = [], []
+    for prompt in prompts:
+        enc = tokenizer(prompt, return_offsets_mapping=True, add_special_tokens=True)
+        ends = {int(end): pos for pos, (_, end) in enumerate(enc["offset_mapping"])}
+        hits = []
+        for match in re.finditer(r"[a-z]+", prompt):
+            if match.group() in table and match.end() in ends:
+                hits.append((ends[match.end()], match.group()))
+        encoded.append(list(enc["input_ids"]))
+        found.append(hits)
+    return encoded, found
