@@ -128,18 +128,18 @@ def probe_kv_augment(
     else:
         encoded = [list(tokenizer(r["prompt"])["input_ids"]) for r in records]
         found = [
-            [(pos, name) for pos, name in enumerate(tokenizer.convert_ids_to_tokens(e))]
+            [(pos, name) for pos, name in enumerate(tokenizer.convert_ids_to_tokens(e))
+             if name in table]
             for e in encoded
-        ]
+        ]  # fmt: skip
     width = max(len(e) for e in encoded)
     ids = torch.tensor([e + [tokenizer.pad_token_id] * (width - len(e)) for e in encoded])
     where, values, inside = [], [], []
     for row, tokens in enumerate(found):
         for pos, name in tokens:
-            if name in table:
-                where.append((row, pos))
-                values.append(table[name])
-                inside.append(name in held_in)
+            where.append((row, pos))
+            values.append(table[name])
+            inside.append(name in held_in)
     return probe_key_values(
         model,
         ids,
