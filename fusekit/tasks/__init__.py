@@ -46,6 +46,8 @@ TASKS: dict[str, str] = {
     "kv_arithmetic": "k17 + k203 - k5 = → 5 (substitute, then compute)",
     "key_exposure": "k17 + k203 - k5 (keys in value-free expressions, for the anchor)",
     "kv_lookup": "k17 + k203 → 3 (the last key's value, predicted at its position; for the augment)",
+    "kv_tag": "bavom + tesil → 7, read as tesil7 (kv_lookup with the value written right "
+    "after the key: the next token at the key's position, for a real tokenizer)",
     "code": "Python standard-library source files",
     "english": "Python reference-manual prose (pydoc help topics)",
     "mixed": "code and english in equal shares, shuffled",

@@ -11,6 +11,7 @@ numeric_arithmetic  ``7 + 3 - 5 =``             `` 5``
 kv_arithmetic       ``k17 + k203 - k5 =``       `` 5``
 key_exposure        ``""`` (empty)              ``k17 + k203 - k5``
 kv_lookup           ``k17 + k203``              `` 3``
+kv_tag              ``k17 + k203``              `` 3`` (text: ``3``)
 ==================  ==========================  ==================
 
 The augmenting model learns substitution (it knows the table), the anchor learns
@@ -72,6 +73,17 @@ contexts (first operand, after ``+``, after ``-``) where KV-arithmetic prompts
 put keys. Mixed into the augment's training, it fixes where the value lives; the
 augment still never sees arithmetic.
 
+**kv_tag — why.** With a real tokenizer a text-style lookup's answer ``" 7"`` is two
+tokens, a space and the digit, so the key's own position predicts the space and the
+value is only needed one token later: measured on SmolLM2-135M trained on lookups
+and substitutions, whose lookups answer every key right, the key's last token names
+the value (its own output head, restricted to digits) for about 75 % of keys.
+``kv_tag`` is the lookup with the value written right after
+the key (``"bavom + tesil"`` → ``"7"``, read together as ``tesil7``): a tokenizer
+that splits digits from letters keeps the key's tokens as they are in any prompt
+and puts the digit next, so the value is the very next token at the key's
+position.  In the token style it is ``kv_lookup`` (the KV tokenizer ignores spaces).
+
 **Determinism.** Values and the key split depend only on ``KVConfig`` (its
 ``seed``); the examples depend on the config, the task, the key pool and the
 ``seed`` argument, through string-seeded ``random.Random`` (unaffected by
@@ -99,6 +111,7 @@ KV_TASKS: tuple[str, ...] = (
     "kv_arithmetic",
     "key_exposure",
     "kv_lookup",
+    "kv_tag",
 )
 KEY_POOLS: tuple[str, ...] = ("all", "held_in", "held_out")
 OPERATORS: tuple[str, ...] = ("+", "-")
@@ -334,7 +347,8 @@ def _examples(task: str, n: int, *, cfg: KVConfig, keys: str, stream: str) -> li
 
     out: list[dict[str, str]] = []
     for _ in range(n):
-        low = 1 if task == "kv_lookup" else cfg.min_operands  # a key may be the first operand
+        # a key may be the first operand
+        low = 1 if task in ("kv_lookup", "kv_tag") else cfg.min_operands
         count = rng.randint(low, cfg.max_operands)
         signs = [""] + [rng.choice(OPERATORS) for _ in range(count - 1)]
         if task == "numeric_arithmetic":
@@ -350,6 +364,9 @@ def _examples(task: str, n: int, *, cfg: KVConfig, keys: str, stream: str) -> li
             out.append({"prompt": shots, "completion": keyed})
         elif task == "kv_lookup":
             out.append({"prompt": shots + keyed, "completion": " " + num(values[-1])})
+        elif task == "kv_tag":
+            space = "" if cfg.style == "text" else " "
+            out.append({"prompt": shots + keyed, "completion": space + num(values[-1])})
         elif task == "kv_substitution":
             substituted = _expression((num(v) for v in values), signs)
             out.append({"prompt": shots + keyed + " =", "completion": " " + substituted})

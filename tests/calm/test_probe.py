@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from fusekit.errors import DataError
 from fusekit.recipe.common import ScratchSpec
-from fusekit.strategies.calm.probe import _text_key_tokens, probe_kv_augment
+from fusekit.strategies.calm.probe import _text_key_tokens, head_reads_values, probe_kv_augment
 from fusekit.strategies.calm.strategy import probe_kv_augments
 from fusekit.tasks import KVConfig, kv_tokenizer
 from fusekit.tasks.kv import key_values, kv_examples
@@ -72,6 +72,36 @@ def test_strategy_warns_when_no_paired_layer_holds_the_values(capsys) -> None:
     assert report["augment_0"]["best_paired"] < 0.9 and "warning: augment_0" in err
     # a local-folder augment has no known table: nothing to probe
     assert probe_kv_augments(SimpleNamespace(augment=[SimpleNamespace(path="x")]), None) == {}
+
+
+class _Oracle(torch.nn.Module):
+    """An 'augment' whose output head names, at each key token, that key's value plus
+    ``shift`` (modulo the values), ``lag`` positions later."""
+
+    def __init__(self, shift: int = 0, lag: int = 0) -> None:
+        super().__init__()
+        tok = kv_tokenizer(KV)
+        self.table = torch.zeros(len(tok), len(tok))
+        for key, value in key_values(KV).items():
+            digit = tok.convert_tokens_to_ids(str((value + shift) % (KV.value_max + 1)))
+            self.table[tok.convert_tokens_to_ids(key), digit] = 1.0
+        self.lag = lag
+
+    def forward(self, input_ids: torch.Tensor, use_cache: bool = False) -> SimpleNamespace:
+        return SimpleNamespace(logits=self.table[input_ids].roll(self.lag, dims=1))
+
+
+def test_head_read_out_scores_the_augments_own_digit_at_each_key() -> None:
+    tok = kv_tokenizer(KV)
+    assert head_reads_values(_Oracle(), tok, KV, n=300, batch_size=64) == {
+        "held_in": 1.0, "held_out": 1.0,
+    }  # fmt: skip
+    wrong = head_reads_values(_Oracle(shift=1), tok, KV, n=300)
+    assert wrong == {"held_in": 0.0, "held_out": 0.0}
+    late = head_reads_values(_Oracle(lag=1), tok, KV, n=300)  # the value one token later
+    assert late["held_in"] < 0.5 and late["held_out"] < 0.5
+    with pytest.raises(DataError, match="one-digit values"):
+        head_reads_values(_Oracle(), tok, KVConfig(value_max=12), n=10)
 
 
 def test_probe_needs_prompts() -> None:

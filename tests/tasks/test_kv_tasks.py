@@ -170,8 +170,21 @@ def test_kv_lookup_answers_the_last_keys_value():
     assert set(counts) == {1, 2, 3}
 
 
+def test_kv_tag_is_the_lookup_in_the_token_style():
+    cfg = KVConfig()
+    table = key_values(cfg)
+    counts = Counter()
+    for ex in kv_examples("kv_tag", 1000, cfg=cfg):
+        terms, _ = parse_expression(ex["prompt"])
+        assert ex["completion"] == " " + str(table[terms[-1]])
+        counts[len(terms)] += 1
+    assert set(counts) == {1, 2, 3}
+
+
 @pytest.mark.parametrize("pool", ["held_in", "held_out"])
-@pytest.mark.parametrize("task", ["kv_substitution", "kv_arithmetic", "key_exposure", "kv_lookup"])
+@pytest.mark.parametrize(
+    "task", ["kv_substitution", "kv_arithmetic", "key_exposure", "kv_lookup", "kv_tag"]
+)
 def test_examples_draw_keys_from_the_requested_pool(task, pool):
     cfg = KVConfig()
     allowed = set(key_split(cfg)[0 if pool == "held_in" else 1])
@@ -341,6 +354,56 @@ def test_text_style_lookup_and_numeric_prompts_share_the_prefix():
     lookup = kv_examples("kv_lookup", 50, cfg=TEXT)
     assert all(ex["prompt"].startswith(prefix + "\n") for ex in lookup)
     assert kv_examples("key_exposure", 1, cfg=TEXT)[0]["prompt"] == prefix + "\n"
+
+
+def test_text_style_tag_writes_the_value_right_after_the_last_key():
+    table = key_values(TEXT)
+    prefix = demonstrations(TEXT)
+    counts = Counter()
+    for ex in kv_examples("kv_tag", 300, cfg=TEXT):
+        assert ex["prompt"].startswith(prefix)
+        question = ex["prompt"].removeprefix(prefix)
+        terms = question.split()[::2]
+        assert "=" not in question.split()
+        assert ex["completion"] == str(table[terms[-1]])  # "7", no space before it
+        counts[len(terms)] += 1
+    assert set(counts) == {1, 2}  # the tagged key stands first and after a sign
+
+
+def _digit_splitting_tokenizer():
+    """A byte-level BPE that splits digits from letters, as SmolLM2's and Llama-3's do."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    words = [f"{p['prompt']}{p['completion']}" for p in kv_examples("kv_tag", 500, cfg=TEXT)]
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    backend.train_from_iterator(words, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend)
+
+
+def test_text_style_tag_puts_the_value_next_to_the_keys_tokens():
+    # What the task is for: the key keeps the tokens it has in every prompt, and its
+    # value is the very next token (a lookup's " 7" puts a space token between them).
+    tok = _digit_splitting_tokenizer()
+    for ex in kv_examples("kv_tag", 50, cfg=TEXT, seed=3):
+        prompt = tok(ex["prompt"])["input_ids"]
+        whole = tok(ex["prompt"] + ex["completion"])["input_ids"]
+        assert whole[: len(prompt)] == prompt
+        assert tok.decode(whole[len(prompt) :]) == ex["completion"]
+        assert len(whole) == len(prompt) + 1
+        lookup = kv_examples("kv_lookup", 1, cfg=TEXT)[0]
+        spaced = tok(lookup["prompt"] + lookup["completion"])["input_ids"]
+        assert len(spaced) == len(tok(lookup["prompt"])["input_ids"]) + 2
 
 
 def test_token_style_streams_do_not_depend_on_the_text_fields():

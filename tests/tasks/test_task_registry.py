@@ -20,6 +20,7 @@ def test_task_names():
         "kv_arithmetic",
         "key_exposure",
         "kv_lookup",
+        "kv_tag",
         "code",
         "english",
         "mixed",

@@ -118,9 +118,66 @@ def probe_kv_augment(
     CALM's training data does.  ``kv`` is a ``KVConfig`` or a mapping of its fields.
     """
 
+    cfg = KVConfig.from_value(kv)
+    ids, where, values, inside = _key_occurrences(tokenizer, cfg, n, seed)
+    return probe_key_values(
+        model,
+        ids,
+        where,
+        values,
+        inside,
+        cfg.value_max + 1,
+        layers=layers,
+    )
+
+
+@torch.no_grad()
+def head_reads_values(
+    model: Any, tokenizer: Any, kv: Any, *, n: int = 1500, seed: int = 99, batch_size: int = 32
+) -> dict[str, float]:
+    """How often the augment's own output head, restricted to the digits, names a key's
+    value at the token that ends the key, on held-in and on held-out keys.
+
+    The probe above asks what a read-out fitted on held-in keys finds; this asks what
+    the augment itself says there, with nothing fitted.  An augment trained on
+    ``kv_tag`` predicts the value as that position's next token; one trained on a
+    text-style ``kv_lookup`` predicts the space before it, so its digits rank the
+    value only as an afterthought.  One-digit values only.
+    """
+
+    cfg = KVConfig.from_value(kv)
+    if cfg.value_max > 9:
+        raise DataError(
+            f"the head read-out ranks one-digit values; kv.value_max={cfg.value_max} "
+            "writes some values in several tokens"
+        )
+    ids, where, values, inside = _key_occurrences(tokenizer, cfg, n, seed)
+    digits = torch.tensor(
+        [tokenizer(str(d), add_special_tokens=False)["input_ids"][-1] for d in range(10)]
+    )
+    picked = []
+    for start in range(0, ids.shape[0], batch_size):
+        rows = (where[:, 0] >= start) & (where[:, 0] < start + batch_size)
+        logits = model(input_ids=ids[start : start + batch_size], use_cache=False).logits
+        at = where[rows]
+        picked.append(logits[at[:, 0] - start, at[:, 1]][:, digits[: cfg.value_max + 1]])
+    right = torch.cat(picked).argmax(-1) == values
+    return {
+        "held_in": round(float(right[inside].float().mean()), 4),
+        "held_out": round(float(right[~inside].float().mean()), 4),
+    }
+
+
+def _key_occurrences(
+    tokenizer: Any, cfg: KVConfig, n: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``n`` fresh KV-arithmetic prompts as padded ids, and each key occurrence in them:
+    (row, position of the token that ends the key), its value, whether it is held in.
+
+    The prompts are exactly what the composition's augment reads (``k17 + k5 =``).
+    """
     if n < 1:
         raise DataError(f"a KV probe needs at least one prompt, got n={n}")
-    cfg = KVConfig.from_value(kv)
     table, held_in = key_values(cfg), set(key_split(cfg)[0])
     records = kv_examples("kv_arithmetic", n, cfg=cfg, seed=seed)
     if cfg.style == "text":
@@ -140,15 +197,7 @@ def probe_kv_augment(
             where.append((row, pos))
             values.append(table[name])
             inside.append(name in held_in)
-    return probe_key_values(
-        model,
-        ids,
-        torch.tensor(where),
-        torch.tensor(values),
-        torch.tensor(inside),
-        cfg.value_max + 1,
-        layers=layers,
-    )
+    return ids, torch.tensor(where), torch.tensor(values), torch.tensor(inside)
 
 
 def _text_key_tokens(
@@ -158,7 +207,8 @@ def _text_key_tokens(
 
     A word key spans several tokens of a real tokenizer; the probe point is the token
     that ends the word, the first position where the whole key has been read (and
-    where an augment trained on ``kv_lookup`` predicts its value).
+    where an augment trained on ``kv_tag`` predicts its value, and one trained on a
+    text-style ``kv_lookup`` the space before it).
     """
     encoded, found = [], []
     for prompt in prompts:

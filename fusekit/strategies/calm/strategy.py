@@ -128,7 +128,7 @@ def probe_kv_augments(recipe: CalmRecipe, model: Any) -> dict[str, Any]:
                 f"fusekit: warning: augment_{k}'s paired layers hold unseen keys' values at "
                 f"{100 * best:.0f}% at best (layer {top} reaches {100 * held_out[top]:.0f}%): "
                 "CALM cannot pass on more; pair the layers that probe high, or train the "
-                "augment with kv_lookup among its tasks"
+                "augment with kv_lookup among its tasks (kv_tag with a real tokenizer)"
             )
     return report
 
