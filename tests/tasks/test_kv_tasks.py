@@ -156,28 +156,18 @@ def test_key_exposure_never_shows_values_or_equals():
     assert seen == set(key_values(KVConfig()))  # every key, held-out ones included
 
 
-def test_kv_lookup_answers_the_last_keys_value():
+@pytest.mark.parametrize("task", ["kv_lookup", "kv_tag"])  # the same in the token style
+def test_kv_lookup_answers_the_last_keys_value(task):
     cfg = KVConfig()
     table = key_values(cfg)
     counts = Counter()
-    for ex in kv_examples("kv_lookup", 2000, cfg=cfg):
+    for ex in kv_examples(task, 2000, cfg=cfg):
         terms, _ = parse_expression(ex["prompt"])
         assert all(KEY.match(t) for t in terms)
         assert ex["completion"] == " " + str(table[terms[-1]])
         assert "=" not in ex["prompt"].split()
         counts[len(terms)] += 1
     # the looked-up key stands first, after "+" and after "-", as keys do in prompts
-    assert set(counts) == {1, 2, 3}
-
-
-def test_kv_tag_is_the_lookup_in_the_token_style():
-    cfg = KVConfig()
-    table = key_values(cfg)
-    counts = Counter()
-    for ex in kv_examples("kv_tag", 1000, cfg=cfg):
-        terms, _ = parse_expression(ex["prompt"])
-        assert ex["completion"] == " " + str(table[terms[-1]])
-        counts[len(terms)] += 1
     assert set(counts) == {1, 2, 3}
 
 
