@@ -362,10 +362,8 @@ def _examples(task: str, n: int, *, cfg: KVConfig, keys: str, stream: str) -> li
         values = [table[k] for k in operands]
         if task == "key_exposure":
             out.append({"prompt": shots, "completion": keyed})
-        elif task == "kv_lookup":
-            out.append({"prompt": shots + keyed, "completion": " " + num(values[-1])})
-        elif task == "kv_tag":
-            space = "" if cfg.style == "text" else " "
+        elif task in ("kv_lookup", "kv_tag"):
+            space = "" if task == "kv_tag" and cfg.style == "text" else " "
             out.append({"prompt": shots + keyed, "completion": space + num(values[-1])})
         elif task == "kv_substitution":
             substituted = _expression((num(v) for v in values), signs)

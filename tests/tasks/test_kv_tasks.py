@@ -391,9 +391,9 @@ def test_text_style_tag_puts_the_value_next_to_the_keys_tokens():
         assert whole[: len(prompt)] == prompt
         assert tok.decode(whole[len(prompt) :]) == ex["completion"]
         assert len(whole) == len(prompt) + 1
-        lookup = kv_examples("kv_lookup", 1, cfg=TEXT)[0]
-        spaced = tok(lookup["prompt"] + lookup["completion"])["input_ids"]
-        assert len(spaced) == len(tok(lookup["prompt"])["input_ids"]) + 2
+    lookup = kv_examples("kv_lookup", 1, cfg=TEXT)[0]
+    spaced = tok(lookup["prompt"] + lookup["completion"])["input_ids"]
+    assert len(spaced) == len(tok(lookup["prompt"])["input_ids"]) + 2
 
 
 def test_token_style_streams_do_not_depend_on_the_text_fields():

@@ -153,14 +153,17 @@ def head_reads_values(
         )
     ids, where, values, inside = _key_occurrences(tokenizer, cfg, n, seed)
     digits = torch.tensor(
-        [tokenizer(str(d), add_special_tokens=False)["input_ids"][-1] for d in range(10)]
+        [
+            tokenizer(str(d), add_special_tokens=False)["input_ids"][-1]
+            for d in range(cfg.value_max + 1)
+        ]
     )
     picked = []
     for start in range(0, ids.shape[0], batch_size):
         rows = (where[:, 0] >= start) & (where[:, 0] < start + batch_size)
         logits = model(input_ids=ids[start : start + batch_size], use_cache=False).logits
         at = where[rows]
-        picked.append(logits[at[:, 0] - start, at[:, 1]][:, digits[: cfg.value_max + 1]])
+        picked.append(logits[at[:, 0] - start, at[:, 1]][:, digits])
     right = torch.cat(picked).argmax(-1) == values
     return {
         "held_in": round(float(right[inside].float().mean()), 4),
