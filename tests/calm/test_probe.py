@@ -10,7 +10,14 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from fusekit.errors import DataError
 from fusekit.recipe.common import ScratchSpec
-from fusekit.strategies.calm.probe import _text_key_tokens, head_reads_values, probe_kv_augment
+from fusekit.strategies.calm.probe import (
+    _text_key_tokens,
+    head_reads,
+    head_reads_values,
+    probe_kv_augment,
+    probe_reads,
+    read_keys,
+)
 from fusekit.strategies.calm.strategy import probe_kv_augments
 from fusekit.tasks import KVConfig, kv_tokenizer
 from fusekit.tasks.kv import key_values, kv_examples
@@ -86,9 +93,13 @@ class _Oracle(torch.nn.Module):
             digit = tok.convert_tokens_to_ids(str((value + shift) % (KV.value_max + 1)))
             self.table[tok.convert_tokens_to_ids(key), digit] = 1.0
         self.lag = lag
+        # one pass-through block, so the read-out's layer hooks have a stream to read
+        self.model = torch.nn.Module()
+        self.model.layers = torch.nn.ModuleList([torch.nn.Identity()])
 
     def forward(self, input_ids: torch.Tensor, use_cache: bool = False) -> SimpleNamespace:
-        return SimpleNamespace(logits=self.table[input_ids].roll(self.lag, dims=1))
+        logits = self.model.layers[0](self.table[input_ids].roll(self.lag, dims=1))
+        return SimpleNamespace(logits=logits)
 
 
 def test_head_read_out_scores_the_augments_own_digit_at_each_key() -> None:
@@ -102,6 +113,20 @@ def test_head_read_out_scores_the_augments_own_digit_at_each_key() -> None:
     assert late["held_in"] < 0.5 and late["held_out"] < 0.5
     with pytest.raises(DataError, match="one-digit values"):
         head_reads_values(_Oracle(), tok, KVConfig(value_max=12), n=10)
+
+
+def test_one_pass_serves_both_splits_and_both_read_outs() -> None:
+    """The split changes which keys are held in, not the prompts: one pass scores both."""
+    model, tok = _model(0, value_rows=True), kv_tokenizer(KV)
+    balanced = KVConfig(num_keys=120, value_max=3, balanced_split=True)
+    reads = read_keys(model, tok, KV, n=300, head=True)
+    assert reads.states[0].shape[0] == len(reads.keys) == len(reads.values)
+    assert probe_reads(reads, KV) == probe_kv_augment(model, tok, KV, n=300)
+    assert probe_reads(reads, balanced) == probe_kv_augment(model, tok, balanced, n=300)
+    assert not bool((reads.held_in(KV) == reads.held_in(balanced)).all())
+    assert head_reads(reads, balanced) == head_reads_values(model, tok, balanced, n=300)
+    with pytest.raises(ValueError, match="without the head"):
+        head_reads(read_keys(model, tok, KV, n=20), KV)
 
 
 def test_probe_needs_prompts() -> None:

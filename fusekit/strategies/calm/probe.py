@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,13 +22,60 @@ from fusekit.strategies.calm.layers import decoder_layers
 from fusekit.tasks.kv import KVConfig, key_split, key_values, kv_examples
 
 
-@torch.no_grad()
-def layer_states(model: Any, input_ids: torch.Tensor, batch_size: int = 256) -> list[torch.Tensor]:
-    """``[embed, block 0, …, block N-1]`` residual streams, each ``[n, T, D]`` (pre final norm)."""
+@dataclass(frozen=True)
+class KeyReads:
+    """What one pass over KV-arithmetic prompts finds at each key occurrence.
 
+    ``states[i]`` is ``[occurrences, D]``: layer ``i - 1``'s residual stream (pre
+    final norm; index 0 is the embedding output) at the token that ends the key.
+    ``digits`` is ``[occurrences, value_max + 1]``: the output head's scores for the
+    digit tokens there (``None`` unless asked for).  ``values`` and ``keys`` say
+    which key each occurrence is and its value; which keys are held in depends on
+    the split, so the same pass serves the plain and the balanced split (their
+    prompts are the same).
+    """
+
+    states: list[torch.Tensor]
+    digits: torch.Tensor | None
+    values: torch.Tensor
+    keys: tuple[str, ...]
+
+    def held_in(self, kv: Any) -> torch.Tensor:
+        """Whether each occurrence is a held-in key under ``kv``'s split of the keys."""
+        inside = set(key_split(KVConfig.from_value(kv))[0])
+        return torch.tensor([key in inside for key in self.keys])
+
+
+@torch.no_grad()
+def read_keys(
+    model: Any,
+    tokenizer: Any,
+    kv: Any,
+    *,
+    n: int = 1500,
+    seed: int = 99,
+    head: bool = False,
+    batch_size: int = 64,
+) -> KeyReads:
+    """Run ``model`` once over ``n`` fresh KV-arithmetic prompts and keep, at every key
+    occurrence, each layer's state (and, with ``head``, the digits' scores).
+
+    The prompts are exactly what the composition's augment reads (``k17 + k5 =``).
+    Only the key positions are kept: all states of all layers of 1,500 prompts would
+    take gigabytes.  ``head`` ranks one-digit values only.
+    """
+    cfg = KVConfig.from_value(kv)
+    if head and cfg.value_max > 9:
+        raise DataError(
+            f"the head read-out ranks one-digit values; kv.value_max={cfg.value_max} "
+            "writes some values in several tokens"
+        )
+    ids, where, values, keys = _key_occurrences(tokenizer, cfg, n, seed)
+    digit_ids = [
+        tokenizer(str(d), add_special_tokens=False)["input_ids"][-1]
+        for d in range(cfg.value_max + 1)
+    ]
     blocks = decoder_layers(model)
-    chunks: list[list[torch.Tensor]] = [[] for _ in range(len(blocks) + 1)]
-    handles = []
     current: dict[int, torch.Tensor] = {}
 
     def pre(module: Any, args: Any, kwargs: Any) -> None:
@@ -39,17 +87,28 @@ def layer_states(model: Any, input_ids: torch.Tensor, batch_size: int = 256) -> 
 
         return hook
 
-    handles.append(blocks[0].register_forward_pre_hook(pre, with_kwargs=True))
+    handles = [blocks[0].register_forward_pre_hook(pre, with_kwargs=True)]
     handles += [b.register_forward_hook(make(i)) for i, b in enumerate(blocks)]
+    states: list[list[torch.Tensor]] = [[] for _ in range(len(blocks) + 1)]
+    digits: list[torch.Tensor] = []
     try:
-        for start in range(0, input_ids.shape[0], batch_size):
-            model(input_ids=input_ids[start : start + batch_size], use_cache=False)
-            for i in range(len(chunks)):
-                chunks[i].append(current[i].float())
+        for start in range(0, ids.shape[0], batch_size):
+            out = model(input_ids=ids[start : start + batch_size], use_cache=False)
+            at = where[(where[:, 0] >= start) & (where[:, 0] < start + batch_size)]
+            rows, cols = at[:, 0] - start, at[:, 1]
+            for i, chunk in enumerate(states):
+                chunk.append(current[i][rows, cols].float())
+            if head:
+                digits.append(out.logits[rows, cols][:, digit_ids].float())
     finally:
-        for h in handles:
-            h.remove()
-    return [torch.cat(c) for c in chunks]
+        for handle in handles:
+            handle.remove()
+    return KeyReads(
+        states=[torch.cat(chunk) for chunk in states],
+        digits=torch.cat(digits) if head else None,
+        values=values,
+        keys=keys,
+    )
 
 
 def ridge_probe(
@@ -72,34 +131,45 @@ def ridge_probe(
     return train_acc, test_acc
 
 
-def probe_key_values(
-    model: Any,
-    input_ids: torch.Tensor,
-    key_positions: torch.Tensor,
-    key_values: torch.Tensor,
-    held_in: torch.Tensor,
-    classes: int,
-    layers: Sequence[int] | None = None,
+def probe_reads(
+    reads: KeyReads, kv: Any, layers: Sequence[int] | None = None
 ) -> list[dict[str, Any]]:
-    """Per layer (-1 = embedding output): probe accuracy on held-in and on held-out keys.
-
-    ``key_positions`` ``[n, 2]`` are (row, position) of key tokens, ``key_values``
-    their values and ``held_in`` whether each key is a held-in key.
-    """
-    states = layer_states(model, input_ids)
+    """Per layer (-1 = embedding output): accuracy of a ridge probe fitted on the held-in
+    keys' occurrences, on those (held_in) and on the held-out keys' (held_out)."""
+    cfg = KVConfig.from_value(kv)
+    inside = reads.held_in(cfg)
     rows = []
-    for index, h in enumerate(states):
+    for index, feats in enumerate(reads.states):
         layer = index - 1
         if layers is not None and layer not in layers:
             continue
-        feats = h[key_positions[:, 0], key_positions[:, 1]]
         train_acc, test_acc = ridge_probe(
-            feats[held_in], key_values[held_in], feats[~held_in], key_values[~held_in], classes
-        )
+            feats[inside], reads.values[inside], feats[~inside], reads.values[~inside],
+            cfg.value_max + 1,
+        )  # fmt: skip
         rows.append(
             {"layer": layer, "held_in": round(train_acc, 4), "held_out": round(test_acc, 4)}
         )
     return rows
+
+
+def head_reads(reads: KeyReads, kv: Any) -> dict[str, float]:
+    """How often the output head's top digit at a key names that key's value.
+
+    The probe asks what a read-out fitted on held-in keys finds; this asks what the
+    augment itself says there, with nothing fitted.  An augment trained on ``kv_tag``
+    predicts the value as that position's next token; one trained on a text-style
+    ``kv_lookup`` predicts the space before it, so its digits rank the value only as
+    an afterthought.
+    """
+    if reads.digits is None:
+        raise ValueError("these reads were taken without the head: read_keys(..., head=True)")
+    right = reads.digits.argmax(-1) == reads.values
+    inside = reads.held_in(kv)
+    return {
+        "held_in": round(float(right[inside].float().mean()), 4),
+        "held_out": round(float(right[~inside].float().mean()), 4),
+    }
 
 
 def probe_kv_augment(
@@ -111,77 +181,33 @@ def probe_kv_augment(
     seed: int = 99,
     layers: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """``probe_key_values`` on ``n`` fresh KV-arithmetic prompts, for an augment of the KV tasks.
+    """``probe_reads`` on ``n`` fresh KV-arithmetic prompts, under ``kv``'s split of the keys.
 
-    The prompts are exactly what the composition's augment reads (``k17 + k5 =``),
-    every key occurrence is a probe point, and the fit uses held-in keys only, as
+    Every key occurrence is a probe point and the fit uses held-in keys only, as
     CALM's training data does.  ``kv`` is a ``KVConfig`` or a mapping of its fields.
     """
-
-    cfg = KVConfig.from_value(kv)
-    ids, where, values, inside = _key_occurrences(tokenizer, cfg, n, seed)
-    return probe_key_values(
-        model,
-        ids,
-        where,
-        values,
-        inside,
-        cfg.value_max + 1,
-        layers=layers,
-    )
+    return probe_reads(read_keys(model, tokenizer, kv, n=n, seed=seed), kv, layers)
 
 
-@torch.no_grad()
 def head_reads_values(
     model: Any, tokenizer: Any, kv: Any, *, n: int = 1500, seed: int = 99, batch_size: int = 32
 ) -> dict[str, float]:
-    """How often the augment's own output head, restricted to the digits, names a key's
-    value at the token that ends the key, on held-in and on held-out keys.
-
-    The probe above asks what a read-out fitted on held-in keys finds; this asks what
-    the augment itself says there, with nothing fitted.  An augment trained on
-    ``kv_tag`` predicts the value as that position's next token; one trained on a
-    text-style ``kv_lookup`` predicts the space before it, so its digits rank the
-    value only as an afterthought.  One-digit values only.
-    """
-
-    cfg = KVConfig.from_value(kv)
-    if cfg.value_max > 9:
-        raise DataError(
-            f"the head read-out ranks one-digit values; kv.value_max={cfg.value_max} "
-            "writes some values in several tokens"
-        )
-    ids, where, values, inside = _key_occurrences(tokenizer, cfg, n, seed)
-    digits = torch.tensor(
-        [
-            tokenizer(str(d), add_special_tokens=False)["input_ids"][-1]
-            for d in range(cfg.value_max + 1)
-        ]
-    )
-    picked = []
-    for start in range(0, ids.shape[0], batch_size):
-        rows = (where[:, 0] >= start) & (where[:, 0] < start + batch_size)
-        logits = model(input_ids=ids[start : start + batch_size], use_cache=False).logits
-        at = where[rows]
-        picked.append(logits[at[:, 0] - start, at[:, 1]][:, digits])
-    right = torch.cat(picked).argmax(-1) == values
-    return {
-        "held_in": round(float(right[inside].float().mean()), 4),
-        "held_out": round(float(right[~inside].float().mean()), 4),
-    }
+    """``head_reads`` on ``n`` fresh KV-arithmetic prompts (one-digit values only)."""
+    reads = read_keys(model, tokenizer, kv, n=n, seed=seed, head=True, batch_size=batch_size)
+    return head_reads(reads, kv)
 
 
 def _key_occurrences(
     tokenizer: Any, cfg: KVConfig, n: int, seed: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[str, ...]]:
     """``n`` fresh KV-arithmetic prompts as padded ids, and each key occurrence in them:
-    (row, position of the token that ends the key), its value, whether it is held in.
+    (row, position of the token that ends the key), its value and its name.
 
     The prompts are exactly what the composition's augment reads (``k17 + k5 =``).
     """
     if n < 1:
         raise DataError(f"a KV probe needs at least one prompt, got n={n}")
-    table, held_in = key_values(cfg), set(key_split(cfg)[0])
+    table = key_values(cfg)
     records = kv_examples("kv_arithmetic", n, cfg=cfg, seed=seed)
     if cfg.style == "text":
         encoded, found = _text_key_tokens(tokenizer, [r["prompt"] for r in records], table)
@@ -194,13 +220,13 @@ def _key_occurrences(
         ]  # fmt: skip
     width = max(len(e) for e in encoded)
     ids = torch.tensor([e + [tokenizer.pad_token_id] * (width - len(e)) for e in encoded])
-    where, values, inside = [], [], []
+    where, names = [], []
     for row, tokens in enumerate(found):
         for pos, name in tokens:
             where.append((row, pos))
-            values.append(table[name])
-            inside.append(name in held_in)
-    return ids, torch.tensor(where), torch.tensor(values), torch.tensor(inside)
+            names.append(name)
+    values = torch.tensor([table[name] for name in names])
+    return ids, torch.tensor(where), values, tuple(names)
 
 
 def _text_key_tokens(
