@@ -1,8 +1,8 @@
 """The comparison chart: scores per eval set, training-loss curves, held-out curves (runs
 with ``train.eval_steps``) and an optional trade-off.
 
-matplotlib is an optional extra (``fusekit[plot]``); importing this module without it
-raises ImportError, which ``compare`` reports as one line.
+matplotlib is an optional extra (``fusekit[plot]``); ``compare`` imports this module
+only where matplotlib is installed, and otherwise says in one line how to get the chart.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,10 +257,12 @@ def compare(
     table = ComparisonTable(spec.name, results, runs)
     (root / "results.md").write_text(table.to_markdown() + "\n")
     (root / "results.json").write_text(table.to_json() + "\n")
-    try:
+    # matplotlib is an optional extra; ask for it by name, so that a broken import
+    # inside fusekit itself still fails loudly instead of passing for a missing extra
+    if importlib.util.find_spec("matplotlib") is None:
+        log.warning("fusekit: install matplotlib (fusekit[plot]) for the chart")
+    else:
         from fusekit.comparison.plot import plot
 
         plot(table, spec, root / "results.png")
-    except ImportError:
-        log.warning("fusekit: install matplotlib (fusekit[plot]) for the chart")
     return table

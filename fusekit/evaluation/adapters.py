@@ -262,10 +262,8 @@ def as_scorable(model: Any, tokenizer: Any = None, *, require_tokenizer: bool = 
             f"no tokenizer for {type(model).__name__}: "
             "pass tokenizer=... or give the model a .tokenizer"
         )
-    try:
-        from transformers import PreTrainedModel
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return ModelAdapter(model, tokenizer)
+    from transformers import PreTrainedModel
+
     if isinstance(model, PreTrainedModel):
         return HFModelAdapter(model, tokenizer)
     return ModelAdapter(model, tokenizer)

@@ -55,6 +55,24 @@ def test_compare_writes_table_and_reuses_runs(
     assert "| base |" in table.to_markdown() or "base" in table.to_markdown()
 
 
+def test_compare_without_matplotlib_writes_the_table_and_says_how_to_get_the_chart(
+    tiny_llama: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "matplotlib" else real(name, *a),
+    )
+    compare(_spec(tmp_path, tiny_llama, corpus))
+    root = tmp_path / "results"
+    assert (root / "results.md").is_file() and (root / "results.json").is_file()
+    assert not (root / "results.png").exists()
+    assert "install matplotlib (fusekit[plot]) for the chart" in capsys.readouterr().err
+
+
 def test_loss_panel_reads_every_strategy_training_record() -> None:
     """FuseLLM/finetune report ``training``, CALM ``train``: both curves are drawn."""
     import matplotlib

@@ -131,7 +131,7 @@ def decoder_layers(model: Any) -> Any:
         found = model.get_submodule(arch_facts(model.config).layer_prefix)
         if isinstance(found, nn.ModuleList) and len(found) > 0:
             return found
-    except (ImportError, AttributeError, UnsupportedArchitectureError):
+    except (AttributeError, UnsupportedArchitectureError):
         pass
 
     for path in (

@@ -105,8 +105,9 @@ def probe_kv_augments(recipe: CalmRecipe, model: Any) -> dict[str, Any]:
     the key itself), so a composition trained on held-in keys can reach held-out
     keys only through layers that store the value there, in a form shared by all
     keys.  A ridge probe fitted on held-in keys and scored on held-out ones says
-    which layers do (SPEC §1 "risk"); a warning names the case where none of the
-    paired layers does, before any training time is spent on it.
+    which layers do; paired only with layers that do not, a composition can merely
+    memorise the held-in keys.  A warning names that case before any training time
+    is spent on it.
     """
     from fusekit.strategies.calm.probe import probe_kv_augment
 
