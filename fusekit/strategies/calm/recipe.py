@@ -34,7 +34,10 @@ class CalmRecipe(BaseRecipe):
     heads: int | None = Field(None, ge=1, description="cross-attention heads; default: anchor's")
     mask: Literal["causal", "diagonal"] = Field(
         "causal",
-        description="causal: anchor t reads augment <= t; diagonal: only t (same tokenizer)",
+        description=(
+            "causal: anchor t reads augment positions ending no later than t; diagonal: only "
+            "the latest of them (t itself with a shared tokenizer)"
+        ),
     )
     augment_mode: Literal["iterative", "encoder"] = Field(
         "iterative", description="encoder = augment run once on the prompt (paper's ablation)"
