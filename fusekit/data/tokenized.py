@@ -50,7 +50,9 @@ from fusekit.io.hashing import data_hash
 from fusekit.version import __version__
 
 #: Bumped when the stored layout or the tokenisation rules change.
-LAYOUT = 2
+LAYOUT = 3
+#: The examples made and kept, beside the Arrow files of a cache entry.
+COUNTS = "counts.json"
 #: Records per ``map`` batch and rows per written Arrow batch.
 BATCH = 512
 #: A corpus with at least this many records is tokenised in several processes.
@@ -287,6 +289,8 @@ def _pack(
     _write_arrow(blocks, packed_batches())
     _write_arrow(examples, example_batches())
     left_out(made - kept, made, seq_len, source, anything_left=bool(wrote or kept))
+    # kept with the entry, so a run that reads the cache says it again
+    (examples.parent / COUNTS).write_text(json.dumps({"made": made, "kept": kept}) + "\n")
 
 
 def _trains_a_token(labels: pa.Array) -> np.ndarray:
@@ -329,6 +333,9 @@ def tokenized_examples(
     folder = cache_root() / "data" / cache_key(data, tokenizer, seq_len, loss_on, chat_template)
     if (folder / "examples.arrow").is_file():
         log.info(f"fusekit: {source}: tokenised examples read from the cache ({folder.name[:12]})")
+        counts = json.loads((folder / COUNTS).read_text())
+        left_out(counts["made"] - counts["kept"], counts["made"], seq_len, source,
+                 anything_left=True)  # fmt: skip
         return _load(folder)
     with _building(folder) as scratch:
         raws = [_raw(part, scratch) for part in parts(data)]

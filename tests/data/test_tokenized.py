@@ -141,6 +141,8 @@ def test_examples_whose_answer_lies_past_seq_len_are_left_out_and_said(
     _same(arrow, memory)
     assert len(arrow) == 2
     assert len(said) == 2 and all("2 of 4 examples have no trained token" in s for s in said)
+    _same(tokenized_examples(str(data), tokenizer, 128, chat_template=CHATML), memory)
+    assert len(said) == 3 and "2 of 4 examples" in said[2], "a run that reads the cache says it too"
     data.write_text("".join(json.dumps(r) + "\n" for r in [long, cut]))
     for make in (tokenized_examples, lambda d, *a, **k: CausalLMDataset(load_records(d), *a, **k)):
         with pytest.raises(
