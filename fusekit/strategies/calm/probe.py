@@ -65,16 +65,18 @@ def read_keys(
     take gigabytes.  ``head`` ranks one-digit values only.
     """
     cfg = KVConfig.from_value(kv)
-    if head and cfg.value_max > 9:
-        raise DataError(
-            f"the head read-out ranks one-digit values; kv.value_max={cfg.value_max} "
-            "writes some values in several tokens"
-        )
+    digit_ids: list[int] = []
+    if head:
+        if cfg.value_max > 9:
+            raise DataError(
+                f"the head read-out ranks one-digit values; kv.value_max={cfg.value_max} "
+                "writes some values in several tokens"
+            )
+        digit_ids = [
+            tokenizer(str(d), add_special_tokens=False)["input_ids"][-1]
+            for d in range(cfg.value_max + 1)
+        ]
     ids, where, values, keys = _key_occurrences(tokenizer, cfg, n, seed)
-    digit_ids = [
-        tokenizer(str(d), add_special_tokens=False)["input_ids"][-1]
-        for d in range(cfg.value_max + 1)
-    ]
     blocks = decoder_layers(model)
     current: dict[int, torch.Tensor] = {}
 
