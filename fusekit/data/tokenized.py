@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ from fusekit.io.hashing import data_hash
 from fusekit.version import __version__
 
 #: Bumped when the stored layout or the tokenisation rules change.
-LAYOUT = 3
+LAYOUT = 4
 #: The examples made and kept, beside the Arrow files of a cache entry.
 COUNTS = "counts.json"
 #: Records per ``map`` batch and rows per written Arrow batch.
@@ -370,9 +370,10 @@ def _publish(staged: Path, folder: Path) -> None:
 
 def cached_rows(
     payload: dict[str, Any],
-    rows: Callable[[], Iterator[dict[str, Any]]],
+    rows: Callable[[], Generator[dict[str, Any], None, tuple[int, int]]],
     schema: pa.Schema,
     *,
+    seq_len: int,
     source: str = "data",
     before: Callable[[], None] | None = None,
 ) -> Dataset:
@@ -382,23 +383,39 @@ def cached_rows(
     decides the rows (it names the folder, with the layout and fusekit's version); the
     file is written a batch at a time into a scratch folder and renamed into place whole.
     ``before`` runs first when the rows must be made (checks that would refuse them).
+
+    ``rows()`` returns (made, kept), the examples it made and those with a trained token
+    within ``seq_len``: they are kept with the entry, so every run says the left-out
+    ones, not only the run that made them, and data that keeps none is refused before
+    anything is published.
     """
     key = _entry_key(payload)
     folder = cache_root() / "data" / key
     file = folder / "examples.arrow"
     if file.is_file():
         log.info(f"fusekit: {source}: tokenised examples read from the cache ({key[:12]})")
+        counts = json.loads((folder / COUNTS).read_text())
+        left_out(counts["made"] - counts["kept"], counts["made"], seq_len, source,
+                 anything_left=True)  # fmt: skip
         return Dataset.from_file(str(file))
     if before is not None:
         before()
     log.info(f"fusekit: {source}: tokenising")
+    counts = {"made": 0, "kept": 0}
+
+    def counted() -> Iterator[dict[str, Any]]:
+        counts["made"], counts["kept"] = yield from rows()
+
     with _building(folder) as scratch:
-        made = iter(rows())
+        made = counted()
         batches = (
             pa.RecordBatch.from_pylist(chunk, schema=schema)
             for chunk in iter(lambda: list(itertools.islice(made, BATCH)), [])
         )
         _write_arrow(scratch / "examples" / "examples.arrow", batches, schema)
+        left_out(counts["made"] - counts["kept"], counts["made"], seq_len, source,
+                 anything_left=counts["kept"] > 0)  # fmt: skip
+        (scratch / "examples" / COUNTS).write_text(json.dumps(counts) + "\n")
     return Dataset.from_file(str(file))
 
 

@@ -284,6 +284,32 @@ def test_examples_for_augments_with_their_own_tokenizers_are_cached_as_arrow(
     assert said == ["fusekit: data: tokenising"]
 
 
+def test_examples_whose_answer_lies_past_seq_len_are_left_out_and_said_on_every_build(
+    bases: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With augments of their own tokenizers, an example whose completion lies past
+    ``seq_len`` trains nothing (a batch of them, a 0/0 loss): it is left out and said,
+    again when the examples are read from the cache; data that keeps none is refused."""
+    import fusekit.data.causal_lm as causal_lm
+
+    monkeypatch.setenv("FUSEKIT_CACHE", str(tmp_path / "cache"))
+    said: list[str] = []
+    monkeypatch.setattr(causal_lm.log, "warning", said.append)
+    model = compose_from_paths(bases["anchor"], [bases["meta"]], every=4, mask="causal")
+    assert not any(model.shared_tokenizer)
+    long = {"prompt": " ".join(TEXTS) * 2, "completion": " the end"}
+    records = [*RECORDS, long]
+    for _ in range(2):  # made, then read from the cache
+        dataset = composition_dataset(model, records, 48)
+        assert len(dataset) == len(RECORDS)
+        assert len(said) == 1 and f"1 of {len(records)} examples have no trained token" in said[0]
+        assert "train.seq_len=48" in said.pop()
+    entries = sorted((tmp_path / "cache" / "data").iterdir())
+    with pytest.raises(DataError, match=r"raise train\.seq_len"):
+        composition_dataset(model, [long], 48)
+    assert sorted((tmp_path / "cache" / "data").iterdir()) == entries  # nothing published
+
+
 @pytest.mark.parametrize("augments", [["augment"], ["augment", "meta"]])
 def test_the_output_layer_runs_where_the_loss_looks_only(
     bases: dict[str, Path], augments: list[str], monkeypatch: pytest.MonkeyPatch

@@ -157,6 +157,7 @@ def test_a_cache_entry_keeps_its_summary(
         lambda: example_rows(records, _reader(bpe, 32), [_reader(sp, 128, bpe)],
                              align="offsets", seq_len=32, loss_on=None),
         schema(1),
+        seq_len=32,
     )  # fmt: skip
     first = summary(rows, 1)
     assert first.chunks == len(rows) > 0

@@ -173,7 +173,8 @@ def test_a_completion_cut_off_by_seq_len_is_left_out(
     model_dirs: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A prompt that fills ``seq_len`` leaves its completion no token: the chunk would be a
-    row without a label (a batch of them, a 0/0 loss), so it is left out and said."""
+    row without a label (a batch of them, a 0/0 loss), so it is left out and said, on
+    every run."""
     import fusekit.data.causal_lm as causal_lm
 
     said: list[str] = []
@@ -181,7 +182,8 @@ def test_a_completion_cut_off_by_seq_len_is_left_out(
     pairs = [("def add(a, b):", "\n    return a + b\n"), ("import os " * 40, "\nimport sys\n")]
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in pairs))
-    strategy = FuseLLMStrategy(_recipe(model_dirs, data))
-    built = strategy.build(strategy.prepare(tmp_path), strategy.main_unit)
-    assert len(built.dataset) == 1
-    assert said and "fusellm: 1 of 2 examples have no trained token" in said[0]
+    for _ in range(2):  # made, then read from the cache: said both times
+        strategy = FuseLLMStrategy(_recipe(model_dirs, data))
+        built = strategy.build(strategy.prepare(tmp_path), strategy.main_unit)
+        assert len(built.dataset) == 1
+        assert len(said) == 1 and "fusellm: 1 of 2 examples have no trained token" in said.pop()

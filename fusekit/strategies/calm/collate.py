@@ -24,7 +24,8 @@ default), so a token that straddles a span's start counts as inside it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import itertools
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -127,12 +128,17 @@ def offsets_examples(
     loss_on: LossOn | None = None,
     renderer: Renderer | None = None,
     source: str = "data",
-) -> Iterator[Example]:
+) -> Generator[Example, None, tuple[int, int]]:
     """Examples for a composition with at least one different-tokenizer augment: the
     text pieces first, then the other records in order.  ``records`` is read twice, a
     record at a time (a list, or ``RecordStream`` over a file): the text is cut into
-    pieces as it is read, never held whole."""
-    from fusekit.data.causal_lm import iter_chunks
+    pieces as it is read, never held whole.
+
+    An example with no trained token within ``seq_len`` (its answer lies past it) is
+    left out, as on the shared-tokenizer path: a batch of such rows has a loss of 0 / 0.
+    Returns (made, kept), for ``cached_rows`` to say.
+    """
+    from fusekit.data.causal_lm import iter_chunks, trains_a_token
 
     def texts() -> Iterator[str]:
         for i, rec in enumerate(records):
@@ -150,11 +156,15 @@ def offsets_examples(
 
     # Plain text is cut into anchor-sized pieces (as the shared-tokenizer path packs
     # it): encoding each document whole would keep only its first seq_len tokens.
-    for piece in iter_chunks(texts(), anchor_tokenizer, seq_len):
-        yield encode({"text": piece}, "text")
-    for i, rec in enumerate(records):
-        if "text" not in rec:
-            yield encode(rec, f"{source}: record {i}")
+    made = kept = 0
+    pieces = (encode({"text": p}, "text") for p in iter_chunks(texts(), anchor_tokenizer, seq_len))
+    others = (encode(r, f"{source}: record {i}") for i, r in enumerate(records) if "text" not in r)
+    for example in itertools.chain(pieces, others):
+        made += 1
+        if trains_a_token(example["labels"]):
+            kept += 1
+            yield example
+    return made, kept
 
 
 def _pad(rows: Sequence[Sequence[Any]], value: Any) -> torch.Tensor:

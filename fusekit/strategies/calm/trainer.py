@@ -112,7 +112,7 @@ def composition_dataset(
 
     payload = {
         # bumped when encode_offsets_example makes other examples from the same inputs
-        "shape": "calm-offsets-1",
+        "shape": "calm-offsets-2",
         "data": [content_key(p) for p in parts(data)],
         "anchor": tokenizer_key(model.anchor_tokenizer),
         "augments": [
@@ -124,7 +124,7 @@ def composition_dataset(
         "seq_len": seq_len,
         "loss_on": loss_on,
     }
-    dataset = cached_rows(payload, rows, OFFSETS_SCHEMA, source=source)
+    dataset = cached_rows(payload, rows, OFFSETS_SCHEMA, seq_len=seq_len, source=source)
     if not len(dataset):
         raise DataError(f"{source}: the training data produced no examples")
     return dataset

@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -150,11 +150,11 @@ def example_rows(
     align: str,
     seq_len: int,
     loss_on: Any,
-) -> Iterator[dict[str, Any]]:
+) -> Generator[dict[str, Any], None, tuple[int, int]]:
     """The rows of ``schema(len(sources))``, a batch of chunks at a time; refuses data
-    that holds no example, or none with a trained token within ``seq_len``."""
-    from fusekit.data.causal_lm import left_out
-
+    that holds no example.  Returns (made, kept): a chunk with no trained token within
+    ``seq_len`` is left out, and ``cached_rows`` says so (or refuses the data when none
+    is kept) on every run, cached or not."""
     items = _items(data, target.tokenizer, seq_len, keep_prompt=loss_on == "all")
     made = kept = 0
     for batch in iter(lambda: list(itertools.islice(items, BATCH)), []):
@@ -167,7 +167,7 @@ def example_rows(
             yield row
     if not made:
         raise DataError("fusellm: the training data holds no text records")
-    left_out(made - kept, made, seq_len, "fusellm", anything_left=kept > 0)
+    return made, kept
 
 
 def _chunk_rows(

@@ -254,6 +254,7 @@ class FuseLLMStrategy(Strategy[FuseLLMRecipe]):
             lambda: example_rows(data, reader, readers, align=r.align, seq_len=spec.seq_len,
                                  loss_on=spec.loss_on),
             schema(len(readers)),
+            seq_len=spec.seq_len,
             source="fusellm",
             before=templates,
         )  # fmt: skip
