@@ -16,7 +16,8 @@ Training memory is an estimate of the peak, in bytes, of one training step:
   by default; LoRA adapters and CALM's Θ_C are always fp32);
 * optimizer: its state per trainable parameter (``train.optim``): two moments in
   the parameters' dtype for the AdamW family (8 bytes over fp32 masters), 2 bytes
-  for 8-bit AdamW, about none for Adafactor (factored moments) and SGD;
+  for 8-bit AdamW, one moment for Lion, RMSprop and Adagrad, three for AdEMAMix,
+  about none for Adafactor (factored moments) and SGD (``_OPTIMIZER_STATE``);
 * activations kept for backward, per layer of each model gradients flow through,
   counted for a pre-norm decoder block the way autograd saves them: per token
   ``6h + 4i`` values in the compute dtype (projection and MLP outputs, 2 bytes under
@@ -164,16 +165,54 @@ def lora_parameters(ref: ModelRef, peft_kwargs: dict[str, Any]) -> int:
     return int(wrapped.get_nb_trainable_parameters()[0])
 
 
-def optimizer_state_bytes(optim: str, trained_bytes: int = FP32) -> int:
-    """Bytes of optimizer state per trainable parameter, by ``train.optim``'s family;
-    torch's optimizers keep their moments in the parameters' dtype (``trained_bytes``)."""
-    if optim.startswith(("sgd", "adafactor")):
-        return 0  # no momentum; Adafactor keeps a row and a column per matrix
-    if "8bit" in optim or optim.startswith(("adamw_bnb", "lion_bnb")):
-        return 2  # two 8-bit moments (lion: one)
-    if optim.startswith("lion"):
-        return trained_bytes
-    return 2 * trained_bytes  # AdamW and its kin: two moments
+#: Per-parameter optimizer state by ``train.optim`` name prefix, longest prefix first:
+#: (moments, bytes per moment), None meaning the parameters' own dtype.  From the
+#: classes transformers' ``trainer_optimizer.py`` builds for each name (its
+#: ``_get_*`` handlers) at their defaults, since fusekit passes no ``optim_args``:
+#: torch's SGD (momentum 0) and RMSprop (momentum 0, not centred) keep none and one
+#: buffer; Adagrad one sum; bitsandbytes keeps 32-bit states in fp32 and 8-bit ones in
+#: a byte whatever the parameters' dtype; AdEMAMix three moments, Lion one; torchao's
+#: 4-bit AdamW half a byte a moment; AnyPrecisionAdamW fp32 moments by default;
+#: GrokAdamW a gradient average beside Adam's two; schedule-free AdamW/RAdam keep z and
+#: the second moment, SGD z; Adafactor, LOMO and AdaLomo factored or no moments.
+_OPTIMIZER_STATE: tuple[tuple[str, int, float | None], ...] = (
+    ("schedule_free_sgd", 1, None),
+    ("schedule_free_", 2, None),
+    ("adamw_anyprecision", 2, 4),
+    ("adamw_torch_4bit", 2, 0.5),
+    ("adamw_torch_8bit", 2, 1),
+    ("paged_ademamix_32bit", 3, 4),
+    ("paged_ademamix_8bit", 3, 1),
+    ("ademamix_8bit", 3, 1),
+    ("ademamix", 3, 4),
+    ("paged_adamw_32bit", 2, 4),
+    ("paged_adamw_8bit", 2, 1),
+    ("adamw_bnb_8bit", 2, 1),
+    ("adamw_8bit", 2, 1),
+    ("paged_lion_32bit", 1, 4),
+    ("paged_lion_8bit", 1, 1),
+    ("lion_32bit", 1, 4),
+    ("lion_8bit", 1, 1),
+    ("rmsprop_bnb_8bit", 1, 1),
+    ("rmsprop_bnb", 1, 4),
+    ("rmsprop", 1, None),
+    ("adagrad", 1, None),
+    ("grokadamw", 3, None),
+    ("sgd", 0, None),
+    ("adafactor", 0, None),
+    ("adalomo", 0, None),
+    ("lomo", 0, None),
+)
+
+
+def optimizer_state_bytes(optim: str, trained_bytes: int = FP32) -> float:
+    """Bytes of optimizer state per trainable parameter for ``train.optim`` (see
+    ``_OPTIMIZER_STATE``); AdamW and its kin (torch's, fused, stable) keep two moments
+    in the parameters' dtype (``trained_bytes``)."""
+    for prefix, moments, size in _OPTIMIZER_STATE:
+        if optim.startswith(prefix):
+            return moments * (trained_bytes if size is None else size)
+    return 2 * trained_bytes
 
 
 def activation_bytes(
@@ -241,7 +280,7 @@ def training_memory(
         # models run beside the trained one (FuseLLM's sources) are held whole by every rank
         "source_weights": sum(m.parameters * size for m, size in held if id(m) in beside),
         "gradients": trained_bytes * trainable,
-        "optimizer": optimizer_state_bytes(train.optim, trained_bytes) * trainable,
+        "optimizer": round(optimizer_state_bytes(train.optim, trained_bytes) * trainable),
         "activations": activations,
         "logits": FP32 * batch * seq * vocab,
         "runtime": 0 if _cuda() else CPU_RUNTIME_BYTES,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from fusekit.estimates import model_facts, training_memory
 from fusekit.recipe.common import LocalModel
@@ -190,7 +191,15 @@ def test_training_memory_parts() -> None:
     bf16 = activation_bytes(m, 2, 16, precision="bf16", attention=None, checkpointing=False)
     assert bf16 == 2 * 16 * 2 * ((6 * 64 + 4 * 128) * 2 + 5 * 64 * 4)
     # the optimizer's state follows train.optim
-    for optim, per in (("adafactor", 0), ("sgd", 0), ("adamw_torch_fused", 8)):
+    for optim, per in (
+        ("adafactor", 0),
+        ("sgd", 0),
+        ("adamw_torch_fused", 8),
+        ("adagrad", 4),
+        ("lion_8bit", 1),
+        ("paged_ademamix_32bit", 12),
+        ("adamw_torch_4bit", 1),
+    ):
         got = training_memory(held=[], trainable=100, backprop=[], forward_only=[],
                               train=spec.model_copy(update={"optim": optim}))  # fmt: skip
         assert got["optimizer"] == per * 100, optim
@@ -224,6 +233,30 @@ def _seven_billion(folder: Path) -> Path:
         fh.write(struct.pack("<Q", len(raw)) + raw)
         fh.truncate(8 + len(raw) + offset)
     return folder
+
+
+@pytest.mark.parametrize(
+    "optim", ["adamw_torch", "adamw_torch_fused", "sgd", "adagrad", "rmsprop", "adafactor"]
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_optimizer_state_is_what_the_optimizer_keeps(optim: str, dtype: torch.dtype) -> None:
+    """The estimate's state per parameter equals what the optimizer transformers builds
+    for ``optim`` holds after a step, for those torch ships (Adafactor's factored
+    moments of a 64 × 64 matrix count as about none)."""
+    from transformers import Trainer, TrainingArguments
+
+    from fusekit.estimates import optimizer_state_bytes
+
+    weight = torch.nn.Parameter(torch.randn(64, 64, dtype=dtype))
+    args = TrainingArguments(output_dir="unused", optim=optim, use_cpu=True, report_to=[])
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
+    optimizer = cls([weight], **kwargs)
+    weight.grad = torch.randn_like(weight)
+    optimizer.step()
+    held = sum(t.numel() * t.element_size() for state in optimizer.state.values()
+               for t in state.values() if torch.is_tensor(t) and t.numel() > 1)  # fmt: skip
+    expected = optimizer_state_bytes(optim, weight.element_size()) * weight.numel()
+    assert held <= weight.numel() * 0.25 if expected == 0 else held == expected
 
 
 def test_a_seven_billion_model_plans_with_the_usual_accounting(
