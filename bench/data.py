@@ -158,6 +158,7 @@ def fusellm_examples(corpus: str, tokenizer: object, tokenizer_dir: str) -> obje
         lambda: example_rows(corpus, target, [reader], align="offsets", seq_len=SEQ_LEN,
                              loss_on=None),
         schema(1),
+        seq_len=SEQ_LEN,
         source="fusellm",
     )  # fmt: skip
 
