@@ -165,7 +165,8 @@ def lora_parameters(ref: ModelRef, peft_kwargs: dict[str, Any]) -> int:
     return int(wrapped.get_nb_trainable_parameters()[0])
 
 
-#: Per-parameter optimizer state by ``train.optim`` name prefix, longest prefix first:
+#: Per-parameter optimizer state by ``train.optim`` name prefix, each before the shorter
+#: prefixes it extends:
 #: (moments, bytes per moment), None meaning the parameters' own dtype.  From the
 #: classes transformers' ``trainer_optimizer.py`` builds for each name (its
 #: ``_get_*`` handlers) at their defaults, since fusekit passes no ``optim_args``:

@@ -293,6 +293,14 @@ def _pack(
     (examples.parent / COUNTS).write_text(json.dumps({"made": made, "kept": kept}) + "\n")
 
 
+def _say_cached_counts(folder: Path, seq_len: int, source: str) -> None:
+    """Say the left-out examples of a cache entry, from the counts kept beside it, as
+    the run that made the entry did."""
+    counts = json.loads((folder / COUNTS).read_text())
+    left_out(counts["made"] - counts["kept"], counts["made"], seq_len, source,
+             anything_left=True)  # fmt: skip
+
+
 def _trains_a_token(labels: pa.Array) -> np.ndarray:
     """``trains_a_token`` of every row of a list column, vectorised."""
     offsets = labels.offsets.to_numpy()
@@ -333,9 +341,7 @@ def tokenized_examples(
     folder = cache_root() / "data" / cache_key(data, tokenizer, seq_len, loss_on, chat_template)
     if (folder / "examples.arrow").is_file():
         log.info(f"fusekit: {source}: tokenised examples read from the cache ({folder.name[:12]})")
-        counts = json.loads((folder / COUNTS).read_text())
-        left_out(counts["made"] - counts["kept"], counts["made"], seq_len, source,
-                 anything_left=True)  # fmt: skip
+        _say_cached_counts(folder, seq_len, source)
         return _load(folder)
     with _building(folder) as scratch:
         raws = [_raw(part, scratch) for part in parts(data)]
@@ -394,9 +400,7 @@ def cached_rows(
     file = folder / "examples.arrow"
     if file.is_file():
         log.info(f"fusekit: {source}: tokenised examples read from the cache ({key[:12]})")
-        counts = json.loads((folder / COUNTS).read_text())
-        left_out(counts["made"] - counts["kept"], counts["made"], seq_len, source,
-                 anything_left=True)  # fmt: skip
+        _say_cached_counts(folder, seq_len, source)
         return Dataset.from_file(str(file))
     if before is not None:
         before()
